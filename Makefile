@@ -1,0 +1,29 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make run    set up and start the app on http://127.0.0.1:5000
+#   make test   install what the tests need and run them
+VENV ?= .venv
+PYTHON ?= python3
+# programs the tests use to make speech and media
+TEST_APT_PACKAGES = espeak-ng
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: setup test-deps run test
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+test-deps:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
+
+run: setup
+	$(VENV)/bin/flask --app app run --host $(HOST) --port $(PORT)
+
+test: setup test-deps
+	$(VENV)/bin/python -m pytest -q

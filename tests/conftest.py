@@ -1,0 +1,120 @@
+"""Shared fixtures: seeded checkpoints in the official format, generated media, settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict
+
+import pytest
+
+from whisper_service.config import Settings, bundled_ffmpeg
+from whisper_service.service import WhisperService
+from whisper_service.synthetic import make_checkpoint
+
+SPEECH = (
+    "The quick brown fox jumps over the lazy dog. "
+    "Whisper turns speech into text, and this sentence checks that it does."
+)
+# (file name, ffmpeg arguments after the inputs); input 0 is speech.wav, input 1 a test picture
+CONTAINERS = {
+    "speech.mp3": ["-map", "0:a", "-c:a", "libmp3lame", "-b:a", "64k"],
+    "speech.flac": ["-map", "0:a", "-c:a", "flac"],
+    "speech.ogg": ["-map", "0:a", "-c:a", "libvorbis"],
+    "speech.opus": ["-map", "0:a", "-c:a", "libopus", "-b:a", "32k"],
+    "speech.m4a": ["-map", "0:a", "-c:a", "aac", "-b:a", "64k"],
+    "speech.webm": ["-map", "0:a", "-c:a", "libopus", "-b:a", "32k"],
+    "speech.mp4": ["-map", "1:v", "-map", "0:a", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                   "-c:a", "aac", "-shortest"],
+    "speech.mov": ["-map", "1:v", "-map", "0:a", "-c:v", "mjpeg", "-c:a", "pcm_s16le",
+                   "-shortest"],
+    "speech.mkv": ["-map", "1:v", "-map", "0:a", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                   "-c:a", "libmp3lame", "-shortest"],
+}
+
+
+def run_ffmpeg(*args: str) -> None:
+    subprocess.run(
+        [bundled_ffmpeg(), "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args],
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def ffmpeg_on_path(tmp_path_factory) -> str:
+    """A PATH whose `ffmpeg` is the bundled one, for whisper.load_audio comparisons."""
+    folder = tmp_path_factory.mktemp("ffmpeg-bin")
+    (folder / "ffmpeg").symlink_to(bundled_ffmpeg())
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture(scope="session")
+def media(tmp_path_factory) -> Dict[str, Path]:
+    """Speech in every container a person might upload, plus a few broken files."""
+    folder = tmp_path_factory.mktemp("media")
+    speech = folder / "speech.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(speech), SPEECH], check=True)
+    files = {"speech.wav": speech}
+    for name, codec_args in CONTAINERS.items():
+        target = folder / name
+        run_ffmpeg("-i", str(speech), "-f", "lavfi", "-i", "testsrc=size=160x120:rate=10",
+                   *codec_args, str(target))
+        files[name] = target
+    silent_video = folder / "talk.mp4"
+    run_ffmpeg("-f", "lavfi", "-i", "testsrc=size=160x120:rate=10", "-t", "2",
+               "-c:v", "libx264", "-pix_fmt", "yuv420p", str(silent_video))
+    files["talk.mp4"] = silent_video
+    notes = folder / "notes.mp3"
+    notes.write_text("These are my meeting notes, not an mp3 file.\n")
+    files["notes.mp3"] = notes
+    empty = folder / "empty.wav"
+    empty.write_bytes(b"")
+    files["empty.wav"] = empty
+    truncated = folder / "truncated.mp3"
+    truncated.write_bytes(files["speech.mp3"].read_bytes()[: files["speech.mp3"].stat().st_size // 2])
+    files["truncated.mp3"] = truncated
+    return files
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> str:
+    """A tiny multilingual model, seeded, in the official checkpoint format."""
+    return make_checkpoint(str(tmp_path_factory.mktemp("models") / "tiny-test.pt"))
+
+
+@pytest.fixture(scope="session")
+def english_checkpoint(tmp_path_factory) -> str:
+    """A tiny English-only model (vocabulary of the .en models)."""
+    folder = tmp_path_factory.mktemp("models-en")
+    return make_checkpoint(str(folder / "tiny-test.en.pt"), shape="test-tiny.en", seed=1)
+
+
+@pytest.fixture
+def settings(checkpoint, tmp_path) -> Settings:
+    return Settings(
+        model=checkpoint, device="cpu", model_dir=str(tmp_path / "models"), max_duration=600
+    )
+
+
+@pytest.fixture
+def service(settings) -> WhisperService:
+    return WhisperService(settings)
+
+
+@pytest.fixture
+def app(checkpoint, tmp_path):
+    from app import create_app
+
+    return create_app({
+        "TESTING": True,
+        "WHISPER_MODEL": checkpoint,
+        "WHISPER_DEVICE": "cpu",
+        "WHISPER_MODEL_DIR": str(tmp_path / "models"),
+        "WHISPER_MAX_UPLOAD_MB": "2",
+    })
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

@@ -1,0 +1,76 @@
+"""The command line: same core, files out, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from whisper_service.__main__ import build_parser
+
+SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.*)$", re.S)
+VTT_TIMING = re.compile(r"^(\d\d:)?\d\d:\d\d\.\d\d\d --> (\d\d:)?\d\d:\d\d\.\d\d\d$")
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_service", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=240,
+    )
+
+
+def test_video_to_srt_and_vtt(media, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(media["speech.mp4"]), "--format", "srt,vtt,json", "--model", checkpoint,
+                     "--device", "cpu", "--beam-size", "2", "--patience", "2", "--temperature", "0",
+                     "--output-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["speech.json", "speech.srt", "speech.vtt"]
+
+    cues = (out / "speech.srt").read_text(encoding="utf-8").strip().split("\n\n")
+    assert len(cues) >= 1
+    for number, cue in enumerate(cues, start=1):
+        match = SRT_CUE.match(cue)
+        assert match, cue
+        assert int(match.group(1)) == number
+        assert match.group(2) <= match.group(3)
+
+    vtt = (out / "speech.vtt").read_text(encoding="utf-8")
+    assert vtt.startswith("WEBVTT\n\n")
+    timings = [line for line in vtt.splitlines() if "-->" in line]
+    assert len(timings) == len(cues)
+    assert all(VTT_TIMING.match(line) for line in timings)
+
+    transcript = json.loads((out / "speech.json").read_text(encoding="utf-8"))
+    assert transcript["model"] == checkpoint
+    assert transcript["task"] == "transcribe"
+    assert 3 < transcript["duration"] < 15
+    assert "100%" in result.stderr  # the progress bar finished
+
+
+def test_bad_file_is_reported_and_others_still_written(media, checkpoint, tmp_path):
+    result = run_cli(str(media["notes.mp3"]), str(media["speech.wav"]), "--model", checkpoint,
+                     "--temperature", "0", "--beam-size", "greedy", "--format", "txt",
+                     "--output-dir", str(tmp_path), "--quiet")
+    assert result.returncode == 1
+    assert "notes.mp3' is not an audio or video file" in result.stderr
+    assert (tmp_path / "speech.txt").is_file()
+    assert not (tmp_path / "notes.txt").exists()
+
+
+def test_bad_option_exits_2_naming_the_field(media, checkpoint):
+    result = run_cli(str(media["speech.wav"]), "--model", checkpoint, "--patience", "0")
+    assert result.returncode == 2
+    assert "patience: must be in (0, 10]; got 0" in result.stderr
+
+
+def test_every_option_has_a_flag():
+    flags = build_parser().format_help()
+    for option in ("--task", "--language", "--beam-size", "--patience", "--best-of", "--temperature",
+                   "--length-penalty", "--initial-prompt", "--condition-on-previous-text",
+                   "--no-speech-threshold", "--logprob-threshold", "--compression-ratio-threshold",
+                   "--hallucination-silence-threshold", "--word-timestamps", "--max-line-width",
+                   "--max-line-count", "--max-words-per-line", "--highlight-words", "--format",
+                   "--output-dir", "--model", "--device", "--temperature-increment-on-fallback"):
+        assert option in flags

@@ -1,0 +1,51 @@
+"""Settings from WHISPER_* variables; a bad value names its variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisper_service.config import Settings, bundled_ffmpeg
+from whisper_service.errors import ConfigError
+
+
+def test_defaults(monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", "/srv/cache")
+    settings = Settings.from_env({})
+    assert settings.model == "turbo"
+    assert settings.models == ("turbo", "large-v3")
+    assert settings.translate_model == "large-v3"
+    assert settings.model_dir == "/srv/cache/whisper"
+    assert settings.device == "auto"
+    assert settings.max_duration == 7200
+    assert settings.max_upload_bytes == 1024 * 1024 * 1024
+    assert settings.ffmpeg == bundled_ffmpeg()
+    assert "9.0" in settings.ffmpeg  # the pinned imageio-ffmpeg wheel carries ffmpeg 9.0.x
+
+
+def test_values_from_the_environment(checkpoint):
+    settings = Settings.from_env({
+        "WHISPER_MODEL": checkpoint, "WHISPER_MODELS": "tiny, base ,tiny",
+        "WHISPER_TRANSLATE_MODEL": "medium", "WHISPER_MODEL_DIR": "/models",
+        "WHISPER_DEVICE": "CUDA:1", "WHISPER_MAX_DURATION": "90", "WHISPER_MAX_UPLOAD_MB": "20",
+        "WHISPER_FFMPEG": bundled_ffmpeg(), "WHISPER_DECODE_TIMEOUT": "30",
+    })
+    assert settings.models == (checkpoint, "tiny", "base")  # the default model is always allowed
+    assert (settings.translate_model, settings.model_dir, settings.device) == ("medium", "/models", "cuda:1")
+    assert (settings.max_duration, settings.max_upload_mb, settings.decode_timeout) == (90, 20, 30)
+
+
+@pytest.mark.parametrize("variable, value, words", [
+    ("WHISPER_DEVICE", "gpu", "WHISPER_DEVICE must be auto, cpu, cuda or cuda:N; got 'gpu'"),
+    ("WHISPER_MAX_DURATION", "two hours", "WHISPER_MAX_DURATION must be a positive number"),
+    ("WHISPER_MAX_DURATION", "-5", "WHISPER_MAX_DURATION must be a positive number; got '-5'"),
+    ("WHISPER_MAX_UPLOAD_MB", "1.5", "WHISPER_MAX_UPLOAD_MB must be a positive number"),
+    ("WHISPER_DECODE_TIMEOUT", "inf", "WHISPER_DECODE_TIMEOUT must be a positive number"),
+    ("WHISPER_MODEL", "huge", "WHISPER_MODEL: 'huge' is neither a checkpoint file nor one of"),
+    ("WHISPER_MODELS", "tiny,nope", "WHISPER_MODELS: 'nope' is neither"),
+    ("WHISPER_TRANSLATE_MODEL", "x.pt", "WHISPER_TRANSLATE_MODEL: 'x.pt' is neither"),
+    ("WHISPER_FFMPEG", "/no/such/ffmpeg", "WHISPER_FFMPEG '/no/such/ffmpeg' is not an executable"),
+])
+def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, words):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({variable: value})
+    assert words in str(error.value)

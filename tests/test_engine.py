@@ -1,0 +1,167 @@
+"""The service's transcript equals openai-whisper's own, option for option."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+import whisper
+
+from whisper_service import engine
+from whisper_service.errors import BadOption
+from whisper_service.options import TranscribeOptions
+
+FAST = dict(temperature=(0.0,))  # one decode per window keeps the suite fast
+
+# (what a user sends, as form strings) -> (what they would pass to model.transcribe themselves)
+CASES = {
+    "greedy, fixed language": (
+        dict(beam_size="greedy", language="English", temperature="0"),
+        dict(beam_size=None, language="en", temperature=0.0),
+    ),
+    "greedy, auto language": (
+        dict(beam_size="greedy", language="auto", temperature="0"),
+        dict(temperature=0.0),
+    ),
+    "beam 5, patience 1": (
+        dict(beam_size="5", patience="1", language="de", temperature="0"),
+        dict(beam_size=5, patience=1.0, language="de", temperature=0.0),
+    ),
+    "beam 5, patience 2, auto": (
+        dict(beam_size="5", patience="2", temperature="0"),
+        dict(beam_size=5, patience=2.0, temperature=0.0),
+    ),
+    "translate greedy": (
+        dict(task="translate", beam_size="greedy", language="French", temperature="0"),
+        dict(task="translate", language="fr", temperature=0.0),
+    ),
+    "translate beam 5 patience 2": (
+        dict(task="translate", beam_size="5", patience="2", temperature="0"),
+        dict(task="translate", beam_size=5, patience=2.0, temperature=0.0),
+    ),
+    "prompt, no conditioning": (
+        dict(beam_size="3", initial_prompt="Quarterly results.", condition_on_previous_text="false",
+             temperature="0"),
+        dict(beam_size=3, initial_prompt="Quarterly results.", condition_on_previous_text=False,
+             temperature=0.0),
+    ),
+    "word timestamps": (
+        dict(beam_size="greedy", word_timestamps="true", temperature="0"),
+        dict(word_timestamps=True, temperature=0.0),
+    ),
+    "length penalty, no thresholds": (
+        dict(beam_size="2", length_penalty="0.5", no_speech_threshold="none",
+             logprob_threshold="none", compression_ratio_threshold="none", temperature="0"),
+        dict(beam_size=2, length_penalty=0.5, no_speech_threshold=None, logprob_threshold=None,
+             compression_ratio_threshold=None, temperature=0.0),
+    ),
+    # the command line's defaults: beam 5, best_of 5, fallback 0.0 -> 1.0 in steps of 0.2
+    "defaults with fallback": (dict(), dict(beam_size=5, best_of=5, patience=1.0)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_transcript_equals_whisper_transcribe(case, service, media, ffmpeg_on_path, monkeypatch):
+    form, whisper_kwargs = CASES[case]
+    options = TranscribeOptions.from_mapping(form)
+    path = media["speech.mp3"]
+    loaded = service.models.get(service.settings.model)  # building a model draws random numbers
+    torch.manual_seed(1234)  # sampling at temperatures above 0 draws the same numbers on both sides
+    transcript = service.transcribe_file(str(path), options)
+
+    monkeypatch.setenv("PATH", ffmpeg_on_path)
+    audio = whisper.load_audio(str(path))
+    torch.manual_seed(1234)
+    expected = loaded.model.transcribe(audio, verbose=None, fp16=False, **whisper_kwargs)
+
+    assert transcript.text == expected["text"]
+    assert transcript.language == expected["language"]
+    assert transcript.task == whisper_kwargs.get("task", "transcribe")
+    assert len(transcript.segments) == len(expected["segments"]) > 0
+    for ours, theirs in zip(transcript.segments, expected["segments"]):
+        assert list(ours.tokens) == theirs["tokens"]
+        assert (ours.start, ours.end, ours.text) == (theirs["start"], theirs["end"], theirs["text"])
+        assert ours.temperature == theirs["temperature"]
+        assert [(w.word, w.start, w.end) for w in ours.words] == [
+            (w["word"], w["start"], w["end"]) for w in theirs.get("words", [])
+        ]
+    assert transcript.has_word_timestamps == bool(whisper_kwargs.get("word_timestamps"))
+
+
+def test_options_change_the_result(service, media):
+    """Guards the test above: different options really give different transcripts here."""
+    results = {
+        case: service.transcribe_file(
+            str(media["speech.mp3"]), TranscribeOptions.from_mapping(CASES[case][0])
+        ).text
+        for case in ("greedy, fixed language", "beam 5, patience 1", "translate greedy")
+    }
+    assert len(set(results.values())) == 3
+
+
+def test_auto_language_reports_its_probability(service, media):
+    transcript = service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(**FAST))
+    probabilities = service.detect_language_file(str(media["speech.wav"]))
+    top = next(iter(probabilities))
+    assert transcript.language == top
+    assert transcript.language_probability == pytest.approx(probabilities[top])
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert list(probabilities.values()) == sorted(probabilities.values(), reverse=True)
+    assert len(probabilities) == 99  # every language of a multilingual v1/v2 vocabulary
+
+
+def test_named_language_has_probability_one(service, media):
+    transcript = service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(language="ko", **FAST))
+    assert (transcript.language, transcript.language_probability) == ("ko", 1.0)
+    assert transcript.model == service.settings.model
+    assert 3.0 < transcript.duration < 15.0
+
+
+def test_progress_reaches_the_total_and_never_goes_back(service, media):
+    reports = []
+    service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(**FAST), progress=reports.append)
+    assert len(reports) >= 2
+    done = [r.done_seconds for r in reports]
+    assert done == sorted(done)
+    assert reports[-1].fraction == 1.0
+    assert reports[-1].total_seconds == pytest.approx(reports[0].total_seconds, abs=0.05)
+
+
+def test_english_only_model(english_checkpoint, settings, media):
+    from dataclasses import replace
+
+    from whisper_service.service import WhisperService
+
+    service = WhisperService(replace(settings, model=english_checkpoint, models=()))
+    transcript = service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(**FAST))
+    assert (transcript.language, transcript.language_probability) == ("en", 1.0)
+    with pytest.raises(BadOption, match="English-only"):
+        service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(language="ko", **FAST))
+
+
+def test_concurrent_callers_on_one_model_get_serial_results(service, media):
+    options = TranscribeOptions(beam_size=2, **FAST)
+    serial = service.transcribe_file(str(media["speech.wav"]), options)
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(service.transcribe_file(str(media["speech.wav"]), options))
+        except Exception as error:  # surfaced by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert [r.segments for r in results] == [serial.segments] * 4
+
+
+def test_detect_language_without_lock_contention_returns_all(service, media):
+    audio = service.decode(str(media["speech.wav"]))
+    loaded = service.models.get(service.settings.model)
+    probabilities = engine.detect_language(loaded, audio)
+    assert set(probabilities) == set(list(whisper.tokenizer.LANGUAGES)[:99])

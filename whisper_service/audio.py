@@ -1,0 +1,239 @@
+"""Decode any uploaded audio or video to 16 kHz mono float32, safely.
+
+ffmpeg reads the file from its standard input through the `fd:` protocol (seekable when
+stdin is a regular file, so MP4s with the index at the end still work). No client-supplied
+name or path ever reaches ffmpeg's argv. Only the `fd` protocol and a list of real media
+demuxers are allowed, so a playlist disguised as `.mp3` cannot make ffmpeg open local files
+or URLs. Output is capped in duration and in bytes, and a wall-clock timer kills ffmpeg.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import ffmpeg
+import numpy as np
+
+from .errors import (
+    DecodeTimeout,
+    EmptyMedia,
+    MediaTooLong,
+    NoAudioStream,
+    NotMedia,
+    RefusedFormat,
+    TruncatedMedia,
+)
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # what every Whisper model expects
+BYTES_PER_SAMPLE = 2  # signed 16-bit, as whisper.load_audio reads ffmpeg's output
+READ_CHUNK = 1 << 20
+STDERR_LINES_KEPT = 200
+# Demuxers of real audio and video containers. Playlist and script demuxers (hls, concat,
+# dash, image sequences, ...) are left out: they open other files or URLs.
+ALLOWED_DEMUXERS = (
+    "aac", "ac3", "aiff", "amr", "ape", "asf", "au", "avi", "caf", "eac3", "flac", "flv",
+    "matroska", "mov", "mp3", "mpeg", "mpegts", "ogg", "tta", "w64", "wav", "wv",
+)
+# Text signatures of playlists and scripts, refused before ffmpeg sees them.
+PLAYLIST_SIGNATURES = {
+    b"#EXTM3U": "an HLS/M3U playlist",
+    b"ffconcat": "an ffmpeg concat script",
+    b"[playlist]": "a PLS playlist",
+    b"<?xml": "an XML document (such as a DASH manifest)",
+}
+# A container may round its declared duration; less than this missing is not truncation.
+TRUNCATION_TOLERANCE_S = 0.5
+TRUNCATION_TOLERANCE_FRACTION = 0.02
+
+_DURATION_LINE = re.compile(r"^\s*Duration:\s*(\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_VIDEO_STREAM_LINE = re.compile(r"^\s*Stream #\d+:\d+.*: Video: ")
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_duration: float  # seconds of audio accepted
+    timeout: float  # wall-clock seconds ffmpeg may run
+    ffmpeg: str  # path of the ffmpeg binary
+
+    @property
+    def max_output_bytes(self) -> int:
+        # one second of slack past the cap tells "exactly at the cap" from "over it"
+        return int((self.max_duration + 1) * SAMPLE_RATE) * BYTES_PER_SAMPLE
+
+
+def format_duration(seconds: float) -> str:
+    """3 h 12 min, 45 min 3 s, 12.5 s: how a person says a length of audio."""
+    if seconds >= 3600:
+        hours, rest = divmod(int(round(seconds)), 3600)
+        minutes = rest // 60
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if seconds >= 60:
+        minutes, secs = divmod(int(round(seconds)), 60)
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{seconds:.1f} s"
+
+
+def decode_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> np.ndarray:
+    """Return the first audio stream of the file at `path` as 16 kHz mono float32 in [-1, 1).
+
+    `path` is a server-side file (an upload saved under a random name); `display_name` is
+    the client's file name, used only in error messages.
+    """
+    name = display_name or os.path.basename(path)
+    _refuse_empty_or_playlist(path, name)
+    run = _FfmpegRun(limits)
+    with open(path, "rb") as media:
+        pcm = run.decode(media)
+    samples = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
+    _check_outcome(run, samples, name, limits)
+    return samples
+
+
+def _refuse_empty_or_playlist(path: str, name: str) -> None:
+    if os.path.getsize(path) == 0:
+        raise EmptyMedia(f"'{name}' is empty (0 bytes)")
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+    for signature, what in PLAYLIST_SIGNATURES.items():
+        if head.startswith(signature):
+            raise RefusedFormat(
+                f"'{name}' is {what}, not audio or video; playlists are refused, "
+                "upload the media file itself"
+            )
+
+
+def _ffmpeg_args(limits: DecodeLimits) -> list:
+    source = ffmpeg.input(
+        "fd:",  # standard input; seekable when it is a regular file
+        protocol_whitelist="fd",
+        format_whitelist=",".join(ALLOWED_DEMUXERS),
+        threads=0,
+    )
+    output = source["a:0"].output(
+        "pipe:",
+        format="s16le",
+        acodec="pcm_s16le",
+        ac=1,
+        ar=SAMPLE_RATE,
+        t=limits.max_duration + 1,
+        vn=None,
+        sn=None,
+        dn=None,
+    )
+    return output.global_args("-nostdin", "-hide_banner", "-nostats").compile(cmd=limits.ffmpeg)
+
+
+class _FfmpegRun:
+    """One ffmpeg process: feeds stdin, reads capped stdout, watches stderr and the clock."""
+
+    def __init__(self, limits: DecodeLimits):
+        self.limits = limits
+        self.stderr_tail: deque = deque(maxlen=STDERR_LINES_KEPT)
+        self.declared_duration: Optional[float] = None
+        self.has_video = False
+        self.timed_out = False
+        self.too_long = False
+        self.returncode: Optional[int] = None
+
+    def decode(self, media) -> bytes:
+        proc = subprocess.Popen(
+            _ffmpeg_args(self.limits), stdin=media, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        timer = threading.Timer(self.limits.timeout, self._on_timeout, args=(proc,))
+        stderr_reader = threading.Thread(target=self._watch_stderr, args=(proc,), daemon=True)
+        timer.start()
+        stderr_reader.start()
+        pcm = bytearray()
+        try:
+            while True:
+                chunk = proc.stdout.read(READ_CHUNK)
+                if not chunk:
+                    break
+                pcm += chunk
+                if len(pcm) > self.limits.max_output_bytes:
+                    self.too_long = True
+                    proc.kill()
+                    break
+        finally:
+            timer.cancel()
+            if self.too_long or self.timed_out:
+                proc.kill()
+            self.returncode = proc.wait()
+            stderr_reader.join(timeout=5)
+            proc.stdout.close()
+        return bytes(pcm[: self.limits.max_output_bytes])
+
+    def _on_timeout(self, proc: subprocess.Popen) -> None:
+        self.timed_out = True
+        proc.kill()
+
+    def _watch_stderr(self, proc: subprocess.Popen) -> None:
+        for raw in iter(proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.stderr_tail.append(line)
+            duration = _DURATION_LINE.match(line)
+            if duration and self.declared_duration is None:
+                h, m, s = duration.groups()
+                self.declared_duration = int(h) * 3600 + int(m) * 60 + float(s)
+                # refuse at once from the header rather than decode hours of audio first
+                if self.declared_duration > self.limits.max_duration + 1:
+                    self.too_long = True
+                    proc.kill()
+            elif _VIDEO_STREAM_LINE.match(line) and "(attached pic)" not in line:
+                self.has_video = True
+        proc.stderr.close()
+
+    def error_line(self) -> str:
+        """ffmpeg's last line that says what went wrong, for the log and the message."""
+        for line in reversed(self.stderr_tail):
+            if "rror" in line or "Invalid" in line or "not" in line:
+                return line.strip()
+        return self.stderr_tail[-1].strip() if self.stderr_tail else "no output"
+
+
+def _check_outcome(run: _FfmpegRun, samples: np.ndarray, name: str, limits: DecodeLimits) -> None:
+    decoded = len(samples) / SAMPLE_RATE
+    if run.timed_out:
+        raise DecodeTimeout(
+            f"decoding '{name}' took longer than {limits.timeout:g} s and was stopped; "
+            "try a shorter or simpler file"
+        )
+    if run.too_long or decoded > limits.max_duration:
+        length = run.declared_duration if run.declared_duration else decoded
+        said = f"is {format_duration(length)}" if run.declared_duration else f"is longer than {format_duration(limits.max_duration)}"
+        raise MediaTooLong(
+            f"audio in '{name}' {said}; this server accepts up to {format_duration(limits.max_duration)}"
+        )
+    stderr = "\n".join(run.stderr_tail)
+    if run.returncode != 0:
+        log.info("ffmpeg refused %r: %s", name, run.error_line())
+        if "not on whitelist" in stderr:
+            raise RefusedFormat(
+                f"'{name}' is in a container format this server does not accept; "
+                f"accepted: {', '.join(ALLOWED_DEMUXERS)}"
+            )
+        if "matches no streams" in stderr:
+            raise NoAudioStream(f"no audio stream found in '{name}'")
+        raise NotMedia(
+            f"'{name}' is not an audio or video file that can be decoded "
+            f"(ffmpeg: {run.error_line()})"
+        )
+    if len(samples) == 0:
+        raise NotMedia(f"'{name}' holds no decodable audio")
+    declared = run.declared_duration
+    if declared and not run.has_video:
+        missing = declared - decoded
+        if missing > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared):
+            raise TruncatedMedia(
+                f"'{name}' is truncated: it declares {format_duration(declared)} of audio, "
+                f"but only {format_duration(decoded)} could be decoded"
+            )

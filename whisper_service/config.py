@@ -1,0 +1,135 @@
+"""Server settings: one frozen object read from WHISPER_* variables and checked once.
+
+`Settings.from_env(mapping)` takes any mapping of WHISPER_* names (os.environ, or the
+web layer's layered config) and raises ConfigError naming the variable at fault.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping, Optional, Tuple
+
+import whisper
+
+from .errors import ConfigError
+
+OFFICIAL_MODELS = tuple(whisper.available_models())
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def default_model_dir() -> str:
+    """Where openai-whisper itself caches weights, so existing downloads are reused."""
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join(os.path.expanduser("~"), ".cache"))
+    return os.path.join(cache, "whisper")
+
+
+def bundled_ffmpeg() -> str:
+    """The ffmpeg shipped in the imageio-ffmpeg wheel: a known build on every machine."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = "turbo"  # WHISPER_MODEL: default model, a name or a checkpoint path
+    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it)
+    translate_model: str = "large-v3"  # WHISPER_TRANSLATE_MODEL: for models that cannot translate
+    model_dir: str = ""  # WHISPER_MODEL_DIR: where named models are downloaded; "" = whisper's cache
+    device: str = "auto"  # WHISPER_DEVICE: auto, cpu, cuda or cuda:N
+    max_duration: float = 7200.0  # WHISPER_MAX_DURATION: seconds of audio accepted
+    max_upload_mb: int = 1024  # WHISPER_MAX_UPLOAD_MB: largest upload in MiB
+    ffmpeg: str = ""  # WHISPER_FFMPEG: ffmpeg binary; "" = the one bundled with imageio-ffmpeg
+    decode_timeout: float = 600.0  # WHISPER_DECODE_TIMEOUT: seconds ffmpeg may run per file
+
+    def __post_init__(self) -> None:
+        # the default model is always allowed; with no list, so is the translation model
+        allowed = self.models or (self.translate_model,)
+        object.__setattr__(self, "models", _unique((self.model, *allowed)))
+        if not self.model_dir:
+            object.__setattr__(self, "model_dir", default_model_dir())
+        if not self.ffmpeg:
+            object.__setattr__(self, "ffmpeg", bundled_ffmpeg())
+        _check_model("WHISPER_MODEL", self.model)
+        _check_model("WHISPER_TRANSLATE_MODEL", self.translate_model)
+        for name in self.models:
+            _check_model("WHISPER_MODELS", name)
+        if not DEVICE_PATTERN.match(self.device):
+            raise ConfigError(
+                f"WHISPER_DEVICE must be auto, cpu, cuda or cuda:N; got {self.device!r}"
+            )
+        if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
+            raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            variable = env_name(f.name)
+            raw = environ.get(variable)
+            if raw is None or str(raw).strip() == "":
+                continue
+            values[f.name] = _PARSERS[f.name](variable, str(raw).strip())
+        return cls(**values)
+
+
+def env_name(field_name: str) -> str:
+    return "WHISPER_" + field_name.upper()
+
+
+def _check_model(variable: str, name: str) -> None:
+    if name in OFFICIAL_MODELS or os.path.isfile(name):
+        return
+    raise ConfigError(
+        f"{variable}: {name!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}"
+    )
+
+
+def _unique(names) -> Tuple[str, ...]:
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str, str], float]:
+    def parse(variable: str, raw: str):
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{variable} must be a positive number; got {raw!r}") from None
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{variable} must be a positive number; got {raw!r}")
+        return value
+
+    return parse
+
+
+def _text(variable: str, raw: str) -> str:
+    return raw
+
+
+def _name_list(variable: str, raw: str) -> Tuple[str, ...]:
+    return _unique(part.strip() for part in raw.split(","))
+
+
+def _lower(variable: str, raw: str) -> str:
+    return raw.lower()
+
+
+_PARSERS = {
+    "model": _text,
+    "models": _name_list,
+    "translate_model": _text,
+    "model_dir": _text,
+    "device": _lower,
+    "max_duration": _positive(float),
+    "max_upload_mb": _positive(int),
+    "ffmpeg": _text,
+    "decode_timeout": _positive(float),
+}

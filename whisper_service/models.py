@@ -1,0 +1,125 @@
+"""The one owner of loaded Whisper models.
+
+Models load lazily, once, on the configured device (CUDA with fp16 when there is a GPU,
+CPU float32 otherwise). Named models are downloaded into the model directory on first use
+by openai-whisper's own loader; a checkpoint path loads through the same loader.
+openai-whisper installs hooks on the model for every decode, so each model carries a lock
+and calls on one model never overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import whisper
+
+from .config import Settings
+from .errors import BadOption, ModelUnavailable
+
+log = logging.getLogger(__name__)
+
+# Distilled for transcription only: their decoders were not trained on the translate task.
+TRANSCRIBE_ONLY_MODELS = ("turbo", "large-v3-turbo")
+
+
+@dataclass
+class LoadedModel:
+    name: str  # as configured: an official name or a checkpoint path
+    model: whisper.Whisper
+    device: torch.device
+    fp16: bool  # half precision on CUDA; float32 on CPU
+    load_seconds: float
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.model.is_multilingual
+
+    @property
+    def can_translate(self) -> bool:
+        return self.is_multilingual and self.name not in TRANSCRIBE_ONLY_MODELS
+
+
+def pick_device(setting: str) -> torch.device:
+    """'auto' -> cuda when a GPU is visible, else cpu; anything else as given."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable(f"device {setting!r} was asked for, but no CUDA GPU is visible")
+    return device
+
+
+class ModelRegistry:
+    """Loads each allowed model at most once and hands it out by name."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._models: Dict[str, LoadedModel] = {}
+        self._loading_locks: Dict[str, threading.Lock] = {}
+        self._registry_lock = threading.Lock()
+
+    @property
+    def default(self) -> str:
+        return self.settings.model
+
+    @property
+    def allowed(self) -> List[str]:
+        return list(self.settings.models)
+
+    def loaded(self) -> List[str]:
+        with self._registry_lock:
+            return list(self._models)
+
+    def check_allowed(self, requested: Optional[str]) -> str:
+        """The model name to use for a request; None picks the default."""
+        name = requested or self.default
+        if name not in self.settings.models:
+            raise BadOption(
+                "model", f"{name!r} is not offered here; choose one of {', '.join(self.allowed)}"
+            )
+        return name
+
+    def for_task(self, requested: Optional[str], task: str) -> LoadedModel:
+        """The loaded model that will run `task`: a model that cannot translate hands a
+        translate request to the configured translation model rather than transcribe it."""
+        loaded = self.get(self.check_allowed(requested))
+        if task == "translate" and not loaded.can_translate:
+            log.info("%s cannot translate; using %s", loaded.name, self.settings.translate_model)
+            loaded = self.get(self.settings.translate_model)
+        return loaded
+
+    def get(self, name: str) -> LoadedModel:
+        with self._registry_lock:
+            if name in self._models:
+                return self._models[name]
+            loading_lock = self._loading_locks.setdefault(name, threading.Lock())
+        with loading_lock:  # one load per name; other names load in parallel
+            with self._registry_lock:
+                if name in self._models:
+                    return self._models[name]
+            loaded = self._load(name)
+            with self._registry_lock:
+                self._models[name] = loaded
+            return loaded
+
+    def _load(self, name: str) -> LoadedModel:
+        device = pick_device(self.settings.device)
+        started = time.monotonic()
+        log.info("loading model %s on %s", name, device)
+        try:
+            model = whisper.load_model(name, device=device, download_root=self.settings.model_dir)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            # download failures (URLError is an OSError), checksum mismatches, bad files
+            raise ModelUnavailable(f"model {name!r} could not be loaded: {error}") from error
+        # weights stay float32: openai-whisper casts them per layer when decoding in fp16
+        fp16 = device.type == "cuda"
+        model.eval()
+        seconds = time.monotonic() - started
+        log.info("loaded model %s on %s in %.1f s", name, device, seconds)
+        return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds)

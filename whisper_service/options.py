@@ -1,0 +1,329 @@
+"""Everything a user can set for one transcription: typed, frozen, checked in one place.
+
+`TranscribeOptions.from_mapping` turns strings from a form, a JSON body or the command
+line into the typed object; `__post_init__` checks every field, so an options object
+that exists is valid. Defaults follow the openai-whisper command line.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping, Optional, Tuple
+
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+from .errors import BadOption
+
+TASKS = ("transcribe", "translate")
+MAX_BEAM_SIZE = 16  # beyond this, decoding cost grows with no gain in accuracy
+MAX_BEST_OF = 16
+MAX_PROMPT_CHARS = 2000  # whisper keeps at most 223 prompt tokens anyway
+# the command line's schedule: 0.0, then 0.2 more on each fallback, up to 1.0
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+AUTO_LANGUAGE = ("", "auto", "detect", "none")
+GREEDY = ("", "none", "greedy", "0")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def option(default: Any, help: str) -> Any:
+    """A field with its help text, which the command line and API docs show."""
+    return field(default=default, metadata={"help": help})
+
+
+def language_code(value: Optional[str]) -> Optional[str]:
+    """'Korean', 'ko' or 'KO' -> 'ko'; 'auto' or None -> None (detect)."""
+    if value is None or value.strip().lower() in AUTO_LANGUAGE:
+        return None
+    key = value.strip().lower()
+    if key in LANGUAGES:
+        return key
+    if key in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[key]
+    raise BadOption(
+        "language",
+        f"unknown language {value!r}; use 'auto', a code such as 'en' or 'ko', "
+        "or an English name such as 'Korean'",
+    )
+
+
+def language_name(code: str) -> str:
+    """'ko' -> 'korean', the English name OpenAI's API reports."""
+    return LANGUAGES.get(code, code)
+
+
+@dataclass(frozen=True)
+class SubtitleLayout:
+    """How SRT and VTT cues are laid out; only word-level transcripts can be re-flowed."""
+
+    max_line_width: Optional[int] = option(None, "subtitles: characters per line")
+    max_line_count: Optional[int] = option(None, "subtitles: lines per cue (needs max_line_width)")
+    max_words_per_line: Optional[int] = option(None, "subtitles: words per line")
+    highlight_words: bool = option(False, "subtitles: underline each word as it is spoken")
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_width", "max_line_count", "max_words_per_line"):
+            _check_range(name, getattr(self, name), 1, 1000, optional=True)
+        if self.max_line_count is not None and self.max_line_width is None:
+            raise BadOption("max_line_count", "needs max_line_width to be set too")
+
+    @property
+    def reflows(self) -> bool:
+        return self.highlight_words or any(
+            v is not None
+            for v in (self.max_line_width, self.max_line_count, self.max_words_per_line)
+        )
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    task: str = option("transcribe", "transcribe (keep the spoken language) or translate (to English)")
+    language: Optional[str] = option(None, "spoken language: auto, a code (ko) or a name (Korean)")
+    model: Optional[str] = option(None, "model from the allow-list; empty takes the default")
+    beam_size: Optional[int] = option(5, "beams at temperature 0 (1-16); 'greedy' for greedy decoding")
+    patience: float = option(1.0, "beam search waits for patience x beam_size finished candidates")
+    best_of: int = option(5, "candidates sampled at each temperature above 0")
+    temperature: Tuple[float, ...] = option(
+        DEFAULT_TEMPERATURES, "one temperature, or a comma-separated fallback schedule"
+    )
+    length_penalty: Optional[float] = option(
+        None, "0-1 (GNMT alpha); empty ranks by mean log-probability per token"
+    )
+    initial_prompt: Optional[str] = option(None, "text that steers vocabulary, spelling and style")
+    condition_on_previous_text: bool = option(True, "give each 30 s window the text before it")
+    no_speech_threshold: Optional[float] = option(
+        0.6, "a window is silent above this no-speech probability (when logprob is low too)"
+    )
+    logprob_threshold: Optional[float] = option(
+        -1.0, "retry at the next temperature when the mean log-probability is below this"
+    )
+    compression_ratio_threshold: Optional[float] = option(
+        2.4, "retry at the next temperature when the text's gzip ratio is above this"
+    )
+    hallucination_silence_threshold: Optional[float] = option(
+        None, "skip silences longer than this many seconds around likely hallucinations"
+    )
+    word_timestamps: bool = option(False, "time each word (needed for the subtitle layout options)")
+    layout: SubtitleLayout = field(default_factory=SubtitleLayout)  # SRT/VTT cue layout
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        if self.language is not None and self.language not in LANGUAGES:
+            raise BadOption("language", f"unknown language code {self.language!r}")
+        _check_range("beam_size", self.beam_size, 1, MAX_BEAM_SIZE, optional=True)
+        _check_range("patience", self.patience, 0.0, 10.0, low_open=True)
+        if self.beam_size is None and self.patience != 1.0:
+            raise BadOption("patience", "applies only to beam search; set beam_size too")
+        _check_range("best_of", self.best_of, 1, MAX_BEST_OF)
+        if not self.temperature:
+            raise BadOption("temperature", "give at least one temperature")
+        for t in self.temperature:
+            _check_range("temperature", t, 0.0, 1.0)
+        if list(self.temperature) != sorted(self.temperature):
+            raise BadOption("temperature", "a fallback schedule must not decrease")
+        _check_range("length_penalty", self.length_penalty, 0.0, 1.0, optional=True)
+        if self.initial_prompt is not None and len(self.initial_prompt) > MAX_PROMPT_CHARS:
+            raise BadOption(
+                "initial_prompt", f"is {len(self.initial_prompt)} characters; at most {MAX_PROMPT_CHARS}"
+            )
+        _check_range("no_speech_threshold", self.no_speech_threshold, 0.0, 1.0, optional=True)
+        _check_range("logprob_threshold", self.logprob_threshold, -100.0, 0.0, optional=True)
+        _check_range(
+            "compression_ratio_threshold", self.compression_ratio_threshold, 0.0, 100.0,
+            optional=True, low_open=True,
+        )
+        _check_range(
+            "hallucination_silence_threshold", self.hallucination_silence_threshold,
+            0.0, 3600.0, optional=True, low_open=True,
+        )
+        if self.hallucination_silence_threshold is not None and not self.word_timestamps:
+            raise BadOption("hallucination_silence_threshold", "needs word_timestamps on")
+        if self.layout.reflows and not self.word_timestamps:
+            raise BadOption(
+                "word_timestamps",
+                "must be on for max_line_width, max_line_count, max_words_per_line "
+                "or highlight_words",
+            )
+
+    def with_changes(self, **changes: Any) -> "TranscribeOptions":
+        return replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "TranscribeOptions":
+        """Build options from strings (form fields, JSON, CLI); unknown names are refused.
+
+        Missing or empty fields keep their defaults.
+        """
+        layout_names = {f.name for f in fields(SubtitleLayout)}
+        option_names = {f.name for f in fields(cls)} - {"layout"}
+        known = layout_names | option_names | {"temperature_increment_on_fallback"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise BadOption(
+                unknown[0], f"is not an option; the options are {', '.join(sorted(known))}"
+            )
+        given = {k: v for k, v in values.items() if v is not None and v != ""}
+        parsed: dict = {}
+        for name, value in given.items():
+            parser = _PARSERS.get(name)
+            if parser is not None:
+                parsed[name] = parser(name, value)
+        if "temperature_increment_on_fallback" in parsed:
+            start = parsed.get("temperature", (0.0,))[0]
+            parsed["temperature"] = _schedule(start, parsed.pop("temperature_increment_on_fallback"))
+        layout = SubtitleLayout(**{k: parsed.pop(k) for k in layout_names if k in parsed})
+        return cls(layout=layout, **parsed)
+
+    def decode_kwargs(self) -> dict:
+        """The keyword arguments openai-whisper's transcribe() takes for these options."""
+        beam = self.beam_size
+        return dict(
+            task=self.task,
+            language=self.language,
+            beam_size=beam,
+            patience=self.patience if beam is not None else None,
+            best_of=self.best_of,
+            temperature=self.temperature if len(self.temperature) > 1 else self.temperature[0],
+            length_penalty=self.length_penalty,
+            initial_prompt=self.initial_prompt,
+            condition_on_previous_text=self.condition_on_previous_text,
+            no_speech_threshold=self.no_speech_threshold,
+            logprob_threshold=self.logprob_threshold,
+            compression_ratio_threshold=self.compression_ratio_threshold,
+            hallucination_silence_threshold=self.hallucination_silence_threshold,
+            word_timestamps=self.word_timestamps,
+        )
+
+
+def _schedule(start: float, step: float) -> Tuple[float, ...]:
+    if step <= 0:
+        return (start,)
+    count = int(math.floor((1.0 - start) / step + 1e-6)) + 1
+    return tuple(round(start + i * step, 6) for i in range(count))
+
+
+def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
+    if value not in choices:
+        raise BadOption(name, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _check_range(
+    name: str, value: Any, low: float, high: float, *, optional: bool = False,
+    low_open: bool = False,
+) -> None:
+    if value is None:
+        if optional:
+            return
+        raise BadOption(name, "is required")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise BadOption(name, f"must be a number; got {value!r}")
+    below = value <= low if low_open else value < low
+    if below or value > high:
+        bracket = "(" if low_open else "["
+        raise BadOption(name, f"must be in {bracket}{low:g}, {high:g}]; got {value:g}")
+
+
+# --- parsing strings into typed values, one parser per field -----------------------------
+
+
+def _parse_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise BadOption(name, f"must be a whole number; got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise BadOption(name, f"must be a whole number; got {value!r}") from None
+
+
+def _parse_float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise BadOption(name, f"must be a number; got {value!r}")
+    try:
+        number = float(value if isinstance(value, (int, float)) else str(value).strip())
+    except ValueError:
+        raise BadOption(name, f"must be a number; got {value!r}") from None
+    if not math.isfinite(number):
+        raise BadOption(name, f"must be a finite number; got {value!r}")
+    return number
+
+
+def _parse_optional_float(name: str, value: Any) -> Optional[float]:
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    return _parse_float(name, value)
+
+
+def _parse_optional_int(name: str, value: Any) -> Optional[int]:
+    if isinstance(value, str) and value.strip().lower() in ("none", "off"):
+        return None
+    return _parse_int(name, value)
+
+
+def _parse_beam_size(name: str, value: Any) -> Optional[int]:
+    if isinstance(value, str) and value.strip().lower() in GREEDY:
+        return None
+    if value == 0:
+        return None
+    return _parse_int(name, value)
+
+
+def _parse_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise BadOption(name, f"must be true or false; got {value!r}")
+
+
+def _parse_temperatures(name: str, value: Any) -> Tuple[float, ...]:
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [part for part in str(value).split(",") if part.strip()]
+    return tuple(_parse_float(name, item) for item in items)
+
+
+def _parse_text(name: str, value: Any) -> str:
+    return str(value)
+
+
+def _parse_task(name: str, value: Any) -> str:
+    return str(value).strip().lower()
+
+
+def _parse_language(name: str, value: Any) -> Optional[str]:
+    return language_code(str(value))
+
+
+def _parse_model(name: str, value: Any) -> Optional[str]:
+    return str(value).strip() or None
+
+
+_PARSERS = {
+    "task": _parse_task,
+    "language": _parse_language,
+    "model": _parse_model,
+    "beam_size": _parse_beam_size,
+    "patience": _parse_float,
+    "best_of": _parse_int,
+    "temperature": _parse_temperatures,
+    "temperature_increment_on_fallback": _parse_float,
+    "length_penalty": _parse_optional_float,
+    "initial_prompt": _parse_text,
+    "condition_on_previous_text": _parse_bool,
+    "no_speech_threshold": _parse_optional_float,
+    "logprob_threshold": _parse_optional_float,
+    "compression_ratio_threshold": _parse_optional_float,
+    "hallucination_silence_threshold": _parse_optional_float,
+    "word_timestamps": _parse_bool,
+    "max_line_width": _parse_optional_int,
+    "max_line_count": _parse_optional_int,
+    "max_words_per_line": _parse_optional_int,
+    "highlight_words": _parse_bool,
+}

@@ -1,0 +1,51 @@
+"""The facade the command line, the web app and the job workers share:
+a file and options in, a Transcript out."""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+from . import engine
+from .audio import DecodeLimits, decode_file
+from .config import Settings
+from .engine import ProgressCallback
+from .models import ModelRegistry
+from .options import TranscribeOptions
+from .transcript import Transcript
+
+
+class WhisperService:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.models = ModelRegistry(settings)
+        self.limits = DecodeLimits(
+            max_duration=settings.max_duration,
+            timeout=settings.decode_timeout,
+            ffmpeg=settings.ffmpeg,
+        )
+
+    def decode(self, path: str, display_name: Optional[str] = None) -> np.ndarray:
+        return decode_file(path, self.limits, display_name)
+
+    def transcribe_file(
+        self,
+        path: str,
+        options: TranscribeOptions,
+        *,
+        display_name: Optional[str] = None,
+        progress: Optional[ProgressCallback] = None,
+    ) -> Transcript:
+        # cheap checks first: a refused model or a bad file fails before any model loads
+        self.models.check_allowed(options.model)
+        audio = self.decode(path, display_name)
+        loaded = self.models.for_task(options.model, options.task)
+        return engine.transcribe(loaded, audio, options, progress)
+
+    def detect_language_file(
+        self, path: str, model: Optional[str] = None, display_name: Optional[str] = None
+    ) -> Dict[str, float]:
+        self.models.check_allowed(model)
+        audio = self.decode(path, display_name)
+        return engine.detect_language(self.models.get(self.models.check_allowed(model)), audio)
