@@ -1,0 +1,36 @@
+"""The CUDA path: model on the GPU, fp16 decoding. Runs only where a GPU is visible."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import whisper
+
+from whisper_service.options import TranscribeOptions
+from whisper_service.service import WhisperService
+
+pytestmark = [
+    pytest.mark.requires_cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, ffmpeg_on_path, monkeypatch):
+    service = WhisperService(replace(settings, device="auto"))
+    options = TranscribeOptions(beam_size=5, patience=2.0, temperature=(0.0,))
+    transcript = service.transcribe_file(str(media["speech.mp4"]), options)
+    loaded = service.models.get(settings.model)
+    assert loaded.device.type == "cuda" and loaded.fp16 is True
+    assert next(loaded.model.parameters()).is_cuda
+
+    monkeypatch.setenv("PATH", ffmpeg_on_path)
+    expected = loaded.model.transcribe(
+        whisper.load_audio(str(media["speech.mp4"])), verbose=None, fp16=True,
+        beam_size=5, patience=2.0, temperature=0.0,
+    )
+    assert transcript.text == expected["text"]
+    assert [list(s.tokens) for s in transcript.segments] == [s["tokens"] for s in expected["segments"]]
+    probabilities = service.detect_language_file(str(media["speech.wav"]))
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-2)
