@@ -3,8 +3,8 @@
 #   make test   install what the tests need and run them
 VENV ?= .venv
 PYTHON ?= python3
-# programs the tests use to make speech and media
-TEST_APT_PACKAGES = espeak-ng
+# espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives
+TEST_APT_PACKAGES = espeak-ng chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 5000
@@ -16,14 +16,18 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	touch $@
 
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(VENV)/bin/python -m pip install -r requirements-test.txt
+	touch $@
+
 setup: $(VENV)/.installed
 
-test-deps:
+test-deps: $(VENV)/.test-installed
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
 
 run: setup
 	$(VENV)/bin/flask --app app run --host $(HOST) --port $(PORT)
 
-test: setup test-deps
+test: test-deps
 	$(VENV)/bin/python -m pytest -q

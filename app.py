@@ -1,38 +1,54 @@
 """The Flask application: `create_app()` builds it; nothing heavy happens at import.
 
 Configuration comes in layers: Settings' defaults, then the instance folder's config.py
-(or `test_config`), then WHISPER_* environment variables. The model loads on first use.
+(or `test_config`), then WHISPER_* environment variables. The job consumer starts with the
+app (so queued and interrupted jobs resume after a restart); the model loads on first use.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import errors, pages
+from web import errors, pages, security
 from whisper_service.config import Settings
+from whisper_service.jobs import JobQueue
+from whisper_service.service import WhisperService
+
+HOURS = 3600
 
 
 def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
-    app.config.from_mapping(SECRET_KEY=secrets.token_hex(32))
+    os.makedirs(app.instance_path, exist_ok=True)
     if test_config is None:
         app.config.from_pyfile("config.py", silent=True)
     else:
         app.config.from_mapping(test_config)
-    os.makedirs(app.instance_path, exist_ok=True)
+    if not app.config.get("SECRET_KEY"):
+        app.config["SECRET_KEY"] = security.persistent_secret_key(app.instance_path)
 
     layered = {k: str(v) for k, v in app.config.items() if k.startswith("WHISPER_")}
     layered.update({k: v for k, v in os.environ.items() if k.startswith("WHISPER_")})
     settings = Settings.from_env(layered)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.extensions["whisper_settings"] = settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    service = WhisperService(settings)
+    queue = JobQueue(
+        settings.data_dir or os.path.join(app.instance_path, "jobs"),
+        service,
+        max_queued=settings.max_queued,
+        max_attempts=settings.max_attempts,
+        retention_seconds=settings.retention_hours * HOURS,
+    )
+    app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue)
+
     app.register_blueprint(pages.blueprint)
     errors.register(app)
+    security.register(app)
+    queue.start()
     return app

@@ -78,6 +78,17 @@ def media(tmp_path_factory) -> Dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def long_speech(media, tmp_path_factory):
+    """About 70 s: the speech three times with pauses, so there are several windows and segments."""
+    target = tmp_path_factory.mktemp("long") / "lecture.wav"
+    speech = str(media["speech.wav"])
+    run_ffmpeg("-i", speech, "-i", speech, "-i", speech, "-filter_complex",
+               "[0:a]apad=pad_dur=15[a];[1:a]apad=pad_dur=15[b];[a][b][2:a]concat=n=3:v=0:a=1",
+               "-ar", "16000", str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory) -> str:
     """A tiny multilingual model, seeded, in the official checkpoint format."""
     return make_checkpoint(str(tmp_path_factory.mktemp("models") / "tiny-test.pt"))
@@ -102,19 +113,36 @@ def service(settings) -> WhisperService:
     return WhisperService(settings)
 
 
-@pytest.fixture
-def app(checkpoint, tmp_path):
+def make_app(checkpoint, folder, **config):
     from app import create_app
 
     return create_app({
         "TESTING": True,
+        "SECRET_KEY": "test",
         "WHISPER_MODEL": checkpoint,
         "WHISPER_DEVICE": "cpu",
-        "WHISPER_MODEL_DIR": str(tmp_path / "models"),
+        "WHISPER_MODEL_DIR": str(folder / "models"),
+        "WHISPER_DATA_DIR": str(folder / "jobs"),
         "WHISPER_MAX_UPLOAD_MB": "2",
+        **config,
     })
 
 
 @pytest.fixture
+def app(checkpoint, tmp_path):
+    app = make_app(checkpoint, tmp_path)
+    yield app
+    app.extensions["whisper_jobs"].stop()
+
+
+@pytest.fixture
 def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def busy_client(checkpoint, tmp_path):
+    """An app whose consumer is stopped and whose queue holds one job: jobs stay queued."""
+    app = make_app(checkpoint, tmp_path, WHISPER_MAX_QUEUED="1")
+    app.extensions["whisper_jobs"].stop()
     return app.test_client()

@@ -13,7 +13,7 @@ import pytest
 import whisper
 
 from conftest import CONTAINERS, run_ffmpeg
-from whisper_service.audio import SAMPLE_RATE, DecodeLimits, decode_file, format_duration
+from whisper_service.audio import SAMPLE_RATE, DecodeLimits, check_file, decode_file, format_duration
 from whisper_service.config import bundled_ffmpeg
 from whisper_service.errors import (
     DecodeTimeout,
@@ -208,3 +208,21 @@ def test_wall_clock_timeout_kills_ffmpeg(hour_of_opus):
 )
 def test_format_duration(seconds, said):
     assert format_duration(seconds) == said
+
+
+@pytest.mark.parametrize("name, error", [
+    ("notes.mp3", NotMedia), ("empty.wav", EmptyMedia), ("talk.mp4", NoAudioStream),
+])
+def test_quick_check_refuses_what_decoding_would(media, name, error):
+    with pytest.raises(error):
+        check_file(str(media[name]), LIMITS)
+
+
+def test_quick_check_passes_media_and_reads_only_the_start(media, hour_of_opus):
+    check_file(str(media["speech.mp4"]), LIMITS)
+    started = time.monotonic()
+    with pytest.raises(MediaTooLong, match="is 1 h"):
+        check_file(str(hour_of_opus), LIMITS)
+    limits = DecodeLimits(max_duration=7200, timeout=60, ffmpeg=bundled_ffmpeg())
+    check_file(str(hour_of_opus), limits)  # an hour is fine here, and only 2 s are decoded
+    assert time.monotonic() - started < 3

@@ -6,6 +6,7 @@ from flask import Flask, render_template
 from werkzeug.exceptions import HTTPException
 
 from whisper_service import errors as service_errors
+from whisper_service.jobs import QueueFull
 
 # the HTTP status of each kind of service error; the most specific class wins
 STATUS_OF = {
@@ -19,6 +20,7 @@ STATUS_OF = {
     service_errors.MediaTooLong: 422,
     service_errors.DecodeTimeout: 422,
     service_errors.ModelUnavailable: 503,
+    QueueFull: 503,
 }
 
 
@@ -33,7 +35,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(service_errors.ServiceError)
     def service_error(error: service_errors.ServiceError):
         status = status_of(error)
-        return render_template("error.html", status=status, message=str(error)), status
+        response = app.make_response(
+            (render_template("error.html", status=status, message=str(error)), status)
+        )
+        if isinstance(error, QueueFull):
+            response.headers["Retry-After"] = str(int(error.retry_after))
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -1,91 +1,111 @@
-"""The browser pages: upload form, transcript page, downloads, health."""
+"""The browser pages: upload, job (progress, then transcript), recent jobs, downloads.
+
+Views only translate HTTP to and from the job queue; the model runs in its consumer.
+"""
 
 from __future__ import annotations
 
-import os
-import threading
+import mimetypes
+from datetime import datetime, timezone
 from urllib.parse import quote
 
 from flask import (
-    Blueprint, Response, abort, current_app, redirect, render_template, request, url_for,
+    Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request,
+    send_file, session, url_for,
 )
-
 from whisper.tokenizer import LANGUAGES
 
-from whisper_service.errors import BadOption, ServiceError
-from whisper_service.options import TranscribeOptions, language_name
-from whisper_service.results import ResultStore
-from whisper_service.service import WhisperService
+from whisper_service.audio import format_duration
+from whisper_service.errors import BadOption
+from whisper_service.jobs import Job, JobQueue
+from whisper_service.options import OPTION_NAMES, TranscribeOptions, language_name
 from whisper_service.writers import FORMATS, MEDIA_TYPES, write
 
 blueprint = Blueprint("pages", __name__)
-_create_lock = threading.Lock()
-# the form's fields that are options; anything else in the form is ignored
-FORM_OPTIONS = ("task", "language", "model", "beam_size", "patience")
+RECENT_JOBS_KEPT = 20  # ids remembered in this browser's session cookie
 
 
-def service() -> WhisperService:
-    """This app's one WhisperService (and so its one set of loaded models)."""
-    with _create_lock:
-        if "whisper_service" not in current_app.extensions:
-            settings = current_app.extensions["whisper_settings"]
-            current_app.extensions["whisper_service"] = WhisperService(settings)
-        return current_app.extensions["whisper_service"]
-
-
-def store() -> ResultStore:
-    return ResultStore(os.path.join(current_app.instance_path, "uploads"))
+def jobs() -> JobQueue:
+    return current_app.extensions["whisper_jobs"]
 
 
 @blueprint.get("/")
 def index():
     settings = current_app.extensions["whisper_settings"]
-    languages = sorted(LANGUAGES.items(), key=lambda item: item[1])
     return render_template(
-        "index.html", models=settings.models, default_model=settings.model,
-        languages=languages, max_upload_mb=settings.max_upload_mb,
-        defaults=TranscribeOptions(),
+        "index.html", settings=settings, defaults=TranscribeOptions(),
+        languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),
     )
 
 
-@blueprint.post("/transcribe")
-def transcribe():
+@blueprint.post("/jobs")
+def submit():
     media = request.files.get("file")
     if media is None or not media.filename:
         raise BadOption("file", "choose an audio or video file to upload")
-    options = TranscribeOptions.from_mapping({k: request.form.get(k) for k in FORM_OPTIONS})
-    uploads = store()
-    upload = uploads.save_upload(media.stream, media.filename)
-    try:
-        transcript = service().transcribe_file(upload.media_path, options, display_name=upload.filename)
-    except ServiceError:
-        uploads.delete(upload)  # the file cannot be transcribed: keep nothing of it
-        raise
-    uploads.save_transcript(upload, transcript)
-    return redirect(url_for("pages.transcript", upload_id=upload.id), code=303)
+    # a checkbox sends a hidden "false" first and "true" after it when ticked: the last wins
+    form = {name: request.form.getlist(name)[-1] for name in OPTION_NAMES if name in request.form}
+    options = TranscribeOptions.from_mapping(form)
+    current_app.extensions["whisper_service"].models.check_allowed(options.model)
+    job = jobs().submit(media.stream, media.filename, options)
+    session["jobs"] = [job.id, *session.get("jobs", [])][:RECENT_JOBS_KEPT]
+    return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 
 
-@blueprint.get("/t/<upload_id>")
-def transcript(upload_id: str):
-    upload, result = _find(upload_id)
+@blueprint.get("/jobs")
+def recent():
+    return render_template("jobs.html", jobs=jobs().list(session.get("jobs", [])))
+
+
+@blueprint.get("/jobs/<job_id>")
+def job_page(job_id: str):
+    job = _job(job_id)
+    transcript = jobs().transcript(job.id) if job.state == "done" else None
     return render_template(
-        "transcript.html", upload=upload, transcript=result, formats=FORMATS,
-        language=language_name(result.language),
+        "job.html", job=job, transcript=transcript, formats=FORMATS, stem=download_stem(job),
+        language=language_name(transcript.language) if transcript else None,
+        media_type=_media_type(job),
     )
 
 
-@blueprint.get("/t/<upload_id>/download.<fmt>")
-def download(upload_id: str, fmt: str):
-    upload, result = _find(upload_id)
-    body = write(fmt, result)
-    response = Response(body, mimetype=MEDIA_TYPES[fmt].split(";")[0])
+@blueprint.get("/jobs/<job_id>/status")
+def status(job_id: str):
+    job = _job(job_id)
+    return jsonify(
+        state=job.state.value, progress=job.progress, eta_seconds=job.eta_seconds,
+        position=job.position, error=job.error,
+    )
+
+
+@blueprint.post("/jobs/<job_id>/cancel")
+def cancel(job_id: str):
+    jobs().cancel(_job(job_id).id)
+    return redirect(url_for("pages.job_page", job_id=job_id), code=303)
+
+
+@blueprint.post("/jobs/<job_id>/delete")
+def delete(job_id: str):
+    jobs().delete(_job(job_id).id)
+    session["jobs"] = [i for i in session.get("jobs", []) if i != job_id]
+    return redirect(url_for("pages.recent"), code=303)
+
+
+@blueprint.get("/jobs/<job_id>/media")
+def media(job_id: str):
+    job = _job(job_id)
+    # conditional: range requests let the player seek without downloading everything
+    return send_file(job.media_path, mimetype=_media_type(job), conditional=True)
+
+
+@blueprint.get("/jobs/<job_id>/<stem>.<fmt>")
+def download(job_id: str, stem: str, fmt: str):
+    job = _job(job_id)
+    transcript = jobs().transcript(job.id)
+    if transcript is None:
+        abort(404)
+    response = Response(write(fmt, transcript, job.options.layout))
     response.headers["Content-Type"] = MEDIA_TYPES[fmt]
-    # RFC 6266/5987: an ASCII fallback plus the UTF-8 name, so 'talk.srt' and '강의.srt' both work
-    name = f"{upload.stem}.{fmt}"
-    fallback = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
-    response.headers["Content-Disposition"] = (
-        f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-    )
+    response.headers["Content-Disposition"] = attachment(f"{download_stem(job)}.{fmt}")
     return response
 
 
@@ -94,9 +114,40 @@ def healthz():
     return {"status": "ok"}
 
 
-def _find(upload_id: str):
-    upload = store().upload(upload_id)
-    result = store().transcript(upload) if upload else None
-    if result is None:
+@blueprint.app_template_filter("isotime")
+def isotime(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@blueprint.app_template_filter("clock")
+def clock(seconds: float) -> str:
+    """1:02:05 or 2:05: a position in the recording."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+blueprint.add_app_template_filter(format_duration, "duration")
+
+
+def download_stem(job: Job) -> str:
+    """'talk' for 'talk.mp3': downloads are named after the upload."""
+    stem = job.filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    return (stem.rsplit(".", 1)[0] if "." in stem else stem) or "transcript"
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition with an ASCII fallback and the UTF-8 name (RFC 6266 / 5987)."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def _media_type(job: Job) -> str:
+    return mimetypes.guess_type(job.filename)[0] or "application/octet-stream"
+
+
+def _job(job_id: str) -> Job:
+    job = jobs().get(job_id)
+    if job is None:
         abort(404)
-    return upload, result
+    return job

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .config import Settings
 from .engine import Progress
 from .errors import ConfigError, ServiceError
-from .options import SubtitleLayout, TranscribeOptions
+from .options import OPTION_NAMES, SubtitleLayout, TranscribeOptions
 from .service import WhisperService
 from .writers import FORMATS, write
 
@@ -87,11 +87,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         environ["WHISPER_DEVICE"] = args.device
     if args.model_dir:
         environ["WHISPER_MODEL_DIR"] = args.model_dir
-    option_names = {f.name for f in (*fields(TranscribeOptions), *fields(SubtitleLayout))}
     option_values = {
         name: value for name, value in vars(args).items()
-        if value is not None and (name in option_names or name == "temperature_increment_on_fallback")
-        and name not in _SETTINGS_FLAGS
+        if value is not None and name in OPTION_NAMES and name not in _SETTINGS_FLAGS
     }
     try:
         settings = Settings.from_env(environ)

@@ -50,6 +50,7 @@ PLAYLIST_SIGNATURES = {
     b"[playlist]": "a PLS playlist",
     b"<?xml": "an XML document (such as a DASH manifest)",
 }
+CHECK_SECONDS = 2.0  # audio decoded to tell whether an upload is usable media at all
 # A container may round its declared duration; less than this missing is not truncation.
 TRUNCATION_TOLERANCE_S = 0.5
 TRUNCATION_TOLERANCE_FRACTION = 0.02
@@ -88,13 +89,23 @@ def decode_file(path: str, limits: DecodeLimits, display_name: Optional[str] = N
     `path` is a server-side file (an upload saved under a random name); `display_name` is
     the client's file name, used only in error messages.
     """
+    return _decode(path, limits, display_name, whole=True)
+
+
+def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> None:
+    """Refuse at once what decode_file would refuse, decoding only the first seconds:
+    for uploads, before they wait in a queue. (Truncation shows only at the end.)"""
+    _decode(path, limits, display_name, whole=False)
+
+
+def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole: bool) -> np.ndarray:
     name = display_name or os.path.basename(path)
     _refuse_empty_or_playlist(path, name)
-    run = _FfmpegRun(limits)
+    run = _FfmpegRun(limits, limits.max_duration + 1 if whole else CHECK_SECONDS)
     with open(path, "rb") as media:
         pcm = run.decode(media)
     samples = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
-    _check_outcome(run, samples, name, limits)
+    _check_outcome(run, samples, name, limits, whole)
     return samples
 
 
@@ -111,7 +122,7 @@ def _refuse_empty_or_playlist(path: str, name: str) -> None:
             )
 
 
-def _ffmpeg_args(limits: DecodeLimits) -> list:
+def _ffmpeg_args(limits: DecodeLimits, output_seconds: float) -> list:
     source = ffmpeg.input(
         "fd:",  # standard input; seekable when it is a regular file
         protocol_whitelist="fd",
@@ -124,7 +135,7 @@ def _ffmpeg_args(limits: DecodeLimits) -> list:
         acodec="pcm_s16le",
         ac=1,
         ar=SAMPLE_RATE,
-        t=limits.max_duration + 1,
+        t=output_seconds,
         vn=None,
         sn=None,
         dn=None,
@@ -135,8 +146,9 @@ def _ffmpeg_args(limits: DecodeLimits) -> list:
 class _FfmpegRun:
     """One ffmpeg process: feeds stdin, reads capped stdout, watches stderr and the clock."""
 
-    def __init__(self, limits: DecodeLimits):
+    def __init__(self, limits: DecodeLimits, output_seconds: float):
         self.limits = limits
+        self.output_seconds = output_seconds
         self.stderr_tail: deque = deque(maxlen=STDERR_LINES_KEPT)
         self.declared_duration: Optional[float] = None
         self.has_video = False
@@ -146,7 +158,7 @@ class _FfmpegRun:
 
     def decode(self, media) -> bytes:
         proc = subprocess.Popen(
-            _ffmpeg_args(self.limits), stdin=media, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            _ffmpeg_args(self.limits, self.output_seconds), stdin=media, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         timer = threading.Timer(self.limits.timeout, self._on_timeout, args=(proc,))
         stderr_reader = threading.Thread(target=self._watch_stderr, args=(proc,), daemon=True)
@@ -200,7 +212,9 @@ class _FfmpegRun:
         return self.stderr_tail[-1].strip() if self.stderr_tail else "no output"
 
 
-def _check_outcome(run: _FfmpegRun, samples: np.ndarray, name: str, limits: DecodeLimits) -> None:
+def _check_outcome(
+    run: _FfmpegRun, samples: np.ndarray, name: str, limits: DecodeLimits, whole: bool
+) -> None:
     decoded = len(samples) / SAMPLE_RATE
     if run.timed_out:
         raise DecodeTimeout(
@@ -230,7 +244,7 @@ def _check_outcome(run: _FfmpegRun, samples: np.ndarray, name: str, limits: Deco
     if len(samples) == 0:
         raise NotMedia(f"'{name}' holds no decodable audio")
     declared = run.declared_duration
-    if declared and not run.has_video:
+    if whole and declared and not run.has_video:
         missing = declared - decoded
         if missing > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared):
             raise TruncatedMedia(

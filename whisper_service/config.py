@@ -44,6 +44,10 @@ class Settings:
     max_upload_mb: int = 1024  # WHISPER_MAX_UPLOAD_MB: largest upload in MiB
     ffmpeg: str = ""  # WHISPER_FFMPEG: ffmpeg binary; "" = the one bundled with imageio-ffmpeg
     decode_timeout: float = 600.0  # WHISPER_DECODE_TIMEOUT: seconds ffmpeg may run per file
+    data_dir: str = ""  # WHISPER_DATA_DIR: jobs' database and files; "" = the app's instance folder
+    max_queued: int = 100  # WHISPER_MAX_QUEUED: waiting jobs before uploads get "busy" (503)
+    max_attempts: int = 3  # WHISPER_MAX_ATTEMPTS: runs of a job that keeps crashing before it fails
+    retention_hours: float = 168.0  # WHISPER_RETENTION_HOURS: finished jobs and media are kept this long
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -132,4 +136,8 @@ _PARSERS = {
     "max_upload_mb": _positive(int),
     "ffmpeg": _text,
     "decode_timeout": _positive(float),
+    "data_dir": _text,
+    "max_queued": _positive(int),
+    "max_attempts": _positive(int),
+    "retention_hours": _positive(float),
 }

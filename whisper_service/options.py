@@ -155,13 +155,10 @@ class TranscribeOptions:
 
         Missing or empty fields keep their defaults.
         """
-        layout_names = {f.name for f in fields(SubtitleLayout)}
-        option_names = {f.name for f in fields(cls)} - {"layout"}
-        known = layout_names | option_names | {"temperature_increment_on_fallback"}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - set(OPTION_NAMES))
         if unknown:
             raise BadOption(
-                unknown[0], f"is not an option; the options are {', '.join(sorted(known))}"
+                unknown[0], f"is not an option; the options are {', '.join(sorted(OPTION_NAMES))}"
             )
         given = {k: v for k, v in values.items() if v is not None and v != ""}
         parsed: dict = {}
@@ -172,7 +169,7 @@ class TranscribeOptions:
         if "temperature_increment_on_fallback" in parsed:
             start = parsed.get("temperature", (0.0,))[0]
             parsed["temperature"] = _schedule(start, parsed.pop("temperature_increment_on_fallback"))
-        layout = SubtitleLayout(**{k: parsed.pop(k) for k in layout_names if k in parsed})
+        layout = SubtitleLayout(**{k: parsed.pop(k) for k in LAYOUT_NAMES if k in parsed})
         return cls(layout=layout, **parsed)
 
     def decode_kwargs(self) -> dict:
@@ -194,6 +191,15 @@ class TranscribeOptions:
             hallucination_silence_threshold=self.hallucination_silence_threshold,
             word_timestamps=self.word_timestamps,
         )
+
+
+LAYOUT_NAMES = tuple(f.name for f in fields(SubtitleLayout))
+# every name a form, a JSON body or the command line may set
+OPTION_NAMES = (
+    *(f.name for f in fields(TranscribeOptions) if f.name != "layout"),
+    *LAYOUT_NAMES,
+    "temperature_increment_on_fallback",
+)
 
 
 def _schedule(start: float, step: float) -> Tuple[float, ...]:

@@ -8,7 +8,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from . import engine
-from .audio import DecodeLimits, decode_file
+from .audio import DecodeLimits, check_file, decode_file
 from .config import Settings
 from .engine import ProgressCallback
 from .models import ModelRegistry
@@ -28,6 +28,10 @@ class WhisperService:
 
     def decode(self, path: str, display_name: Optional[str] = None) -> np.ndarray:
         return decode_file(path, self.limits, display_name)
+
+    def check_media(self, path: str, display_name: Optional[str] = None) -> None:
+        """Raise the MediaError a transcription would, reading only the file's start."""
+        check_file(path, self.limits, display_name)
 
     def transcribe_file(
         self,

@@ -1,0 +1,491 @@
+"""The job queue: uploads become jobs that consumers run in order, survive restarts,
+can be cancelled and deleted, and never run twice at once."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import secrets
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Callable, List
+
+import pytest
+
+from whisper_service.engine import Progress
+from whisper_service.errors import ServiceError
+from whisper_service.errors import NotMedia
+from whisper_service.jobs import Job, JobQueue, JobState, QueueFull
+from whisper_service.options import SubtitleLayout, TranscribeOptions
+from whisper_service.transcript import Transcript
+
+FAST = TranscribeOptions(temperature=(0.0,), beam_size=2)  # one short beam: a fast real run
+WAIT = 20.0  # generous: a slow CI machine must not fail a correct queue
+
+
+def wait_until(condition: Callable[[], object], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.02)
+
+
+def wait_finished(queue: JobQueue, job_id: str) -> Job:
+    wait_until(lambda: queue.get(job_id).finished)
+    return queue.get(job_id)
+
+
+def job_id_of(path: str) -> str:
+    return os.path.basename(os.path.dirname(path))
+
+
+def fake_transcript(text: str) -> Transcript:
+    return Transcript(task="transcribe", language="en", language_probability=1.0,
+                      duration=1.0, model="fake-model", text=text)
+
+
+class FakeService:
+    """Accepts any bytes as media; subclasses say what transcribing does."""
+
+    def check_media(self, path, display_name=None):
+        return None
+
+
+class Recorder(FakeService):
+    """Answers at once (or after `delay`), noting the order of the jobs it ran."""
+
+    def __init__(self, text: str = "fake", delay: float = 0.0, seen: List[str] = None):
+        self.text = text
+        self.delay = delay
+        self.seen = [] if seen is None else seen
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        self.seen.append(job_id_of(path))
+        time.sleep(self.delay)
+        progress(Progress(1.0, 1.0))
+        return fake_transcript(self.text)
+
+
+class Blocker(FakeService):
+    """Blocks inside the model until released: a job caught mid-run by a stop or a crash."""
+
+    def __init__(self, running=None, release=None):
+        self.running = running or threading.Event()
+        self.release = release or threading.Event()
+        self.returned = threading.Event()
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        self.running.set()
+        self.release.wait(WAIT)
+        self.returned.set()
+        return fake_transcript("stale")
+
+
+class Endless(FakeService):
+    """Reports progress until the queue stops it; names other than 'endless' finish."""
+
+    def __init__(self):
+        self.started = threading.Event()
+        self.aborted = threading.Event()
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        if display_name != "endless":
+            return fake_transcript("quick")
+        self.started.set()
+        try:
+            for step in range(int(WAIT / 0.01)):
+                progress(Progress(step, 1000.0))
+                time.sleep(0.01)
+        except Exception:
+            self.aborted.set()
+            raise
+        return fake_transcript("never stopped")
+
+
+@pytest.fixture
+def root(tmp_path) -> str:
+    return str(tmp_path / "jobs")
+
+
+@pytest.fixture
+def make_queue(root):
+    queues = []
+
+    def make(service, **kwargs) -> JobQueue:
+        queue = JobQueue(root, service, **kwargs)
+        queues.append(queue)
+        return queue
+
+    yield make
+    for queue in queues:
+        queue.stop(timeout=5)
+
+
+def submit_bytes(queue: JobQueue, name: str, data: bytes = b"audio") -> Job:
+    return queue.submit(io.BytesIO(data), name, FAST)
+
+
+def files_under(root: str) -> List[str]:
+    found = []
+    for folder, _, names in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, n), root) for n in names]
+    return sorted(f for f in found if not f.startswith("jobs.sqlite3"))
+
+
+class ProgressSpy:
+    """The real service, noting every progress fraction it reports."""
+
+    def __init__(self, service):
+        self.service = service
+        self.fractions: List[float] = []
+        self.check_media = service.check_media
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        def spy(report: Progress) -> None:
+            self.fractions.append(report.fraction)
+            progress(report)
+
+        return self.service.transcribe_file(path, options, display_name=display_name,
+                                            progress=spy)
+
+
+def test_a_job_gives_the_same_transcript_as_the_service(service, media, make_queue, root):
+    direct = service.transcribe_file(str(media["speech.wav"]), FAST)
+    spy = ProgressSpy(service)
+    queue = make_queue(spy)
+    client_name = "../talks/My talk?.wav"
+    with open(media["speech.wav"], "rb") as upload:
+        job = queue.submit(upload, client_name, FAST)
+    assert (job.state, job.position, job.progress, job.attempts) == (JobState.QUEUED, 1, 0.0, 0)
+    assert job.filename == client_name and not job.finished
+
+    queue.start()
+    done = wait_finished(queue, job.id)
+
+    assert done.state is JobState.DONE, done.error
+    assert (done.progress, done.position, done.error, done.attempts) == (1.0, None, None, 1)
+    assert done.model == direct.model
+    assert done.created_at <= done.started_at <= done.finished_at
+    assert queue.transcript(job.id) == direct
+    assert spy.fractions[-1] == 1.0 and spy.fractions == sorted(spy.fractions)
+    # the client's name is data only: the files are the id's folder and nothing else
+    assert files_under(root) == [f"{job.id}/media", f"{job.id}/transcript.json"]
+    assert done.media_path == os.path.join(root, job.id, "media")
+    assert open(done.media_path, "rb").read() == media["speech.wav"].read_bytes()
+
+
+def test_options_survive_the_database(make_queue):
+    options = TranscribeOptions(
+        language="ko", beam_size=None, temperature=(0.0, 0.4), word_timestamps=True,
+        layout=SubtitleLayout(max_line_width=30, max_line_count=2),
+    )
+    queue = make_queue(Recorder())
+    job = queue.submit(io.BytesIO(b"x"), "a.mp3", options)
+    assert queue.get(job.id).options == options
+
+
+def test_jobs_run_oldest_first(make_queue):
+    recorder = Recorder()
+    queue = make_queue(recorder)
+    jobs = [submit_bytes(queue, f"part {n}.mp3") for n in range(4)]
+    ids = [job.id for job in jobs]
+    assert [job.position for job in jobs] == [1, 2, 3, 4]
+    # a browser's list: newest first, unknown and malformed ids skipped, duplicates once
+    listed = queue.list([ids[0], "../etc", secrets.token_urlsafe(16), *ids, ""])
+    assert [job.id for job in listed] == ids[::-1]
+
+    queue.start()
+    finished = [wait_finished(queue, job_id) for job_id in ids]
+
+    assert recorder.seen == ids
+    assert [job.state for job in finished] == [JobState.DONE] * 4
+    assert [queue.transcript(job_id).text for job_id in ids] == ["fake"] * 4
+
+
+def test_media_that_is_not_audio_is_refused_at_submit_and_nothing_kept(service, media, make_queue, root):
+    queue = make_queue(service)
+    with open(media["notes.mp3"], "rb") as upload:
+        with pytest.raises(NotMedia, match="'notes.mp3' is not an audio or video file"):
+            queue.submit(upload, "notes.mp3", FAST)
+    assert files_under(root) == []
+    assert queue.list([]) == []
+
+
+def test_a_truncated_file_fails_with_the_decoders_sentence(service, media, make_queue):
+    queue = make_queue(service)
+    with open(media["truncated.mp3"], "rb") as upload:
+        job = queue.submit(upload, "truncated.mp3", FAST)  # its start decodes fine
+    queue.start()
+    failed = wait_finished(queue, job.id)
+    assert failed.state is JobState.FAILED
+    assert "'truncated.mp3' is truncated" in failed.error
+    assert failed.attempts == 1  # the file is at fault: no retry
+    assert queue.transcript(job.id) is None
+
+
+class Flaky(FakeService):
+    """'broken' always fails, 'flaky' fails once, anything else works."""
+
+    def __init__(self):
+        self.seen: List[str] = []
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        self.seen.append(display_name)
+        if display_name == "broken" or (display_name == "flaky" and self.seen.count("flaky") == 1):
+            raise RuntimeError("GPU fell over")
+        return fake_transcript(display_name)
+
+
+def test_unexpected_errors_are_retried_then_fail(make_queue):
+    flaky = Flaky()
+    queue = make_queue(flaky, max_attempts=3)
+    jobs = [submit_bytes(queue, name) for name in ("broken", "flaky", "fine")]
+    queue.start()
+    broken, recovered, fine = [wait_finished(queue, job.id) for job in jobs]
+
+    assert broken.state is JobState.FAILED
+    assert broken.error == "transcription failed 3 times: GPU fell over"
+    assert broken.attempts == 3
+    assert (recovered.state, recovered.attempts, recovered.error) == (JobState.DONE, 2, None)
+    assert (fine.state, fine.attempts, fine.progress) == (JobState.DONE, 1, 1.0)
+    # a retried job keeps its place at the front of the queue
+    assert flaky.seen == ["broken"] * 3 + ["flaky"] * 2 + ["fine"]
+
+
+def test_a_full_queue_refuses_before_writing(make_queue, root):
+    queue = make_queue(Recorder(), max_queued=2)
+    first = submit_bytes(queue, "one.mp3")
+    submit_bytes(queue, "two.mp3")
+    upload = io.BytesIO(b"refused audio")
+
+    with pytest.raises(QueueFull) as refused:
+        queue.submit(upload, "three.mp3", FAST)
+
+    assert isinstance(refused.value, ServiceError)
+    assert "busy: 2 files are waiting" in str(refused.value)
+    assert refused.value.retry_after > 0
+    assert upload.tell() == 0
+    assert len(files_under(root)) == 2  # the two accepted uploads' media, nothing more
+    queue.cancel(first.id)  # a place frees up
+    assert submit_bytes(queue, "three.mp3").position == 2
+
+
+def test_a_job_left_running_by_a_stopped_queue_runs_again(make_queue):
+    blocker = Blocker()
+    first = make_queue(blocker)
+    job = submit_bytes(first, "talk.mp3")
+    first.start()
+    try:
+        assert blocker.running.wait(WAIT)
+        first.stop(timeout=0.1)  # the job is stuck in the model: left for the next start
+        assert first.get(job.id).state is JobState.RUNNING
+
+        recorder = Recorder(text="second run")
+        second = make_queue(recorder)  # as after a restart
+        second.start()
+        done = wait_finished(second, job.id)
+        assert (done.state, done.attempts) == (JobState.DONE, 2)
+        assert recorder.seen == [job.id]
+    finally:
+        blocker.release.set()
+    # the first run ends late: its result must not replace the second's
+    assert blocker.returned.wait(WAIT)
+    time.sleep(0.3)
+    assert second.transcript(job.id).text == "second run"
+    assert second.get(job.id).state is JobState.DONE
+
+
+def test_a_job_that_keeps_taking_the_server_down_fails(make_queue):
+    blockers = [Blocker(), Blocker()]
+    try:
+        for run, blocker in enumerate(blockers, start=1):
+            queue = make_queue(blocker, max_attempts=2)
+            if run == 1:
+                job = submit_bytes(queue, "poison.mp3")
+            queue.start()
+            assert blocker.running.wait(WAIT)
+            queue.stop(timeout=0.1)  # as if the process died mid-job
+        recorder = Recorder()
+        last = make_queue(recorder, max_attempts=2)
+        last.start()
+        failed = last.get(job.id)
+        assert failed.state is JobState.FAILED
+        assert failed.error == ("transcription failed 2 times: "
+                                "the server stopped while transcribing it")
+        assert recorder.seen == []
+    finally:
+        for blocker in blockers:
+            blocker.release.set()
+
+
+def _consume_in_child(root: str, running) -> None:
+    JobQueue(root, Blocker(running)).start()
+    time.sleep(WAIT)  # until killed
+    os._exit(0)
+
+
+def test_a_live_process_keeps_its_job_and_a_killed_ones_job_is_recovered(make_queue, root):
+    recorder = Recorder()
+    queue = make_queue(recorder)
+    job = submit_bytes(queue, "talk.mp3")
+    fork = multiprocessing.get_context("fork")
+    running = fork.Event()
+    child = fork.Process(target=_consume_in_child, args=(root, running))
+    child.start()
+    try:
+        assert running.wait(WAIT)
+        queue.start()  # recovers at start: the child is alive, its job is not touched
+        assert queue.recover() == 0
+        time.sleep(0.2)
+        assert queue.get(job.id).state is JobState.RUNNING and recorder.seen == []
+
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(WAIT)
+        assert queue.recover() == 1
+        done = wait_finished(queue, job.id)
+        assert (done.state, done.attempts) == (JobState.DONE, 2)
+        assert recorder.seen == [job.id]
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join(WAIT)
+
+
+def test_cancel_a_queued_job(make_queue):
+    recorder = Recorder()
+    queue = make_queue(recorder)
+    dropped, kept = submit_bytes(queue, "a.mp3"), submit_bytes(queue, "b.mp3")
+
+    cancelled = queue.cancel(dropped.id)
+
+    assert (cancelled.state, cancelled.position) == (JobState.CANCELLED, None)
+    assert cancelled.finished and cancelled.finished_at is not None
+    assert queue.get(kept.id).position == 1
+    queue.start()
+    assert wait_finished(queue, kept.id).state is JobState.DONE
+    assert recorder.seen == [kept.id]
+    assert queue.cancel(kept.id).state is JobState.DONE  # too late: nothing changes
+    assert queue.cancel(secrets.token_urlsafe(16)) is None
+
+
+def test_cancel_a_running_job(make_queue):
+    endless = Endless()
+    queue = make_queue(endless)
+    job = submit_bytes(queue, "endless")
+    queue.start()
+    assert endless.started.wait(WAIT)
+    wait_until(lambda: queue.get(job.id).progress > 0)
+    running = queue.get(job.id)
+    assert running.state is JobState.RUNNING and 0 < running.progress < 1
+    assert running.eta_seconds > 0
+
+    asked = queue.cancel(job.id)
+
+    assert (asked.state, asked.cancel_requested) == (JobState.RUNNING, True)
+    cancelled = wait_finished(queue, job.id)
+    assert (cancelled.state, cancelled.error, cancelled.attempts) == (JobState.CANCELLED, None, 1)
+    assert endless.aborted.is_set()
+    assert queue.transcript(job.id) is None
+    # the consumer goes on with the next job
+    after = submit_bytes(queue, "after")
+    assert wait_finished(queue, after.id).state is JobState.DONE
+
+
+def test_delete_removes_row_and_files(make_queue, root):
+    queue = make_queue(Recorder())
+    job = submit_bytes(queue, "talk.mp3")
+    queue.start()
+    wait_finished(queue, job.id)
+    assert os.path.isdir(os.path.join(root, job.id))
+
+    assert queue.delete(job.id) is True
+
+    assert queue.get(job.id) is None and queue.transcript(job.id) is None
+    assert queue.list([job.id]) == []
+    assert not os.path.exists(os.path.join(root, job.id))
+    assert queue.delete(job.id) is False
+
+
+def test_delete_a_running_job_stops_it(make_queue, root):
+    endless = Endless()
+    queue = make_queue(endless)
+    job = submit_bytes(queue, "endless")
+    queue.start()
+    assert endless.started.wait(WAIT)
+
+    assert queue.delete(job.id) is True
+
+    assert endless.aborted.wait(WAIT)
+    assert queue.get(job.id) is None and not os.path.exists(os.path.join(root, job.id))
+    after = submit_bytes(queue, "after")
+    assert wait_finished(queue, after.id).state is JobState.DONE
+
+
+@pytest.mark.parametrize("bad_id", [
+    "", "../etc", "../../../../etc/passwd", "jobs.sqlite3", "a" * 22 + "\n", "a" * 21 + "/",
+    None, "unknown-job-id-0123456",  # the shape of an id, but no such job
+])
+def test_unknown_or_malformed_ids_find_nothing(make_queue, bad_id):
+    queue = make_queue(Recorder())
+    submit_bytes(queue, "talk.mp3")
+    assert queue.get(bad_id) is None
+    assert queue.transcript(bad_id) is None
+    assert queue.cancel(bad_id) is None
+    assert queue.delete(bad_id) is False
+
+
+def test_purge_removes_only_old_finished_jobs(make_queue, root):
+    queue = make_queue(Recorder(), retention_seconds=1.0)
+    old = submit_bytes(queue, "old.mp3")
+    queue.cancel(old.id)
+    waiting = submit_bytes(queue, "waiting.mp3")  # old too, but not finished
+    stray_old, stray_young = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    for stray in (stray_old, stray_young, "not-a-job-folder"):
+        os.makedirs(os.path.join(root, stray))
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(os.path.join(root, stray_old), (two_days_ago, two_days_ago))
+    time.sleep(1.1)
+    recent = submit_bytes(queue, "recent.mp3")
+    queue.cancel(recent.id)
+
+    assert queue.purge_expired() == 1
+
+    assert queue.get(old.id) is None and not os.path.exists(os.path.join(root, old.id))
+    assert queue.get(recent.id).state is JobState.CANCELLED
+    assert queue.get(waiting.id).state is JobState.QUEUED
+    assert os.path.exists(os.path.join(root, recent.id, "media"))
+    # a folder no row names is debris once it is old; other folders are not ours
+    assert not os.path.exists(os.path.join(root, stray_old))
+    assert os.path.isdir(os.path.join(root, stray_young))
+    assert os.path.isdir(os.path.join(root, "not-a-job-folder"))
+
+
+def test_two_consumers_never_run_a_job_twice(make_queue):
+    seen: List[str] = []
+    first = make_queue(Recorder(delay=0.05, seen=seen))
+    second = make_queue(Recorder(delay=0.05, seen=seen))
+    ids = [submit_bytes(first, f"{n}.mp3").id for n in range(6)]
+    first.start()
+    wait_until(lambda: seen)  # the first queue is running a job ...
+    second.start()  # ... which the second one's recovery must leave alone
+
+    finished = [wait_finished(second, job_id) for job_id in ids]
+
+    assert Counter(seen) == Counter(ids)
+    assert all(job.state is JobState.DONE and job.attempts == 1 for job in finished)
+
+
+def test_many_consumers_claim_each_job_once(make_queue):
+    seen: List[str] = []
+    queues = [make_queue(Recorder(seen=seen), workers=3) for _ in range(3)]
+    ids = [submit_bytes(queues[0], f"{n}.mp3").id for n in range(30)]
+    for queue in queues:
+        queue.start()
+
+    finished = [wait_finished(queues[0], job_id) for job_id in ids]
+
+    assert Counter(seen) == Counter(ids)
+    assert all(job.state is JobState.DONE and job.attempts == 1 for job in finished)
