@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import errors, pages, security
+from web import api, errors, openai_compat, pages, security
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
 from whisper_service.service import WhisperService
@@ -48,6 +48,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue)
 
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(openai_compat.blueprint)
     errors.register(app)
     security.register(app)
     queue.start()

@@ -1,12 +1,16 @@
-"""Every error a client can cause becomes a page with its status code and one clear sentence."""
+"""Every error a client can cause becomes its status code and one clear sentence:
+a page in the browser, JSON under /api and /invocations, OpenAI's error shape under /v1."""
 
 from __future__ import annotations
 
-from flask import Flask, render_template
+import re
+from typing import Optional
+
+from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from whisper_service import errors as service_errors
-from whisper_service.jobs import QueueFull
+from whisper_service.jobs import Job, QueueFull
 
 # the HTTP status of each kind of service error; the most specific class wins
 STATUS_OF = {
@@ -22,21 +26,49 @@ STATUS_OF = {
     service_errors.ModelUnavailable: 503,
     QueueFull: 503,
 }
+JSON_PREFIXES = ("/api/", "/invocations")
+OPENAI_PREFIX = "/v1/"
+
+
+class JobFailed(service_errors.ServiceError):
+    """A job that failed, raised again for a caller who waited for it (synchronous APIs)."""
+
+    def __init__(self, job: Job):
+        super().__init__(job.error or "the transcription failed", field="file")
+        self.kind = job.error_kind or "JobFailed"
 
 
 def status_of(error: service_errors.ServiceError) -> int:
+    if isinstance(error, JobFailed):
+        return next((s for k, s in STATUS_OF.items() if k.__name__ == error.kind), 500)
     for kind in type(error).__mro__:
         if kind in STATUS_OF:
             return STATUS_OF[kind]
     return 400
 
 
+def error_code(error: Exception) -> str:
+    """'NotMedia' -> 'not_media', 'RequestEntityTooLarge' -> 'request_entity_too_large'."""
+    name = error.kind if isinstance(error, JobFailed) else type(error).__name__
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def error_response(status: int, code: str, message: str, field: Optional[str] = None):
+    """The error in the shape the caller's part of the site speaks."""
+    if request.path.startswith(OPENAI_PREFIX):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
+        return jsonify(body), status
+    if request.path.startswith(JSON_PREFIXES):
+        return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+    return render_template("error.html", status=status, message=message), status
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(service_errors.ServiceError)
     def service_error(error: service_errors.ServiceError):
-        status = status_of(error)
         response = app.make_response(
-            (render_template("error.html", status=status, message=str(error)), status)
+            error_response(status_of(error), error_code(error), str(error), error.field)
         )
         if isinstance(error, QueueFull):
             response.headers["Retry-After"] = str(int(error.retry_after))
@@ -45,9 +77,15 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):
         message = error.description
+        field = None
         if error.code == 413:
             limit_mb = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
             message = f"The file is larger than this server accepts ({limit_mb} MB)."
+            field = "file"
         elif error.code == 404:
             message = "There is no such page or transcript."
-        return render_template("error.html", status=error.code, message=message), error.code
+        response = app.make_response(error_response(error.code, error_code(error), message, field))
+        for name, value in error.get_headers():
+            if name.lower() in ("www-authenticate", "allow", "retry-after"):
+                response.headers[name] = value
+        return response

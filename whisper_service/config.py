@@ -48,6 +48,9 @@ class Settings:
     max_queued: int = 100  # WHISPER_MAX_QUEUED: waiting jobs before uploads get "busy" (503)
     max_attempts: int = 3  # WHISPER_MAX_ATTEMPTS: runs of a job that keeps crashing before it fails
     retention_hours: float = 168.0  # WHISPER_RETENTION_HOURS: finished jobs and media are kept this long
+    sync_timeout: float = 60.0  # WHISPER_SYNC_TIMEOUT: a synchronous API call waits this long, then 202
+    api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
+    api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -65,6 +68,8 @@ class Settings:
             raise ConfigError(
                 f"WHISPER_DEVICE must be auto, cpu, cuda or cuda:N; got {self.device!r}"
             )
+        if self.api_key_file:
+            object.__setattr__(self, "api_keys", _unique((*self.api_keys, *_read_keys(self.api_key_file))))
         if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
             raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
 
@@ -95,6 +100,14 @@ def _check_model(variable: str, name: str) -> None:
     raise ConfigError(
         f"{variable}: {name!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}"
     )
+
+
+def _read_keys(path: str) -> Tuple[str, ...]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return tuple(line.strip() for line in f if line.strip() and not line.startswith("#"))
+    except OSError as error:
+        raise ConfigError(f"WHISPER_API_KEY_FILE {path!r} cannot be read: {error.strerror}") from None
 
 
 def _unique(names) -> Tuple[str, ...]:
@@ -140,4 +153,7 @@ _PARSERS = {
     "max_queued": _positive(int),
     "max_attempts": _positive(int),
     "retention_hours": _positive(float),
+    "sync_timeout": _positive(float),
+    "api_keys": _name_list,
+    "api_key_file": _text,
 }

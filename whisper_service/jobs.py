@@ -43,6 +43,7 @@ DEFAULT_FILENAME = "upload"
 COPY_CHUNK = 1 << 20
 BUSY_TIMEOUT_SECONDS = 30.0  # how long a statement waits for another writer's lock
 POLL_SECONDS = 1.0  # an idle consumer looks for work this often (other processes submit too)
+WAIT_POLL_SECONDS = 0.1  # how often a synchronous caller looks at its job
 PROGRESS_SECONDS = 0.5  # at most two progress writes per second per job
 HOUSEKEEPING_SECONDS = 300.0  # recover orphans and purge expired jobs this often
 STRAY_SECONDS = 24 * 3600.0  # a folder without a row this old is debris of a crash
@@ -62,6 +63,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress REAL NOT NULL DEFAULT 0,
     eta_seconds REAL,
     error TEXT,
+    error_kind TEXT,                        -- the ServiceError class of a failed job, if any
     attempts INTEGER NOT NULL DEFAULT 0,
     model TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -103,6 +105,7 @@ class Job:
     eta_seconds: Optional[float]  # while running, from the rate of progress so far
     position: Optional[int]  # 1-based place in the queue while queued
     error: Optional[str]  # why a failed job failed, as a sentence for people
+    error_kind: Optional[str]  # the ServiceError class behind it ("TruncatedMedia"), if any
     attempts: int
     model: Optional[str]  # the model that produced the transcript
     cancel_requested: bool  # a running job stops at its next progress report
@@ -265,6 +268,15 @@ class JobQueue:
                 (json.dumps(wanted),),
             ).fetchall()
         return [self._job(row) for row in rows]
+
+    def wait(self, job_id: str, timeout: float) -> Optional[Job]:
+        """The job once finished, or as it is when `timeout` seconds have passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            if job is None or job.finished or time.monotonic() >= deadline:
+                return job
+            time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def transcript(self, job_id: str) -> Optional[Transcript]:
         """The transcript of a done job, else None."""
@@ -439,7 +451,8 @@ class JobQueue:
             with self._owned(job.id, token) as (db, row):
                 if row is not None:
                     _update(db, job.id, state=JobState.FAILED.value, error=str(error),
-                            eta_seconds=None, finished_at=time.time())
+                            error_kind=type(error).__name__, eta_seconds=None,
+                            finished_at=time.time())
             log.info("job %s failed: %s", job.id, error)
         except Exception as error:
             state = self._give_back(job, token, str(error) or type(error).__name__)
@@ -567,6 +580,7 @@ class JobQueue:
             eta_seconds=row["eta_seconds"],
             position=row["position"],
             error=row["error"],
+            error_kind=row["error_kind"],
             attempts=row["attempts"],
             model=row["model"],
             cancel_requested=bool(row["cancel_requested"]),

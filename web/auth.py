@@ -1,0 +1,29 @@
+"""Optional API keys: when any are configured, /api and /v1 need `Authorization: Bearer KEY`."""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import current_app, request
+from werkzeug.exceptions import Unauthorized
+
+
+class ApiKeyRequired(Unauthorized):
+    description = "This API needs a key: send the header 'Authorization: Bearer <key>'."
+
+    def get_headers(self, environ=None, scope=None):
+        return [*super().get_headers(environ, scope), ("WWW-Authenticate", 'Bearer realm="whisper"')]
+
+
+def require_api_key() -> None:
+    """A before_request hook for the API blueprints. Keys are compared in constant time
+    and never logged."""
+    keys = current_app.extensions["whisper_settings"].api_keys
+    if not keys:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    # compare with every key, so the time taken says nothing about which one nearly matched
+    matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        raise ApiKeyRequired()
