@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine with Python 3.11:
-#   make run    set up and start the app on http://127.0.0.1:5000
+#   make run    set up and start the app on http://127.0.0.1:8000 (gunicorn, as in production)
 #   make test   install what the tests need and run them
 VENV ?= .venv
 PYTHON ?= python3
@@ -7,7 +7,7 @@ PYTHON ?= python3
 TEST_APT_PACKAGES = espeak-ng chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
-PORT ?= 5000
+PORT ?= 8000
 
 .PHONY: setup test-deps run test
 
@@ -27,7 +27,7 @@ test-deps: $(VENV)/.test-installed
 	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
 
 run: setup
-	$(VENV)/bin/flask --app app run --host $(HOST) --port $(PORT)
+	WHISPER_HOST=$(HOST) WHISPER_PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
 test: test-deps
 	$(VENV)/bin/python -m pytest -q

@@ -49,8 +49,12 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(api.invocations)
+    app.register_blueprint(api.public)
     app.register_blueprint(openai_compat.blueprint)
     errors.register(app)
     security.register(app)
+    if settings.preload:
+        app.extensions["whisper_preload"] = service.preload_in_background()
     queue.start()
     return app

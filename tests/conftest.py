@@ -124,6 +124,9 @@ def make_app(checkpoint, folder, **config):
         "WHISPER_MODEL_DIR": str(folder / "models"),
         "WHISPER_DATA_DIR": str(folder / "jobs"),
         "WHISPER_MAX_UPLOAD_MB": "2",
+        # tests load the model when they need it; a load still running when the test
+        # process exits would abort it (torch threads torn down mid-call)
+        "WHISPER_PRELOAD": "false",
         **config,
     })
 

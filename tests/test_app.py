@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import time
 
@@ -213,8 +214,19 @@ def test_works_without_javascript(client, media):
     assert re.search(r'href="/jobs/[^"]+/speech\.txt" download', done)
 
 
+def test_the_default_model_loads_in_the_background_at_start(checkpoint, tmp_path):
+    from conftest import make_app
+
+    app = make_app(checkpoint, tmp_path, WHISPER_PRELOAD="true")
+    try:
+        app.extensions["whisper_preload"].join(timeout=60)
+        assert app.extensions["whisper_service"].models.loaded() == [checkpoint]
+    finally:
+        app.extensions["whisper_jobs"].stop()
+
+
 def test_health(client):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "pid": os.getpid()}
 
 
 def test_bad_setting_stops_start_up(checkpoint, tmp_path):

@@ -91,3 +91,15 @@ def test_decode_kwargs_drop_patience_for_greedy():
     kwargs = TranscribeOptions(beam_size=None, temperature=(0.0,)).decode_kwargs()
     assert kwargs["beam_size"] is None and kwargs["patience"] is None
     assert kwargs["temperature"] == 0.0
+
+
+@pytest.mark.parametrize("values, field, words", [
+    ({"beam_size": "9" * 400}, "beam_size", "must be in [1, 16]; got 9999"),
+    ({"patience": 10 ** 400}, "patience", "must be a number"),
+    ({"patience": "0.1", "beam_size": "5"}, "patience", "with beam_size 5 must be more than 0.1"),
+])
+def test_extreme_values_are_refused_not_crashed_on(values, field, words):
+    with pytest.raises(BadOption) as error:
+        TranscribeOptions.from_mapping(values)
+    assert error.value.field == field
+    assert words in str(error.value)

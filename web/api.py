@@ -1,10 +1,332 @@
-"""The native JSON API under /api/v1, the JumpStart-style /invocations, and /readyz."""
+"""The native JSON API under /api/v1, the JumpStart-style /invocations, /readyz and the
+OpenAPI document at /api/openapi.json.
+
+Views only translate HTTP to and from the job queue, as the browser pages do: every
+transcription is a job, and a synchronous call is a job waited for. Errors are raised and
+rendered as JSON by web/errors.py.
+
+* POST /api/v1/transcriptions takes multipart (`file` + options) or JSON (`audio` in base64,
+  `filename` + options). It waits up to WHISPER_SYNC_TIMEOUT for the transcript; past that,
+  or at once with `Prefer: respond-async` or `?async=1`, it answers 202 with the job and
+  `Location: /api/v1/jobs/<id>`. A failed job answers its error's status.
+* GET /api/v1/jobs/<id>/transcript.<fmt> is 404 while the job is queued or running, and
+  409 once it failed or was cancelled (it never will have one; the message says why), so a
+  poller can tell "not yet" from "never".
+* POST /api/v1/detect-language answers every language's probability, likeliest first.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import base64
+import binascii
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict
+from datetime import datetime, timezone
+from io import BytesIO
+from typing import Any, BinaryIO, Callable, Dict, NamedTuple, Optional
 
+from flask import Blueprint, Response, current_app, jsonify, make_response, request, url_for
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMediaType
+
+from web import openapi
 from web.auth import require_api_key
+from web.errors import JobFailed
+from web.openai_compat import JOB_ID_HEADER
+from whisper_service.errors import BadOption
+from whisper_service.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
+from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
+from whisper_service.transcript import Transcript
+from whisper_service.writers import FORMATS, MEDIA_TYPES, write
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 blueprint.before_request(require_api_key)
+# SageMaker calls /invocations at the root; it needs a key like the rest of the API
+invocations = Blueprint("invocations", __name__)
+invocations.before_request(require_api_key)
+# probes and the API's description answer without a key
+public = Blueprint("api_public", __name__)
+
+MULTIPART = "multipart/form-data"
+FILE_FIELD = "file"  # the upload in a multipart request
+AUDIO_FIELD = "audio"  # the upload, base64, in a JSON request
+FILENAME_FIELD = "filename"  # its name in a JSON request (display only)
+JUMPSTART_AUDIO_FIELD = "audio_input"  # the upload, hexadecimal, in a JumpStart request
+RESPOND_ASYNC = "respond-async"  # the RFC 7240 preference that asks for 202 at once
+DETECT_FIELDS = ("model",)  # the only option language detection takes
+TRANSCRIPT_RULE = f"/jobs/<job_id>/transcript.<any({', '.join(FORMATS)}):fmt>"
+
+# JumpStart's Hugging Face Whisper endpoints take transformers' generate() arguments.
+# num_beams is beam_size here; language, task and temperature are our own option names.
+# The others have no counterpart in openai-whisper's decoder (it stops at end-of-text and
+# samples by temperature alone), so they are accepted and ignored, and a payload written
+# for JumpStart works unchanged. Any other unknown key is refused (400) like everywhere.
+JUMPSTART_RENAMED = {"num_beams": "beam_size"}
+JUMPSTART_IGNORED = frozenset({
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "top_k",
+    "top_p", "early_stopping", "no_repeat_ngram_size", "repetition_penalty",
+    "num_return_sequences", "return_timestamps",
+})
+
+
+# --- routes --------------------------------------------------------------------------------
+
+
+@blueprint.post("/transcriptions")
+def create_transcription():
+    upload = read_upload(AUDIO_FIELD, _from_base64)
+    job = submit(upload, TranscribeOptions.from_mapping(upload.fields))
+    if wants_async():
+        return accepted(job)
+    return answer_when_done(job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id})
+
+
+@blueprint.get("/jobs/<job_id>")
+def job_status(job_id: str):
+    return job_json(find_job(job_id))
+
+
+@blueprint.get(TRANSCRIPT_RULE)
+def transcript_file(job_id: str, fmt: str):
+    job = find_job(job_id)
+    transcript = finished_transcript(job)
+    return Response(write(fmt, transcript, job.options.layout), content_type=MEDIA_TYPES[fmt])
+
+
+@blueprint.delete("/jobs/<job_id>")
+def delete_job(job_id: str):
+    job = find_job(job_id)
+    if job.finished:
+        jobs().delete(job.id)
+    else:
+        jobs().cancel(job.id)  # a running job stops at its next progress report
+    return "", 204
+
+
+@blueprint.post("/detect-language")
+def detect_language():
+    upload = read_upload(AUDIO_FIELD, _from_base64)
+    probabilities = detect(upload, detection_model(upload.fields))
+    top = next(iter(probabilities))
+    return {
+        "language": top,
+        "language_name": language_name(top),
+        "probabilities": [
+            {"language": code, "name": language_name(code), "probability": p}
+            for code, p in probabilities.items()
+        ],
+    }
+
+
+@blueprint.get("/models")
+def models():
+    registry = current_app.extensions["whisper_service"].models
+    return {
+        "default": registry.default,
+        "allowed": registry.allowed,
+        "loaded": registry.loaded(),
+        "translate_model": settings().translate_model,
+    }
+
+
+@invocations.post("/invocations")
+def invoke():
+    upload = read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
+    job = submit(upload, TranscribeOptions.from_mapping(jumpstart_options(upload.fields)))
+    return answer_when_done(job, lambda job, transcript: {"text": transcript.text})
+
+
+@public.get("/readyz")
+def readyz():
+    """Ready when the default model is loaded and uploads are accepted; never loads it."""
+    queue = jobs()
+    waiting = queue.queued_count()
+    body = {"queued": waiting, "max_queued": queue.max_queued}
+    registry = current_app.extensions["whisper_service"].models
+    if registry.default not in registry.loaded():
+        return {"status": "loading", **body}, 503
+    if waiting >= queue.max_queued:
+        return {"status": "busy", **body}, 503
+    return {"status": "ready", **body}
+
+
+@public.get("/api/openapi.json")
+def openapi_document():
+    return openapi.document()
+
+
+# --- requests in ---------------------------------------------------------------------------
+
+
+class Upload(NamedTuple):
+    stream: BinaryIO
+    filename: str
+    fields: Dict[str, Any]  # every other field the client sent, for the caller to parse
+
+
+def read_upload(data_field: str, decode: Callable[[str, Any], bytes]) -> Upload:
+    """The file and the other fields of a multipart request, or of a JSON object whose
+    `data_field` holds the file's bytes (decoded by `decode`)."""
+    if request.is_json:
+        body = request.get_json()
+        if not isinstance(body, dict):
+            raise BadRequest("The JSON body must be an object.")
+        fields = dict(body)
+        filename = fields.pop(FILENAME_FIELD, None) or DEFAULT_FILENAME
+        if not isinstance(filename, str):
+            raise BadOption(FILENAME_FIELD, "must be a string")
+        data = decode(data_field, fields.pop(data_field, None))
+        return Upload(BytesIO(data), filename, fields)
+    if request.mimetype != MULTIPART:
+        raise UnsupportedMediaType(f"Send {MULTIPART} with a '{FILE_FIELD}' field, "
+                                   f"or application/json with '{data_field}'.")
+    media = request.files.get(FILE_FIELD)
+    if media is None or not media.filename:
+        raise BadOption(FILE_FIELD, "send the audio or video file in this multipart field")
+    extra_files = sorted(set(request.files) - {FILE_FIELD})
+    if extra_files:
+        raise BadOption(extra_files[0], f"only one file is taken, in the field '{FILE_FIELD}'")
+    if not all(request.form):  # werkzeug names a field None when its header is unreadable
+        raise BadRequest("A multipart field has no name, or one that cannot be read.")
+    # like the browser form: when a field comes twice, the last value wins
+    fields = {name: request.form.getlist(name)[-1] for name in request.form}
+    return Upload(media.stream, media.filename, fields)
+
+
+def _from_base64(field: str, value: Any) -> bytes:
+    try:
+        # line breaks are allowed, as `base64` wraps its output; anything else must be base64
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (AttributeError, TypeError, ValueError, binascii.Error):
+        raise BadOption(field, "must be a string: the file's bytes in base64") from None
+
+
+def _from_hex(field: str, value: Any) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise BadOption(field, "must be a string: the file's bytes in hexadecimal") from None
+
+
+def wants_async() -> bool:
+    """`Prefer: respond-async` (RFC 7240) or `?async=1` asks for 202 without waiting."""
+    preferences = re.split(r"[,;]", request.headers.get("Prefer", ""))
+    if RESPOND_ASYNC in (p.strip().lower() for p in preferences):
+        return True
+    return request.args.get("async", "").strip().lower() in TRUE_WORDS
+
+
+def jumpstart_options(fields: Dict[str, Any]) -> Dict[str, Any]:
+    ignored = sorted(JUMPSTART_IGNORED & set(fields))
+    if ignored:
+        log.info("/invocations: ignoring %s (no counterpart in whisper)", ", ".join(ignored))
+    return {JUMPSTART_RENAMED.get(k, k): v for k, v in fields.items() if k not in JUMPSTART_IGNORED}
+
+
+def detection_model(fields: Dict[str, Any]) -> Optional[str]:
+    unknown = sorted(set(fields) - set(DETECT_FIELDS))
+    if unknown:
+        raise BadOption(unknown[0], "is not a field here; language detection takes only 'model'")
+    return TranscribeOptions.from_mapping(fields).model  # parsed as a transcription's
+
+
+# --- the queue and the model ---------------------------------------------------------------
+
+
+def jobs() -> JobQueue:
+    return current_app.extensions["whisper_jobs"]
+
+
+def settings():
+    return current_app.extensions["whisper_settings"]
+
+
+def submit(upload: Upload, options: TranscribeOptions) -> Job:
+    # refuse a model outside the allow-list now, not when the job runs
+    current_app.extensions["whisper_service"].models.check_allowed(options.model)
+    return jobs().submit(upload.stream, upload.filename, options)
+
+
+def detect(upload: Upload, model: Optional[str]) -> Dict[str, float]:
+    """Language probabilities, best first. Runs in the request thread (one 30 s window)."""
+    with tempfile.TemporaryDirectory(prefix="whisper-detect-") as folder:
+        path = os.path.join(folder, "media")
+        with open(path, "wb") as media:
+            shutil.copyfileobj(upload.stream, media, COPY_CHUNK)
+        service = current_app.extensions["whisper_service"]
+        return service.detect_language_file(path, model, upload.filename)
+
+
+def find_job(job_id: str) -> Job:
+    job = jobs().get(job_id)
+    if job is None:
+        raise NotFound()
+    return job
+
+
+def finished_transcript(job: Job) -> Transcript:
+    """The transcript of a done job; 409 for a job that will never have one, 404 until then."""
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
+        reason = f": {job.error}" if job.error else ""
+        raise Conflict(f"Job {job.id} is {job.state.value}{reason}; it has no transcript.")
+    transcript = jobs().transcript(job.id)
+    if transcript is None:
+        raise NotFound()  # queued or running: poll the job
+    return transcript
+
+
+# --- answers out ---------------------------------------------------------------------------
+
+
+def answer_when_done(job: Job, render: Callable[[Job, Transcript], Any]):
+    """Wait up to the sync timeout: the rendered transcript, the job's error, or 202."""
+    job = jobs().wait(job.id, settings().sync_timeout) or find_job(job.id)
+    if job.state is JobState.FAILED:
+        raise JobFailed(job)
+    if not job.finished:
+        return accepted(job)
+    response = make_response(render(job, finished_transcript(job)))
+    response.headers[JOB_ID_HEADER] = job.id
+    return response
+
+
+def accepted(job: Job) -> Response:
+    response = jsonify(job_json(job))
+    response.status_code = 202
+    response.headers["Location"] = url_for("api.job_status", job_id=job.id)
+    return response
+
+
+def job_json(job: Job) -> dict:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "position": job.position,
+        "progress": job.progress,
+        "eta_seconds": job.eta_seconds,
+        "error": job.error,
+        "created_at": _iso_time(job.created_at),
+        "started_at": _iso_time(job.started_at),
+        "finished_at": _iso_time(job.finished_at),
+        "attempts": job.attempts,
+        "model": job.model,
+        "filename": job.filename,
+        "options": asdict(job.options),
+        "links": {
+            "self": url_for("api.job_status", job_id=job.id),
+            "transcript": {
+                fmt: url_for("api.transcript_file", job_id=job.id, fmt=fmt) for fmt in FORMATS
+            },
+        },
+    }
+
+
+def _iso_time(timestamp: Optional[float]) -> Optional[str]:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="milliseconds")

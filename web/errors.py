@@ -7,7 +7,7 @@ import re
 from typing import Optional
 
 from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, NotFound
 
 from whisper_service import errors as service_errors
 from whisper_service.jobs import Job, QueueFull
@@ -82,8 +82,8 @@ def register(app: Flask) -> None:
             limit_mb = app.config["MAX_CONTENT_LENGTH"] // (1024 * 1024)
             message = f"The file is larger than this server accepts ({limit_mb} MB)."
             field = "file"
-        elif error.code == 404:
-            message = "There is no such page or transcript."
+        elif error.code == 404 and message == NotFound.description:
+            message = "There is no such page or transcript."  # unless the view said more
         response = app.make_response(error_response(error.code, error_code(error), message, field))
         for name, value in error.get_headers():
             if name.lower() in ("www-authenticate", "allow", "retry-after"):

@@ -6,6 +6,7 @@ Views only translate HTTP to and from the job queue; the model runs in its consu
 from __future__ import annotations
 
 import mimetypes
+import os
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -111,7 +112,8 @@ def download(job_id: str, stem: str, fmt: str):
 
 @blueprint.get("/healthz")
 def healthz():
-    return {"status": "ok"}
+    """Liveness: answers at once, never waits for a model; names the worker process."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @blueprint.app_template_filter("isotime")

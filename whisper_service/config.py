@@ -48,6 +48,7 @@ class Settings:
     max_queued: int = 100  # WHISPER_MAX_QUEUED: waiting jobs before uploads get "busy" (503)
     max_attempts: int = 3  # WHISPER_MAX_ATTEMPTS: runs of a job that keeps crashing before it fails
     retention_hours: float = 168.0  # WHISPER_RETENTION_HOURS: finished jobs and media are kept this long
+    preload: bool = True  # WHISPER_PRELOAD: load the default model when the server starts
     sync_timeout: float = 60.0  # WHISPER_SYNC_TIMEOUT: a synchronous API call waits this long, then 202
     api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
@@ -135,6 +136,15 @@ def _name_list(variable: str, raw: str) -> Tuple[str, ...]:
     return _unique(part.strip() for part in raw.split(","))
 
 
+def _flag(variable: str, raw: str) -> bool:
+    word = raw.lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{variable} must be true or false; got {raw!r}")
+
+
 def _lower(variable: str, raw: str) -> str:
     return raw.lower()
 
@@ -153,6 +163,7 @@ _PARSERS = {
     "max_queued": _positive(int),
     "max_attempts": _positive(int),
     "retention_hours": _positive(float),
+    "preload": _flag,
     "sync_timeout": _positive(float),
     "api_keys": _name_list,
     "api_key_file": _text,

@@ -218,7 +218,7 @@ class JobQueue:
         """Store the upload, check that it is media, and queue it. Raises QueueFull before
         anything is written when the queue is full, and the MediaError of a file that is
         not usable media (nothing is kept of it)."""
-        waiting = self._count_queued()
+        waiting = self.queued_count()
         if waiting >= self.max_queued:
             raise QueueFull(waiting)
         job_id = secrets.token_urlsafe(ID_BYTES)
@@ -560,7 +560,8 @@ class JobQueue:
         finally:
             db.close()
 
-    def _count_queued(self) -> int:
+    def queued_count(self) -> int:
+        """Jobs waiting in the queue (all processes)."""
         with self._connect() as db:
             return db.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
 

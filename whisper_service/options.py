@@ -115,6 +115,13 @@ class TranscribeOptions:
         _check_range("patience", self.patience, 0.0, 10.0, low_open=True)
         if self.beam_size is None and self.patience != 1.0:
             raise BadOption("patience", "applies only to beam search; set beam_size too")
+        # beam search waits for round(beam_size x patience) finished candidates: at least one
+        if self.beam_size is not None and round(self.beam_size * self.patience) < 1:
+            raise BadOption(
+                "patience",
+                f"with beam_size {self.beam_size} must be more than {0.5 / self.beam_size:g}, "
+                "so that at least one candidate is awaited",
+            )
         _check_range("best_of", self.best_of, 1, MAX_BEST_OF)
         if not self.temperature:
             raise BadOption("temperature", "give at least one temperature")
@@ -155,7 +162,7 @@ class TranscribeOptions:
 
         Missing or empty fields keep their defaults.
         """
-        unknown = sorted(set(values) - set(OPTION_NAMES))
+        unknown = sorted(str(name) for name in set(values) - set(OPTION_NAMES))
         if unknown:
             raise BadOption(
                 unknown[0], f"is not an option; the options are {', '.join(sorted(OPTION_NAMES))}"
@@ -222,12 +229,16 @@ def _check_range(
         if optional:
             return
         raise BadOption(name, "is required")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+        isinstance(value, float) and math.isnan(value)
+    ):
         raise BadOption(name, f"must be a number; got {value!r}")
     below = value <= low if low_open else value < low
     if below or value > high:
         bracket = "(" if low_open else "["
-        raise BadOption(name, f"must be in {bracket}{low:g}, {high:g}]; got {value:g}")
+        # str() for ints: a 400-digit number has no float form to print with :g
+        shown = str(value) if isinstance(value, int) else f"{value:g}"
+        raise BadOption(name, f"must be in {bracket}{low:g}, {high:g}]; got {shown[:40]}")
 
 
 # --- parsing strings into typed values, one parser per field -----------------------------
@@ -249,8 +260,8 @@ def _parse_float(name: str, value: Any) -> float:
         raise BadOption(name, f"must be a number; got {value!r}")
     try:
         number = float(value if isinstance(value, (int, float)) else str(value).strip())
-    except ValueError:
-        raise BadOption(name, f"must be a number; got {value!r}") from None
+    except (ValueError, OverflowError):
+        raise BadOption(name, f"must be a number; got {str(value)[:40]!r}") from None
     if not math.isfinite(number):
         raise BadOption(name, f"must be a finite number; got {value!r}")
     return number

@@ -3,6 +3,8 @@ a file and options in, a Transcript out."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Dict, Optional
 
 import numpy as np
@@ -11,9 +13,13 @@ from . import engine
 from .audio import DecodeLimits, check_file, decode_file
 from .config import Settings
 from .engine import ProgressCallback
+from .errors import ModelUnavailable
 from .models import ModelRegistry
 from .options import TranscribeOptions
 from .transcript import Transcript
+
+
+log = logging.getLogger(__name__)
 
 
 class WhisperService:
@@ -25,6 +31,19 @@ class WhisperService:
             timeout=settings.decode_timeout,
             ffmpeg=settings.ffmpeg,
         )
+
+    def preload_in_background(self) -> threading.Thread:
+        """Load the default model without holding up start-up (health answers meanwhile)."""
+
+        def load() -> None:
+            try:
+                self.models.get(self.models.default)
+            except ModelUnavailable as error:
+                log.error("%s; it will be tried again on the first job", error)
+
+        thread = threading.Thread(target=load, name="preload", daemon=True)
+        thread.start()
+        return thread
 
     def decode(self, path: str, display_name: Optional[str] = None) -> np.ndarray:
         return decode_file(path, self.limits, display_name)

@@ -1,0 +1,151 @@
+"""The production invocation, `gunicorn -c gunicorn.conf.py`, on loopback: two CPU workers
+serve the browser flow and the API; SIGTERM in the middle of a job loses nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]  # the README's command
+FAST = {"beam_size": "2", "language": "en", "temperature": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict, log: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.env = {**os.environ, **env, "WHISPER_HOST": "127.0.0.1", "WHISPER_PORT": str(self.port)}
+        self.process = None
+
+    def start(self) -> "Server":
+        self.process = subprocess.Popen(
+            GUNICORN, cwd=ROOT, env=self.env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log.read_text()
+            try:
+                if requests.get(self.base + "/healthz", timeout=1).ok:
+                    return self
+            except (requests.ConnectionError, requests.Timeout):  # workers still importing
+                time.sleep(0.2)
+        raise AssertionError("gunicorn did not answer in 60 s:\n" + self.log.read_text())
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def server_env(checkpoint, tmp_path):
+    return {
+        "WHISPER_MODEL": checkpoint,
+        "WHISPER_DATA_DIR": str(tmp_path / "data"),
+        "WHISPER_MODEL_DIR": str(tmp_path / "models"),
+        "WHISPER_DEVICES": "cpu,cpu",
+        "WHISPER_THREADS": "4",
+        "WHISPER_MAX_UPLOAD_MB": "50",
+    }
+
+
+@pytest.fixture
+def two_workers(server_env, tmp_path):
+    server = Server(server_env, tmp_path / "gunicorn.log").start()
+    yield server
+    server.stop()
+
+
+def browser_upload(session: requests.Session, base: str, path: Path, **form) -> str:
+    """What the upload page's form does: fetch the page for its CSRF token, post the file."""
+    page = session.get(base + "/").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    with path.open("rb") as media:
+        response = session.post(base + "/jobs", data={"csrf_token": token, **form},
+                                files={"file": (path.name, media)}, allow_redirects=False)
+    assert response.status_code == 303, response.text
+    return base + response.headers["Location"]
+
+
+def wait_done(session: requests.Session, job_url: str, seconds: float = 120) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = session.get(job_url + "/status").json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"{job_url} not finished: {status}")
+
+
+def test_two_workers_serve_the_page_and_the_api(two_workers, media):
+    base = two_workers.base
+    pids = set()
+    for _ in range(60):
+        pids.add(requests.get(base + "/healthz", headers={"Connection": "close"}).json()["pid"])
+    assert len(pids) == 2, "both worker processes answer"
+
+    session = requests.Session()
+    job_url = browser_upload(session, base, media["speech.mp3"], **FAST)
+    assert wait_done(session, job_url)["state"] == "done"
+    page = session.get(job_url).text
+    srt_link = re.search(r'href="([^"]+\.srt)" download', page).group(1)
+    srt = session.get(base + srt_link)
+    assert srt.status_code == 200 and srt.text.startswith("1\n00:00:")
+
+    with media["speech.wav"].open("rb") as audio:
+        api = requests.post(base + "/api/v1/transcriptions", data=FAST,
+                            files={"file": ("speech.wav", audio)}, timeout=120)
+    assert api.status_code == 200, api.text
+    assert api.json()["language"] == "en" and api.json()["segments"]
+
+
+def test_sigterm_mid_job_loses_nothing(server_env, tmp_path, long_speech):
+    env = {**server_env, "WHISPER_DEVICES": "cpu", "WHISPER_GRACEFUL_TIMEOUT": "2"}
+    log = tmp_path / "gunicorn.log"
+    first = Server(env, log).start()
+    try:
+        session = requests.Session()
+        # about a minute of audio keeps the job busy for a few seconds
+        job_url = browser_upload(session, first.base, long_speech, beam_size="3", temperature="0")
+        deadline = time.monotonic() + 60
+        while session.get(job_url + "/status").json()["state"] == "queued":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert first.terminate(timeout=30) == 0  # a graceful stop, within the grace period
+    finally:
+        first.stop()
+
+    second = Server(env, log)
+    second.port, second.base = first.port, first.base
+    second.env = first.env
+    second.start()
+    try:
+        status = wait_done(session, job_url)
+        assert status["state"] == "done", status
+        text = log.read_text()
+        assert "stopped" in text
+        # it was interrupted and run again, or it had finished before the signal
+        assert "was orphaned" in text or text.count(" done\"") == 1
+    finally:
+        second.stop()

@@ -1,0 +1,98 @@
+"""Dockerfile, spec.yaml, docker-compose.yml, gunicorn.conf.py, the Makefile, the README and
+the app's config must agree on the port, the health paths, the command and the env names."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import yaml
+
+from whisper_service.config import Settings, env_name
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = ["gunicorn", "-c", "gunicorn.conf.py"]
+
+
+def read(name: str) -> str:
+    return (ROOT / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return yaml.safe_load(read("spec.yaml"))
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load(read("docker-compose.yml"))["services"]["whisper"]
+
+
+def dockerfile_env() -> dict:
+    """Names and values of the Dockerfile's ENV instructions (continuation lines joined)."""
+    text = read("Dockerfile").replace("\\\n", " ")
+    pairs = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            pairs.update(re.findall(r"(\w+)=(\S+)", line))
+    return pairs
+
+
+def known_variables() -> set:
+    app = {env_name(f.name) for f in fields(Settings)}
+    server = set(re.findall(r'os\.environ\.get\("(WHISPER_\w+)"', read("gunicorn.conf.py")))
+    assert server, "gunicorn.conf.py reads its settings from WHISPER_* variables"
+    return app | server
+
+
+def test_one_port_everywhere(spec, compose):
+    gunicorn_port = re.search(r'"WHISPER_PORT", "(\d+)"', read("gunicorn.conf.py")).group(1)
+    expose = re.search(r"^EXPOSE (\d+)$", read("Dockerfile"), re.M).group(1)
+    healthcheck = re.search(r"http://127\.0\.0\.1:(\d+)/healthz", read("Dockerfile")).group(1)
+    ports = {
+        "gunicorn.conf.py": gunicorn_port,
+        "Dockerfile EXPOSE": expose,
+        "Dockerfile HEALTHCHECK": healthcheck,
+        "Dockerfile WHISPER_PORT": dockerfile_env()["WHISPER_PORT"],
+        "spec.yaml port": str(spec["port"]),
+        "spec.yaml resources.ports": str(spec["resources"]["ports"][0]),
+        "compose container port": compose["ports"][0].rsplit(":", 1)[1],
+        "compose WHISPER_PORT": str(compose["environment"]["WHISPER_PORT"]),
+        **{f"spec.yaml {name} check": str(check["port"]) for name, check in spec["healthChecks"].items()},
+    }
+    assert set(ports.values()) == {"8000"}, ports
+
+
+def test_health_paths_exist_and_agree(spec, app):
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    checks = spec["healthChecks"]
+    assert checks["liveness"]["path"] == checks["startup"]["path"] == "/healthz"
+    assert checks["readiness"]["path"] == "/readyz"
+    assert "/healthz" in read("Dockerfile")
+    assert {"/healthz", "/readyz"} <= routes
+    assert spec["resources"]["machineType"] and spec["resources"]["replicas"] >= 1
+    assert spec["image"] and spec["apiVersion"] == "v1"
+
+
+def test_the_same_gunicorn_command_runs_everywhere():
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", read("Dockerfile"), re.M).group(1))
+    assert cmd == COMMAND
+    assert re.search(r"bin/gunicorn -c gunicorn\.conf\.py$", read("Makefile"), re.M)
+    assert '"gunicorn", "-c", "gunicorn.conf.py"' in read("tests/e2e/test_gunicorn.py")
+    assert "preload_app = False" in read("gunicorn.conf.py")
+
+
+def test_env_names_are_one_set(spec, compose):
+    known = known_variables()
+    documented = set(re.findall(r"^\| `(WHISPER_\w+)` \|", read("README.md"), re.M))
+    assert documented == known, (sorted(known - documented), sorted(documented - known))
+    for source, names in (
+        ("Dockerfile", set(k for k in dockerfile_env() if k.startswith("WHISPER_"))),
+        ("spec.yaml", {entry["name"] for entry in spec["env"]}),
+        ("docker-compose.yml", set(compose["environment"])),
+    ):
+        assert names, source
+        assert names <= known, (source, sorted(names - known))
