@@ -1,0 +1,226 @@
+"""decode_batch gives, window by window, exactly what whisper.decode gives for that window alone."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pytest
+import torch
+import whisper
+from whisper.audio import N_FRAMES, SAMPLE_RATE
+from whisper.tokenizer import get_tokenizer
+
+from whisper_service import batched
+from whisper_service.batched import decode_batch
+from whisper_service.synthetic import make_checkpoint
+
+SECONDS = 30
+FLOAT_TOLERANCE = 1e-4  # CPU float32: batched and single-window matmuls round differently
+EOT_LOGIT_BOOST = 0.55  # added to EOT's logit so that random weights end sequences early
+EOT_MODEL_SEED = 5  # with this boost: lengths from 1 to 32 across the cases below
+N_TEXT_CTX = 64  # of the "test-tiny" shape: sample_len is 32, prompts keep their last 31 tokens
+
+
+def _signals() -> List[np.ndarray]:
+    """Six different 30 s inputs: noise at several levels, tones, silence, a short clip."""
+    rng = np.random.default_rng(1234)
+    t = np.arange(SAMPLE_RATE * SECONDS) / SAMPLE_RATE
+    short = rng.normal(0, 0.2, SAMPLE_RATE * 5)
+    return [
+        rng.normal(0, 0.1, t.size),
+        0.3 * np.sin(2 * np.pi * 440 * t),
+        np.zeros(t.size),
+        0.2 * np.sin(2 * np.pi * (200 + 40 * t) * t),  # a chirp
+        rng.normal(0, 0.3, t.size) * (np.sin(2 * np.pi * 1.5 * t) > 0),  # bursts
+        short,  # padded to 30 s with silence
+    ]
+
+
+@pytest.fixture(scope="module")
+def mels() -> torch.Tensor:
+    audio = [whisper.pad_or_trim(torch.tensor(s, dtype=torch.float32)) for s in _signals()]
+    mel = torch.stack([whisper.log_mel_spectrogram(a) for a in audio])
+    assert mel.shape == (6, 80, N_FRAMES)
+    return mel
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Dict[str, whisper.Whisper]:
+    folder = tmp_path_factory.mktemp("batched-models")
+    plain = whisper.load_model(make_checkpoint(str(folder / "plain.pt"), seed=0), device="cpu")
+    early = whisper.load_model(
+        make_checkpoint(str(folder / "eot.pt"), seed=EOT_MODEL_SEED), device="cpu"
+    )
+    eot = get_tokenizer(True, num_languages=early.num_languages).eot
+    with torch.no_grad():
+        # logits are decoder.ln(x) @ embedding.T: shifting the final LayerNorm's bias along
+        # EOT's embedding raises EOT's logit by exactly the boost at every step (and moves
+        # the other logits only a little)
+        eot_embedding = early.decoder.token_embedding.weight[eot]
+        early.decoder.ln.bias += EOT_LOGIT_BOOST * eot_embedding / eot_embedding.dot(eot_embedding)
+    return {"plain": plain, "eot": early}
+
+
+@pytest.fixture(scope="module")
+def prompts() -> List[Optional[Sequence[int]]]:
+    """Mixed initial lengths in one batch, including a prompt longer than n_ctx // 2 - 1
+    (whisper keeps its tail, and the context then limits the sampled tokens to fewer than 32)."""
+    tokenizer = get_tokenizer(True, num_languages=99)
+    words = tokenizer.encode(" the quick brown fox jumps over the lazy dog")
+    return [
+        None,
+        words[:5],
+        list(range(1000, 1050)),  # truncated to its last 31 tokens
+        [],
+        words[:5],  # same length as window 1
+        list(range(2000, 2020)),
+    ]
+
+
+def _options(**fields) -> whisper.DecodingOptions:
+    return whisper.DecodingOptions(language="en", fp16=False, **fields)
+
+
+def _assert_matches(model, mel, options, prompts=None) -> List[whisper.DecodingResult]:
+    results = decode_batch(model, mel, options, prompts)
+    assert len(results) == mel.shape[0]
+    for i, result in enumerate(results):
+        window_options = options if prompts is None else replace(options, prompt=prompts[i])
+        expected = whisper.decode(model, mel[i], window_options)
+        assert result.tokens == expected.tokens, f"window {i}"
+        assert result.text == expected.text
+        assert result.language == expected.language
+        assert result.avg_logprob == pytest.approx(expected.avg_logprob, abs=FLOAT_TOLERANCE)
+        assert result.no_speech_prob == pytest.approx(expected.no_speech_prob, abs=FLOAT_TOLERANCE)
+        assert result.compression_ratio == pytest.approx(expected.compression_ratio)
+        assert result.temperature == expected.temperature
+        torch.testing.assert_close(
+            result.audio_features, expected.audio_features, atol=FLOAT_TOLERANCE, rtol=0
+        )
+    return results
+
+
+CASES = {
+    "greedy": _options(),
+    "greedy-notimestamps": _options(without_timestamps=True),
+    "greedy-translate": _options(task="translate"),
+    "beam5": _options(beam_size=5),
+    "beam5-notimestamps": _options(beam_size=5, without_timestamps=True),
+    "beam5-patience2": _options(beam_size=5, patience=2.0),
+    "beam5-patience2-translate-notimestamps": _options(
+        beam_size=5, patience=2.0, task="translate", without_timestamps=True
+    ),
+    "beam3-lengthpenalty": _options(beam_size=3, length_penalty=0.5),
+    "beam5-patience0.6": _options(beam_size=5, patience=0.6),  # fewer finished than beams
+}
+
+
+# the EOT model covers every case (sequences end at different steps); the plain one, whose
+# sequences run to the length limit, the paths where unfinished beams are ranked
+PLAIN_MODEL_CASES = [
+    "greedy",
+    "beam5",
+    "beam3-lengthpenalty",
+    "beam5-patience2-translate-notimestamps",
+]
+
+
+@pytest.mark.parametrize(
+    "model_name, case",
+    [("eot", case) for case in CASES] + [("plain", case) for case in PLAIN_MODEL_CASES],
+)
+def test_batch_with_mixed_prompts_matches_whisper_decode(models, mels, prompts, model_name, case):
+    _assert_matches(models[model_name], mels, CASES[case], prompts)
+
+
+@pytest.mark.parametrize("case", ["greedy", "beam5-patience2", "beam3-lengthpenalty"])
+def test_single_window_with_options_prompt(models, mels, case):
+    options = replace(CASES[case], prompt=list(range(500, 510)))
+    _assert_matches(models["eot"], mels[3:4], options)
+
+
+def test_text_prompt_and_prefix(models, mels):
+    options = _options(beam_size=5, prompt="previous words", prefix="and then")
+    _assert_matches(models["eot"], mels[:2], options)
+    _assert_matches(models["eot"], mels[2:4], options, prompts=["a longer previous text", None])
+
+
+def test_boosted_eot_ends_sequences_at_different_steps(models, mels, prompts):
+    """The EOT model really exercises the finished-sequence logic (random weights alone
+    almost never end a sequence), and the plain one the context limit of a long prompt."""
+    for case in ("greedy", "beam5", "beam5-patience2"):
+        lengths = [len(r.tokens) for r in decode_batch(models["eot"], mels, CASES[case], prompts)]
+        assert max(lengths) < N_TEXT_CTX // 2, case  # every window ended with EOT
+        assert len(set(lengths)) >= 2, case  # at different steps
+    lengths = [len(r.tokens) for r in decode_batch(models["plain"], mels, CASES["beam5"], prompts)]
+    # <|startofprev|> + 31 prompt tokens + 3 SOT tokens = 35: room for 64 - 35 + 1 = 30 tokens
+    assert lengths == [32, 32, 30, 32, 32, 32]
+
+
+def test_language_detection(models, mels, prompts):
+    options = whisper.DecodingOptions(language=None, fp16=False, beam_size=3)
+    results = _assert_matches(models["plain"], mels[:3], options, prompts[:3])
+    assert all(r.language in whisper.tokenizer.LANGUAGES for r in results)
+
+
+def test_english_only_model(tmp_path, mels):
+    model = whisper.load_model(
+        make_checkpoint(str(tmp_path / "en.pt"), shape="test-tiny.en", seed=2), device="cpu"
+    )
+    for options in (_options(), _options(beam_size=4, without_timestamps=True)):
+        _assert_matches(model, mels[:3], options, prompts=[None, [100, 200], [5] * 40])
+
+
+def test_sampling_falls_back_to_whisper_decode(models, mels, prompts):
+    options = _options(temperature=0.8, best_of=2)
+    torch.manual_seed(7)
+    results = decode_batch(models["plain"], mels[:3], options, prompts[:3])
+    torch.manual_seed(7)
+    expected = [
+        whisper.decode(models["plain"], mels[i], replace(options, prompt=prompts[i]))
+        for i in range(3)
+    ]
+    assert [r.tokens for r in results] == [e.tokens for e in expected]
+
+
+def test_invalid_arguments(models, mels):
+    with pytest.raises(ValueError, match="prompts"):
+        decode_batch(models["plain"], mels[:2], _options(), prompts=[None])
+    with pytest.raises(ValueError, match="beam_size and best_of"):
+        decode_batch(models["plain"], mels[:2], _options(beam_size=2, best_of=2))
+    assert decode_batch(models["plain"], mels[:0], _options()) == []
+
+
+def test_self_attention_cache_is_preallocated_and_written_in_place(
+    models, mels, prompts, monkeypatch
+):
+    """No torch.cat growth: every step sees the same cache storage, sized n_text_ctx, and
+    nothing is concatenated anywhere in the decode."""
+    seen = []
+    original_step = batched._DecoderRunner.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append((self.kv.data_ptr(), tuple(self.kv.shape)))
+        return original_step(self, *args, **kwargs)
+
+    def forbidden_cat(*args, **kwargs):
+        raise AssertionError("torch.cat called while decoding")
+
+    model = models["plain"]
+    monkeypatch.setattr(batched._DecoderRunner, "step", recording_step)
+    monkeypatch.setattr(torch, "cat", forbidden_cat)
+    results = decode_batch(model, mels, CASES["beam5-patience2"], prompts)
+    monkeypatch.undo()
+
+    assert len(seen) == max(len(r.tokens) for r in results) - 1 >= 10
+    assert len(set(seen)) == 1
+    n_layer, n_kv, n_rows, n_ctx, n_state = seen[0][1]
+    assert (n_layer, n_kv, n_rows, n_ctx, n_state) == (
+        model.dims.n_text_layer,
+        2,
+        6 * 5,
+        model.dims.n_text_ctx,
+        model.dims.n_text_state,
+    )
