@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 import whisper
@@ -165,3 +166,45 @@ def test_detect_language_without_lock_contention_returns_all(service, media):
     loaded = service.models.get(service.settings.model)
     probabilities = engine.detect_language(loaded, audio)
     assert set(probabilities) == set(list(whisper.tokenizer.LANGUAGES)[:99])
+
+
+def test_batched_mode_decodes_speech_windows_only(service, media):
+    from whisper_service.vad import speech_windows
+
+    speech = service.decode(str(media["speech.wav"]))
+    silence = np.zeros(20 * whisper.audio.SAMPLE_RATE, np.float32)
+    audio = np.concatenate([speech, silence, speech])
+    windows = speech_windows(audio)
+    assert len(windows) == 2  # the silence separates two windows of speech
+    gap_start = windows[0].end / whisper.audio.SAMPLE_RATE
+    gap_end = windows[1].start / whisper.audio.SAMPLE_RATE
+    assert gap_end - gap_start > 15
+
+    loaded = service.models.get(service.settings.model)
+    reports = []
+    options = TranscribeOptions(mode="batched", beam_size=5, patience=2.0, language="en",
+                                temperature=(0.0,), word_timestamps=True)
+    transcript = engine.transcribe(loaded, audio, options, progress=reports.append)
+    assert transcript.segments
+    for segment in transcript.segments:
+        assert not (gap_start + 0.5 < segment.start < gap_end - 0.5), "no text in the silence"
+        assert segment.start < segment.end
+        assert all(w.start <= w.end for w in segment.words)
+    assert transcript.has_word_timestamps
+    assert reports[-1].fraction == 1.0
+
+    # each window's tokens are what whisper.decode gives for that window alone
+    first = windows[0]
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio[first.start:first.end]))
+    alone = whisper.decode(loaded.model, mel, whisper.DecodingOptions(
+        language="en", beam_size=5, patience=2.0, fp16=False))
+    ours = [t for s in transcript.segments if s.start < gap_start for t in s.tokens]
+    assert ours == alone.tokens[:len(ours)] and len(ours) > 0
+
+
+def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
+    loaded = service.models.get(service.settings.model)
+    assert engine.mode_of(loaded, TranscribeOptions()) == "sequential"
+    assert engine.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
+    with pytest.raises(BadOption, match="mode: must be one of batched, sequential"):
+        TranscribeOptions.from_mapping({"mode": "turbo"})

@@ -1,9 +1,14 @@
 """Audio + options + loaded model -> Transcript, with progress.
 
-This is the only module that calls into the model. The sequential engine is
-openai-whisper's own long-form algorithm (`whisper.transcribe`), so its results are
-exactly the library's; what we add is language probabilities, progress reporting and
-a typed result.
+Two engines, chosen per request (`options.mode`; by default batched on a GPU, sequential
+on the CPU):
+- sequential: openai-whisper's own long-form algorithm (`whisper.transcribe`), so results
+  are exactly the library's, each window conditioned on the text before it;
+- batched: voice activity detection cuts the speech into windows of at most 30 s at
+  pauses (silence yields no window, so no invented text), and `batched.decode_batch`
+  decodes many windows at once; each window's tokens equal `whisper.decode`'s for it.
+  Windows are independent: the initial prompt is given to each, previous text is not.
+What we add to both: language probabilities, progress reporting and a typed result.
 """
 
 from __future__ import annotations
@@ -11,17 +16,27 @@ from __future__ import annotations
 import contextvars
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 import whisper
-from whisper.audio import FRAMES_PER_SECOND, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from whisper.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import get_tokenizer
+
+from .batched import decode_batch
 from .errors import BadOption
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .transcript import Segment, Transcript
+from .vad import Window, speech_windows
+
+TIME_PRECISION = 0.02  # seconds per timestamp token
+BATCH_WINDOWS_CPU = 8
+GPU_BYTES_PER_WINDOW = 512 * 2**20  # a generous guess for a large model with 5 beams
+MAX_BATCH_WINDOWS = 64
 
 
 @dataclass(frozen=True)
@@ -100,24 +115,150 @@ def transcribe(
             probabilities = _language_probabilities(loaded, _log_mel(loaded, audio))
             language = max(probabilities, key=probabilities.get)
             probability = probabilities[language]
-        kwargs = options.decode_kwargs()
-        kwargs.update(language=language or "en", fp16=loaded.fp16)
-        token = _progress_callback.set(progress)
-        try:
-            result = whisper.transcribe(loaded.model, audio, verbose=None, **kwargs)
-        finally:
-            _progress_callback.reset(token)
+        language = language or "en"
+        if mode_of(loaded, options) == "batched":
+            text, segments = _batched(loaded, audio, options, language, progress)
+        else:
+            kwargs = options.decode_kwargs()
+            kwargs.update(language=language, fp16=loaded.fp16)
+            token = _progress_callback.set(progress)
+            try:
+                result = whisper.transcribe(loaded.model, audio, verbose=None, **kwargs)
+            finally:
+                _progress_callback.reset(token)
+            text, segments = result["text"], result["segments"]
     if progress is not None:
         progress(Progress(duration, duration))
     return Transcript(
         task=options.task,
-        language=result["language"],
+        language=language,
         language_probability=probability,
         duration=duration,
         model=loaded.name,
-        text=result["text"],
-        segments=tuple(Segment.from_dict(s) for s in result["segments"]),
+        text=text,
+        segments=tuple(Segment.from_dict(s) for s in segments),
     )
+
+
+def mode_of(loaded: LoadedModel, options: TranscribeOptions) -> str:
+    """The engine for this request: as asked, else batched on a GPU and sequential on CPU."""
+    return options.mode or ("batched" if loaded.device.type == "cuda" else "sequential")
+
+
+def batch_size(loaded: LoadedModel) -> int:
+    """Windows per batch: from free GPU memory on CUDA, a small fixed number on the CPU."""
+    if loaded.device.type != "cuda":
+        return BATCH_WINDOWS_CPU
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    return max(1, min(MAX_BATCH_WINDOWS, int(free // GPU_BYTES_PER_WINDOW)))
+
+
+def _batched(
+    loaded: LoadedModel, audio: np.ndarray, options: TranscribeOptions, language: str,
+    progress: Optional[ProgressCallback],
+):
+    """Decode the speech windows together; returns (text, segment dicts)."""
+    model = loaded.model
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                              language=language, task=options.task)
+    prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else None
+    windows = speech_windows(audio)
+    total = len(audio) / SAMPLE_RATE
+    segments: List[dict] = []
+    size = batch_size(loaded)
+    for first in range(0, len(windows), size):
+        batch = windows[first:first + size]
+        mels = torch.stack([
+            whisper.log_mel_spectrogram(
+                whisper.pad_or_trim(audio[w.start:w.end]), model.dims.n_mels, device=loaded.device
+            )
+            for w in batch
+        ])
+        if loaded.fp16:
+            mels = mels.half()
+        results = _decode_with_fallback(model, mels, options, language, prompt, loaded.fp16)
+        for window, mel, result in zip(batch, mels, results):
+            if _is_silence(result, options):
+                continue
+            found = _segments(window, result, tokenizer, start_id=len(segments))
+            if options.word_timestamps and found:
+                add_word_timestamps(
+                    segments=found, model=model, tokenizer=tokenizer, mel=mel,
+                    num_frames=min(N_FRAMES, (window.end - window.start) // HOP_LENGTH),
+                    last_speech_timestamp=segments[-1]["end"] if segments else 0.0,
+                )
+            segments.extend(found)
+        if progress is not None:
+            progress(Progress(batch[-1].end / SAMPLE_RATE, total))
+    return "".join(s["text"] for s in segments), segments
+
+
+def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str, prompt,
+                          fp16: bool) -> list:
+    """whisper.transcribe's temperature fallback, window by window: only the windows that
+    fail the thresholds are decoded again, at the next temperature."""
+    results: list = [None] * len(mels)
+    pending = list(range(len(mels)))
+    for temperature in options.temperature:
+        beam = options.beam_size if temperature == 0 else None
+        decoding = whisper.DecodingOptions(
+            task=options.task, language=language, temperature=temperature,
+            beam_size=beam, patience=options.patience if beam else None,
+            best_of=options.best_of if temperature > 0 else None,
+            length_penalty=options.length_penalty, prompt=prompt, fp16=fp16,
+        )
+        decoded = decode_batch(model, mels[pending], decoding)
+        for index, result in zip(pending, decoded):
+            results[index] = result
+        pending = [i for i in pending if _needs_fallback(results[i], options)]
+        if not pending:
+            break
+    return results
+
+
+def _needs_fallback(result, options: TranscribeOptions) -> bool:
+    too_repetitive = (options.compression_ratio_threshold is not None
+                      and result.compression_ratio > options.compression_ratio_threshold)
+    too_unlikely = (options.logprob_threshold is not None
+                    and result.avg_logprob < options.logprob_threshold)
+    return (too_repetitive or too_unlikely) and not _is_silence(result, options)
+
+
+def _is_silence(result, options: TranscribeOptions) -> bool:
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+
+
+def _segments(window: Window, result, tokenizer, start_id: int) -> List[dict]:
+    """Segments between pairs of timestamp tokens, placed on the file's timeline; text after
+    the last timestamp runs to the window's end."""
+    tokens = list(result.tokens)
+    cuts = [i for i, t in enumerate(tokens) if t >= tokenizer.timestamp_begin]
+    pieces, begin = [], 0
+    for previous, current in zip(cuts, cuts[1:]):
+        if current == previous + 1:  # two timestamps in a row close one segment
+            pieces.append(tokens[begin:current])
+            begin = current
+    if tokens[begin:] and any(t < tokenizer.eot for t in tokens[begin:]):
+        pieces.append(tokens[begin:])
+    segments = []
+    for piece in pieces:
+        stamps = [t - tokenizer.timestamp_begin for t in piece if t >= tokenizer.timestamp_begin]
+        # a timestamp past the window's audio (the rest of the 30 s is padding) is clipped
+        start = min(stamps[0] * TIME_PRECISION if stamps else 0.0, window.seconds)
+        end = min(stamps[-1] * TIME_PRECISION if len(stamps) > 1 else window.seconds, window.seconds)
+        text = tokenizer.decode([t for t in piece if t < tokenizer.eot])
+        if not text.strip() or end <= start:
+            continue
+        segments.append(dict(
+            id=start_id + len(segments), seek=int(window.start // HOP_LENGTH),
+            start=window.offset + start, end=window.offset + end,
+            text=text, tokens=piece, temperature=result.temperature,
+            avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
+            no_speech_prob=result.no_speech_prob, words=[],
+        ))
+    return segments
 
 
 def _log_mel(loaded: LoadedModel, audio: np.ndarray) -> torch.Tensor:

@@ -16,6 +16,7 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from .errors import BadOption
 
 TASKS = ("transcribe", "translate")
+MODES = ("batched", "sequential")
 MAX_BEAM_SIZE = 16  # beyond this, decoding cost grows with no gain in accuracy
 MAX_BEST_OF = 16
 MAX_PROMPT_CHARS = 2000  # whisper keeps at most 223 prompt tokens anyway
@@ -105,10 +106,16 @@ class TranscribeOptions:
         None, "skip silences longer than this many seconds around likely hallucinations"
     )
     word_timestamps: bool = option(False, "time each word (needed for the subtitle layout options)")
+    mode: Optional[str] = option(
+        None, "batched (speech windows decoded together) or sequential (openai-whisper's own, "
+        "each window given the previous text); empty: batched on a GPU, sequential on CPU"
+    )
     layout: SubtitleLayout = field(default_factory=SubtitleLayout)  # SRT/VTT cue layout
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
+        if self.mode is not None:
+            _check_choice("mode", self.mode, MODES)
         if self.language is not None and self.language not in LANGUAGES:
             raise BadOption("language", f"unknown language code {self.language!r}")
         _check_range("beam_size", self.beam_size, 1, MAX_BEAM_SIZE, optional=True)
@@ -310,7 +317,7 @@ def _parse_text(name: str, value: Any) -> str:
     return str(value)
 
 
-def _parse_task(name: str, value: Any) -> str:
+def _parse_word(name: str, value: Any) -> str:
     return str(value).strip().lower()
 
 
@@ -323,7 +330,8 @@ def _parse_model(name: str, value: Any) -> Optional[str]:
 
 
 _PARSERS = {
-    "task": _parse_task,
+    "task": _parse_word,
+    "mode": _parse_word,
     "language": _parse_language,
     "model": _parse_model,
     "beam_size": _parse_beam_size,
