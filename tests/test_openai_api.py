@@ -228,7 +228,7 @@ def test_failed_job_is_raised_again(english_checkpoint, tmp_path, media):
     app = make_app(english_checkpoint, tmp_path)
     try:
         response = post(app.test_client(), media["speech.wav"], language="ko")
-        error = openai_error(response, 400, "file")
+        error = openai_error(response, 400, "language")  # the option the failure blamed
         assert "English-only" in error["message"]
     finally:
         app.extensions["whisper_jobs"].stop()

@@ -34,7 +34,7 @@ class JobFailed(service_errors.ServiceError):
     """A job that failed, raised again for a caller who waited for it (synchronous APIs)."""
 
     def __init__(self, job: Job):
-        super().__init__(job.error or "the transcription failed", field="file")
+        super().__init__(job.error or "the transcription failed", field=job.error_field or "file")
         self.kind = job.error_kind or "JobFailed"
 
 

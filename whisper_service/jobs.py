@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     eta_seconds REAL,
     error TEXT,
     error_kind TEXT,                        -- the ServiceError class of a failed job, if any
+    error_field TEXT,                       -- ... and the field it blamed
     attempts INTEGER NOT NULL DEFAULT 0,
     model TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -106,6 +107,7 @@ class Job:
     position: Optional[int]  # 1-based place in the queue while queued
     error: Optional[str]  # why a failed job failed, as a sentence for people
     error_kind: Optional[str]  # the ServiceError class behind it ("TruncatedMedia"), if any
+    error_field: Optional[str]  # the option or "file" that error blamed
     attempts: int
     model: Optional[str]  # the model that produced the transcript
     cancel_requested: bool  # a running job stops at its next progress report
@@ -451,7 +453,8 @@ class JobQueue:
             with self._owned(job.id, token) as (db, row):
                 if row is not None:
                     _update(db, job.id, state=JobState.FAILED.value, error=str(error),
-                            error_kind=type(error).__name__, eta_seconds=None,
+                            error_kind=type(error).__name__, error_field=error.field,
+                            eta_seconds=None,
                             finished_at=time.time())
             log.info("job %s failed: %s", job.id, error)
         except Exception as error:
@@ -582,6 +585,7 @@ class JobQueue:
             position=row["position"],
             error=row["error"],
             error_kind=row["error_kind"],
+            error_field=row["error_field"],
             attempts=row["attempts"],
             model=row["model"],
             cancel_requested=bool(row["cancel_requested"]),
