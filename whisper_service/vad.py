@@ -2,7 +2,9 @@
 
 The batched engine decodes these windows independently and together. Stretches with no
 speech (silence, music, noise) become no window at all, so Whisper never gets the chance to
-invent text for them. Silero's model ships inside the `silero-vad` wheel and runs on torch.
+invent text for them. Silero's models ship inside the `silero-vad` wheel; its sequence model
+(run by onnxruntime in a few block-level calls) gives the same timestamps as the streaming
+one, about five times faster, so detection does not bound the engine's throughput.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ def speech_windows(audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS) -
     global _model
     with _model_lock:
         if _model is None:
-            _model = silero_vad.load_silero_vad()
-        stretches = silero_vad.get_speech_timestamps(
+            _model = silero_vad.load_silero_vad(sequence=True)
+        stretches = silero_vad.get_speech_timestamps_sequence(
             torch.from_numpy(audio), _model, sampling_rate=SAMPLE_RATE,
             max_speech_duration_s=max_seconds, min_silence_duration_ms=MIN_SILENCE_MS,
             speech_pad_ms=SPEECH_PAD_MS, min_speech_duration_ms=MIN_SPEECH_MS,
