@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -100,9 +101,15 @@ def wait_done(session: requests.Session, job_url: str, seconds: float = 120) -> 
 
 def test_two_workers_serve_the_page_and_the_api(two_workers, media):
     base = two_workers.base
-    pids = set()
-    for _ in range(60):
-        pids.add(requests.get(base + "/healthz", headers={"Connection": "close"}).json()["pid"])
+    # the second worker may still be importing torch when the first answers: ask in bursts
+    # of parallel connections until both have answered (the kernel hands each connection
+    # to whichever worker accepts first)
+    pids, deadline = set(), time.monotonic() + 60
+    with ThreadPoolExecutor(8) as pool:
+        while len(pids) < 2 and time.monotonic() < deadline:
+            answers = pool.map(lambda _: requests.get(
+                base + "/healthz", headers={"Connection": "close"}, timeout=10).json()["pid"], range(16))
+            pids.update(answers)
     assert len(pids) == 2, "both worker processes answer"
 
     session = requests.Session()
