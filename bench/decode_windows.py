@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,8 +110,8 @@ def main() -> None:
     print(f"model {args.shape} on {device} ({'fp16' if fp16 else 'fp32'}), "
           f"{args.windows} windows = {audio_seconds:.0f} s audio, batch {args.batch}, "
           f"same token budget for both: {args.sample_len} per window, language en, timestamps on")
-    print(f"| decoding | engine | wall s | x real time | vs baseline | peak memory | tokens equal |")
-    print(f"|---|---|---|---|---|---|---|")
+    print("| decoding | engine | wall s | x real time | vs baseline | peak memory | tokens equal |")
+    print("|---|---|---|---|---|---|---|")
     for name, config in CONFIGS.items():
         options = whisper.DecodingOptions(language="en", fp16=fp16, sample_len=args.sample_len,
                                           **config)

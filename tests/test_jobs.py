@@ -50,7 +50,7 @@ def fake_transcript(text: str) -> Transcript:
 class FakeService:
     """Accepts any bytes as media; subclasses say what transcribing does."""
 
-    def check_media(self, path, display_name=None):
+    def check_upload(self, path, options, display_name=None):
         return None
 
 
@@ -141,7 +141,7 @@ class ProgressSpy:
     def __init__(self, service):
         self.service = service
         self.fractions: List[float] = []
-        self.check_media = service.check_media
+        self.check_upload = service.check_upload
 
     def transcribe_file(self, path, options, *, display_name=None, progress=None):
         def spy(report: Progress) -> None:

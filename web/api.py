@@ -29,13 +29,12 @@ from datetime import datetime, timezone
 from io import BytesIO
 from typing import Any, BinaryIO, Callable, Dict, NamedTuple, Optional
 
-from flask import Blueprint, Response, current_app, jsonify, make_response, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMediaType
 
 from web import openapi
 from web.auth import require_api_key
-from web.errors import JobFailed
-from web.openai_compat import JOB_ID_HEADER
+from web.sync import answer_when_done
 from whisper_service.errors import BadOption
 from whisper_service.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
@@ -83,7 +82,9 @@ def create_transcription():
     job = submit(upload, TranscribeOptions.from_mapping(upload.fields))
     if wants_async():
         return accepted(job)
-    return answer_when_done(job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id})
+    return answer_when_done(
+        job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id}, accepted
+    )
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -138,7 +139,7 @@ def models():
 def invoke():
     upload = read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
     job = submit(upload, TranscribeOptions.from_mapping(jumpstart_options(upload.fields)))
-    return answer_when_done(job, lambda job, transcript: {"text": transcript.text})
+    return answer_when_done(job, lambda job, transcript: {"text": transcript.text}, accepted)
 
 
 @public.get("/readyz")
@@ -247,8 +248,6 @@ def settings():
 
 
 def submit(upload: Upload, options: TranscribeOptions) -> Job:
-    # refuse a model outside the allow-list now, not when the job runs
-    current_app.extensions["whisper_service"].models.check_allowed(options.model)
     return jobs().submit(upload.stream, upload.filename, options)
 
 
@@ -281,18 +280,6 @@ def finished_transcript(job: Job) -> Transcript:
 
 
 # --- answers out ---------------------------------------------------------------------------
-
-
-def answer_when_done(job: Job, render: Callable[[Job, Transcript], Any]):
-    """Wait up to the sync timeout: the rendered transcript, the job's error, or 202."""
-    job = jobs().wait(job.id, settings().sync_timeout) or find_job(job.id)
-    if job.state is JobState.FAILED:
-        raise JobFailed(job)
-    if not job.finished:
-        return accepted(job)
-    response = make_response(render(job, finished_transcript(job)))
-    response.headers[JOB_ID_HEADER] = job.id
-    return response
 
 
 def accepted(job: Job) -> Response:

@@ -28,12 +28,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import Conflict, NotFound
+from werkzeug.exceptions import NotFound
 
 from web.auth import require_api_key
-from web.errors import JobFailed
+from web.sync import answer_when_done
 from whisper_service.errors import BadOption
-from whisper_service.jobs import JobState
+from whisper_service.jobs import Job
 from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
 from whisper_service.writers import MEDIA_TYPES, write
@@ -53,7 +53,6 @@ INCREMENT_FIELD = "temperature_increment_on_fallback"
 TEXT_TYPE = "text/plain; charset=utf-8"
 TRANSLATION_LANGUAGE = "english"  # a translation's language, as OpenAI reports it
 NATIVE_JOB_URL = "/api/v1/jobs/{}"  # served by the native API (web/api.py)
-JOB_ID_HEADER = "X-Job-Id"  # so a caller can find the job behind an answer in the native API
 
 OPENAI_FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature",
                  GRANULARITY_FIELD, "stream")
@@ -188,23 +187,18 @@ def _transcribe(task: str) -> Response:
     if media is None:
         raise BadOption("file", "attach the audio or video as the multipart file field 'file'")
     asked = parse_request(request.form, task, models.default, models.allowed)
-    job_id = queue.submit(media.stream, media.filename or "", asked.options).id
-    timeout = extensions["whisper_settings"].sync_timeout
-    job = queue.wait(job_id, timeout)
-    if job is None or job.state == JobState.CANCELLED:  # someone else cancelled or deleted it
-        raise Conflict("The job was cancelled before it finished.")
-    if job.state == JobState.FAILED:
-        raise JobFailed(job)
-    if job.state == JobState.DONE:
-        response = render(asked, queue.transcript(job.id))
-    else:
-        # still queued or running: point at the native API instead of holding the line
-        log.info("job %s still %s after %g s; answering 202", job.id, job.state.value, timeout)
-        url = NATIVE_JOB_URL.format(job.id)
-        response = jsonify(id=job.id, status=job.state.value, status_url=url)
-        response.status_code = 202
-        response.headers["Location"] = url
-    response.headers[JOB_ID_HEADER] = job_id
+    job = queue.submit(media.stream, media.filename or "", asked.options)
+    return answer_when_done(job, lambda job, transcript: render(asked, transcript), _still_working)
+
+
+def _still_working(job: Job) -> Response:
+    """202 pointing at the native API: nothing hangs, nothing is lost (OpenAI clients cannot
+    follow it)."""
+    log.info("job %s still %s at the sync timeout; answering 202", job.id, job.state.value)
+    url = NATIVE_JOB_URL.format(job.id)
+    response = jsonify(id=job.id, status=job.state.value, status_url=url)
+    response.status_code = 202
+    response.headers["Location"] = url
     return response
 
 

@@ -46,9 +46,7 @@ def submit():
         raise BadOption("file", "choose an audio or video file to upload")
     # a checkbox sends a hidden "false" first and "true" after it when ticked: the last wins
     form = {name: request.form.getlist(name)[-1] for name in OPTION_NAMES if name in request.form}
-    options = TranscribeOptions.from_mapping(form)
-    current_app.extensions["whisper_service"].models.check_allowed(options.model)
-    job = jobs().submit(media.stream, media.filename, options)
+    job = jobs().submit(media.stream, media.filename, TranscribeOptions.from_mapping(form))
     session["jobs"] = [job.id, *session.get("jobs", [])][:RECENT_JOBS_KEPT]
     return redirect(url_for("pages.job_page", job_id=job.id), code=303)
 

@@ -217,7 +217,7 @@ class JobQueue:
     # --- what HTTP threads call ----------------------------------------------------------
 
     def submit(self, stream: BinaryIO, filename: str, options: TranscribeOptions) -> Job:
-        """Store the upload, check that it is media, and queue it. Raises QueueFull before
+        """Store the upload, check its model and that it is media, and queue it. Raises QueueFull before
         anything is written when the queue is full, and the MediaError of a file that is
         not usable media (nothing is kept of it)."""
         waiting = self.queued_count()
@@ -230,8 +230,9 @@ class JobQueue:
             media_path = os.path.join(folder, MEDIA_FILE)
             with open(media_path, "wb") as media:
                 shutil.copyfileobj(stream, media, COPY_CHUNK)
-            # refuse what is not media now, with the reason, rather than fail it later
-            self.service.check_media(media_path, filename or DEFAULT_FILENAME)
+            # refuse an unlisted model or what is not media now, with the reason, rather
+            # than fail the job later
+            self.service.check_upload(media_path, options, filename or DEFAULT_FILENAME)
             with self._connect(write=True) as db:
                 # checked again in the insert itself: others may have submitted meanwhile
                 inserted = db.execute(

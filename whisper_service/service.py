@@ -48,8 +48,12 @@ class WhisperService:
     def decode(self, path: str, display_name: Optional[str] = None) -> np.ndarray:
         return decode_file(path, self.limits, display_name)
 
-    def check_media(self, path: str, display_name: Optional[str] = None) -> None:
-        """Raise the MediaError a transcription would, reading only the file's start."""
+    def check_upload(
+        self, path: str, options: TranscribeOptions, display_name: Optional[str] = None
+    ) -> None:
+        """Raise what transcribing this file with these options would (a model outside the
+        allow-list, a MediaError), reading only the file's start."""
+        self.models.check_allowed(options.model)
         check_file(path, self.limits, display_name)
 
     def transcribe_file(
@@ -69,6 +73,6 @@ class WhisperService:
     def detect_language_file(
         self, path: str, model: Optional[str] = None, display_name: Optional[str] = None
     ) -> Dict[str, float]:
-        self.models.check_allowed(model)
+        name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
-        return engine.detect_language(self.models.get(self.models.check_allowed(model)), audio)
+        return engine.detect_language(self.models.get(name), audio)
