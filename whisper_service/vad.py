@@ -4,14 +4,20 @@ The batched engine decodes these windows independently and together. Stretches w
 speech (silence, music, noise) become no window at all, so Whisper never gets the chance to
 invent text for them. Silero's models ship inside the `silero-vad` wheel; its sequence model
 (run by onnxruntime in a few block-level calls) gives the same timestamps as the streaming
-one, about five times faster, so detection does not bound the engine's throughput.
+one, about five times faster.
+
+Long audio is cut into sections of a few minutes at their quietest moment, and the sections
+are detected in parallel threads (onnxruntime releases the GIL) while the caller already
+decodes the windows of the first ones, so detection does not bound the engine's throughput.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -22,8 +28,13 @@ MIN_SILENCE_MS = 300  # a pause this long may end a stretch of speech
 SPEECH_PAD_MS = 200  # kept around speech so word edges are not clipped
 MIN_SPEECH_MS = 250  # shorter blips are not speech
 
+SECTION_SECONDS = 120  # detected independently of each other, in parallel
+SECTION_SEARCH_SECONDS = 5  # a section ends at the quietest moment this near its nominal end
+QUIET_FRAME = 512  # samples (32 ms) over which loudness is measured to find that moment
+MAX_THREADS = 8  # detection threads at most (each runs one onnxruntime call at a time)
+
 _model = None
-_model_lock = threading.Lock()  # the model keeps state between chunks: one caller at a time
+_model_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -41,29 +52,86 @@ class Window:
 
 
 def speech_windows(audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS) -> List[Window]:
-    """Consecutive speech stretches merged into windows of at most `max_seconds`."""
-    import silero_vad  # imported on first use: only the batched engine needs it
+    """All speech windows of the audio, in order."""
+    return list(iter_speech_windows(audio, max_seconds))
 
+
+def iter_speech_windows(
+    audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS, threads: Optional[int] = None
+) -> Iterator[Window]:
+    """Speech windows in order, produced while detection of later sections goes on in
+    background threads. Consecutive speech stretches merge into windows of at most
+    `max_seconds`; a window never spans two sections."""
+    model = load_model()
+    sections = audio_sections(audio)
+    threads = threads or min(len(sections), os.cpu_count() or 1, MAX_THREADS)
+    if threads <= 1:
+        for start, end in sections:
+            yield from _section_windows(model, audio, start, end, max_seconds)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="vad")
+    try:
+        futures = [
+            pool.submit(_section_windows, model, audio, start, end, max_seconds)
+            for start, end in sections
+        ]
+        for future in futures:
+            yield from future.result()
+    finally:
+        # a consumer that stops early (an error, a cancelled job) leaves nothing running
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def audio_sections(audio: np.ndarray) -> List[Tuple[int, int]]:
+    """(start, end) samples of consecutive sections of about SECTION_SECONDS, each ending
+    at the quietest QUIET_FRAME near its nominal end, so a cut falls in a pause."""
+    size, search = SECTION_SECONDS * SAMPLE_RATE, SECTION_SEARCH_SECONDS * SAMPLE_RATE
+    bounds = [0]
+    while len(audio) - bounds[-1] > size + search:
+        low = bounds[-1] + size - search
+        count = 2 * search // QUIET_FRAME
+        frames = audio[low:low + count * QUIET_FRAME].reshape(count, QUIET_FRAME)
+        quietest = int(np.square(frames).mean(axis=1).argmin())
+        bounds.append(low + quietest * QUIET_FRAME + QUIET_FRAME // 2)
+    bounds.append(len(audio))
+    return list(zip(bounds, bounds[1:]))
+
+
+def load_model():
+    """Silero's sequence model, loaded once per process (a server does it at start)."""
     global _model
     with _model_lock:
         if _model is None:
+            threads = torch.get_num_threads()
+            import silero_vad  # imported on first use: only the batched engine needs it
+
+            # importing silero_vad calls torch.set_num_threads(1), which would leave every
+            # later transcription in this thread on one core
+            torch.set_num_threads(threads)
             _model = silero_vad.load_silero_vad(sequence=True)
-        stretches = silero_vad.get_speech_timestamps_sequence(
-            torch.from_numpy(audio), _model, sampling_rate=SAMPLE_RATE,
-            max_speech_duration_s=max_seconds, min_silence_duration_ms=MIN_SILENCE_MS,
-            speech_pad_ms=SPEECH_PAD_MS, min_speech_duration_ms=MIN_SPEECH_MS,
-        )
+    return _model
+
+
+def _section_windows(model, audio: np.ndarray, start: int, end: int,
+                     max_seconds: float) -> List[Window]:
+    import silero_vad
+
+    stretches = silero_vad.get_speech_timestamps_sequence(
+        audio[start:end], model, sampling_rate=SAMPLE_RATE,
+        max_speech_duration_s=max_seconds, min_silence_duration_ms=MIN_SILENCE_MS,
+        speech_pad_ms=SPEECH_PAD_MS, min_speech_duration_ms=MIN_SPEECH_MS,
+    )
     limit = int(max_seconds * SAMPLE_RATE)
     windows: List[Window] = []
     current: Optional[Window] = None
     for stretch in stretches:
-        start, end = int(stretch["start"]), min(int(stretch["end"]), len(audio))
-        if current is not None and end - current.start <= limit:
-            current = Window(current.start, end)  # the pause between them stays inside
+        first, last = start + int(stretch["start"]), min(start + int(stretch["end"]), end)
+        if current is not None and last - current.start <= limit:
+            current = Window(current.start, last)  # the pause between them stays inside
             continue
         if current is not None:
             windows.append(current)
-        current = Window(start, min(end, start + limit))
+        current = Window(first, min(last, first + limit))
     if current is not None:
         windows.append(current)
     return windows
