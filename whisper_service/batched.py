@@ -21,8 +21,9 @@ Algorithm
      queries of a window's beams are stacked along the query axis, (B, heads, beams, d_head),
      so nothing is expanded or recomputed per beam or per step;
    - the self-attention cache is preallocated as (layers, 2, B*beams, n_text_ctx, d) and
-     written in place at each row's position; reordering beams copies the selected rows
-     (index_select over the used positions) back into the same storage.
+     written in place at each row's position; reordering beams gathers the selected rows
+     (over the used positions only) into a second buffer of the same size, and the two
+     buffers swap roles, so nothing is allocated or grown while decoding.
 4. Logit filters are those of `whisper.decode`, vectorised over rows: SuppressBlank (first
    sampled position), SuppressTokens and ApplyTimestampRules (the per-row loop becomes
    per-row state: last and penultimate sampled token and last sampled timestamp).
@@ -336,16 +337,11 @@ class _DecoderRunner:
             self.cross_kv.append((_split_heads(key, self.n_head), _split_heads(value, self.n_head)))
 
         # zeros, not empty: masked positions are multiplied by zero weights, and garbage
-        # (NaN) there would poison the attention output
-        self.kv = torch.zeros(
-            len(self.decoder.blocks),
-            2,
-            n_rows,
-            self.n_ctx,
-            model.dims.n_text_state,
-            dtype=self.dtype,
-            device=self.device,
-        )
+        # (NaN) there would poison the attention output. Two buffers: a beam reorder
+        # gathers the rows of one into the other, which then becomes the cache.
+        shape = (len(self.decoder.blocks), 2, n_rows, self.n_ctx, model.dims.n_text_state)
+        self.kv = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self._spare_kv = torch.zeros_like(self.kv)
 
     def _linear(self, module: torch.nn.Module, x: Tensor) -> Tensor:
         weights = self._weights.get(module)
@@ -421,8 +417,15 @@ class _DecoderRunner:
 
     def reorder(self, source_rows: Tensor, length: int) -> None:
         """Row r of the cache becomes row source_rows[r], for positions [0, length)."""
-        used = self.kv[:, :, :, :length]
-        used.copy_(used.index_select(2, source_rows))
+        # seen as (layers * 2, rows, positions * width), a row's used positions are one
+        # contiguous run, so the gather is a few block copies into the spare buffer
+        layers, pairs, rows, n_ctx, width = self.kv.shape
+        used = slice(0, length * width)
+        torch.index_select(
+            self.kv.view(layers * pairs, rows, n_ctx * width)[:, :, used], 1, source_rows,
+            out=self._spare_kv.view(layers * pairs, rows, n_ctx * width)[:, :, used],
+        )
+        self.kv, self._spare_kv = self._spare_kv, self.kv
 
 
 class _Search:
