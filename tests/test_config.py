@@ -16,6 +16,7 @@ def test_defaults(monkeypatch):
     assert settings.translate_model == "large-v3"
     assert settings.model_dir == "/srv/cache/whisper"
     assert settings.device == "auto"
+    assert settings.batch_windows == 0  # chosen from free GPU memory
     assert settings.max_duration == 7200
     assert settings.max_upload_bytes == 1024 * 1024 * 1024
     assert settings.ffmpeg == bundled_ffmpeg()
@@ -28,7 +29,9 @@ def test_values_from_the_environment(checkpoint):
         "WHISPER_TRANSLATE_MODEL": "medium", "WHISPER_MODEL_DIR": "/models",
         "WHISPER_DEVICE": "CUDA:1", "WHISPER_MAX_DURATION": "90", "WHISPER_MAX_UPLOAD_MB": "20",
         "WHISPER_FFMPEG": bundled_ffmpeg(), "WHISPER_DECODE_TIMEOUT": "30",
+        "WHISPER_BATCH_WINDOWS": "16",
     })
+    assert settings.batch_windows == 16
     assert settings.models == (checkpoint, "tiny", "base")  # the default model is always allowed
     assert (settings.translate_model, settings.model_dir, settings.device) == ("medium", "/models", "cuda:1")
     assert (settings.max_duration, settings.max_upload_mb, settings.decode_timeout) == (90, 20, 30)
@@ -44,6 +47,8 @@ def test_values_from_the_environment(checkpoint):
     ("WHISPER_MODELS", "tiny,nope", "WHISPER_MODELS: 'nope' is neither"),
     ("WHISPER_TRANSLATE_MODEL", "x.pt", "WHISPER_TRANSLATE_MODEL: 'x.pt' is neither"),
     ("WHISPER_FFMPEG", "/no/such/ffmpeg", "WHISPER_FFMPEG '/no/such/ffmpeg' is not an executable"),
+    ("WHISPER_BATCH_WINDOWS", "-1", "WHISPER_BATCH_WINDOWS must be a whole number, 0 or more; got '-1'"),
+    ("WHISPER_BATCH_WINDOWS", "many", "WHISPER_BATCH_WINDOWS must be a whole number, 0 or more"),
 ])
 def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, words):
     with pytest.raises(ConfigError) as error:

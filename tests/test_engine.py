@@ -12,6 +12,7 @@ import whisper
 from whisper_service import engine
 from whisper_service.errors import BadOption
 from whisper_service.options import TranscribeOptions
+from whisper_service.vad import speech_windows
 
 FAST = dict(temperature=(0.0,))  # one decode per window keeps the suite fast
 
@@ -169,8 +170,6 @@ def test_detect_language_without_lock_contention_returns_all(service, media):
 
 
 def test_batched_mode_decodes_speech_windows_only(service, media):
-    from whisper_service.vad import speech_windows
-
     speech = service.decode(str(media["speech.wav"]))
     silence = np.zeros(20 * whisper.audio.SAMPLE_RATE, np.float32)
     audio = np.concatenate([speech, silence, speech])
@@ -208,3 +207,60 @@ def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
     assert engine.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
     with pytest.raises(BadOption, match="mode: must be one of batched, sequential"):
         TranscribeOptions.from_mapping({"mode": "turbo"})
+
+
+def test_batch_windows_setting_changes_batches_not_results(service, long_speech, monkeypatch):
+    audio = service.decode(str(long_speech))
+    loaded = service.models.get(service.settings.model)
+    options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
+    sizes = []
+    original = engine.decode_batch
+
+    def recording(model, mels, decoding, *args, **kwargs):
+        sizes.append(len(mels))
+        return original(model, mels, decoding, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_batch", recording)
+    windows = len(speech_windows(audio))
+    together = engine.transcribe(loaded, audio, options)
+    assert windows >= 2 and sizes == [windows]  # one batch on the CPU (8 windows at most)
+    sizes.clear()
+    one_by_one = engine.transcribe(loaded, audio, options, batch_windows=1)
+    assert sizes == [1] * windows
+
+    def said(transcript):  # batching may change float rounding, never what is said
+        return [(s.start, s.end, s.text, s.tokens) for s in transcript.segments]
+
+    assert said(one_by_one) == said(together) and said(together)
+    assert [s.no_speech_prob for s in one_by_one.segments] == pytest.approx(
+        [s.no_speech_prob for s in together.segments], rel=1e-4)
+
+
+class _Dims:
+    def __init__(self, shape):
+        from whisper_service.synthetic import DIMENSIONS
+
+        self.dims = DIMENSIONS[shape]
+
+
+@pytest.mark.parametrize("free_gib, shape, beam, expected", [
+    (80, "large-v3", 5, 59),   # about 1 GB a window: cross-attention keys/values + 2 caches
+    (8, "large-v3", 5, 5),
+    (8, "large-v3", None, 14),  # one row a window: a much smaller cache
+    (8, "turbo", 5, 39),        # four decoder layers
+    (80, "turbo", 5, engine.MAX_BATCH_WINDOWS),
+    (0.1, "large-v3", 5, 1),    # never none
+])
+def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
+    free_gib, shape, beam, expected, monkeypatch
+):
+    from whisper_service.models import LoadedModel
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2**30), 0))
+    loaded = LoadedModel("m", _Dims(shape), torch.device("cuda"), fp16=True, load_seconds=0.0)
+    assert engine.windows_per_batch(loaded, beam) == expected
+
+
+def test_windows_per_batch_on_the_cpu_is_fixed(service):
+    loaded = service.models.get(service.settings.model)
+    assert engine.windows_per_batch(loaded, 5) == engine.BATCH_WINDOWS_CPU

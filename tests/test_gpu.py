@@ -34,3 +34,23 @@ def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, f
     assert [list(s.tokens) for s in transcript.segments] == [s["tokens"] for s in expected["segments"]]
     probabilities = service.detect_language_file(str(media["speech.wav"]))
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-2)
+
+
+def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settings, media):
+    from whisper_service import engine
+    from whisper_service.vad import speech_windows
+
+    service = WhisperService(replace(settings, device="cuda"))
+    loaded = service.models.get(settings.model)
+    audio = service.decode(str(media["speech.wav"]))
+    options = TranscribeOptions(beam_size=5, patience=1.0, language="en", temperature=(0.0,))
+    assert engine.mode_of(loaded, options) == "batched"
+    assert engine.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
+    transcript = engine.transcribe(loaded, audio, options)
+    first = speech_windows(audio)[0]
+    mel = whisper.log_mel_spectrogram(
+        whisper.pad_or_trim(audio[first.start:first.end]), device="cuda").half()
+    alone = whisper.decode(loaded.model, mel, whisper.DecodingOptions(
+        language="en", beam_size=5, patience=1.0, fp16=True))
+    ours = [t for s in transcript.segments for t in s.tokens]
+    assert ours and ours == alone.tokens[:len(ours)]

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model name or checkpoint path (default: WHISPER_MODEL or turbo)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
     parser.add_argument("--model-dir", help="where named models are downloaded")
+    parser.add_argument("--batch-windows", type=int, metavar="N",
+                        help="windows the batched mode decodes at once (default: "
+                             "WHISPER_BATCH_WINDOWS, or chosen from free GPU memory)")
     parser.add_argument(
         "--format", "-f", default="txt,srt,vtt",
         help=f"comma-separated output formats: {','.join(FORMATS)} or all (default: txt,srt,vtt)",
@@ -87,6 +90,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         environ["WHISPER_DEVICE"] = args.device
     if args.model_dir:
         environ["WHISPER_MODEL_DIR"] = args.model_dir
+    if args.batch_windows is not None:
+        environ["WHISPER_BATCH_WINDOWS"] = str(args.batch_windows)
     option_values = {
         name: value for name, value in vars(args).items()
         if value is not None and name in OPTION_NAMES and name not in _SETTINGS_FLAGS

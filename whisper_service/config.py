@@ -52,6 +52,7 @@ class Settings:
     sync_timeout: float = 60.0  # WHISPER_SYNC_TIMEOUT: a synchronous API call waits this long, then 202
     api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
+    batch_windows: int = 0  # WHISPER_BATCH_WINDOWS: windows the batched engine decodes at once; 0 = from free GPU memory
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -128,6 +129,16 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str, str], float]:
     return parse
 
 
+def _count(variable: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"{variable} must be a whole number, 0 or more; got {raw!r}")
+    return value
+
+
 def _text(variable: str, raw: str) -> str:
     return raw
 
@@ -167,4 +178,5 @@ _PARSERS = {
     "sync_timeout": _positive(float),
     "api_keys": _name_list,
     "api_key_file": _text,
+    "batch_windows": _count,
 }

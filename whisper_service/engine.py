@@ -8,15 +8,18 @@ on the CPU):
   pauses (silence yields no window, so no invented text), and `batched.decode_batch`
   decodes many windows at once; each window's tokens equal `whisper.decode`'s for it.
   Windows are independent: the initial prompt is given to each, previous text is not.
+  Batches are decoded as the detector delivers windows, so detection of the rest of a
+  long file overlaps decoding.
 What we add to both: language probabilities, progress reporting and a typed result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -31,12 +34,13 @@ from .errors import BadOption
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .transcript import Segment, Transcript
-from .vad import Window, speech_windows
+from .vad import Window, iter_speech_windows
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
-BATCH_WINDOWS_CPU = 8
-GPU_BYTES_PER_WINDOW = 512 * 2**20  # a generous guess for a large model with 5 beams
-MAX_BATCH_WINDOWS = 64
+BATCH_WINDOWS_CPU = 8  # more gains little on a few cores and delays the first progress
+MAX_BATCH_WINDOWS = 64  # past this the GPU is busy anyway; bigger batches only add latency
+GPU_MEMORY_SHARE = 0.7  # of the free memory; the rest absorbs what the estimate leaves out
+ENCODER_ACTIVATIONS = 8  # encoder tensors alive at once, in (audio frames x width): MLP, q/k/v
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,10 @@ def transcribe(
     audio: np.ndarray,
     options: TranscribeOptions,
     progress: Optional[ProgressCallback] = None,
+    batch_windows: Optional[int] = None,
 ) -> Transcript:
+    """Transcribe (or translate) 16 kHz mono audio. batch_windows: windows decoded together
+    in batched mode; None chooses from free GPU memory."""
     duration = len(audio) / SAMPLE_RATE
     if not loaded.is_multilingual and options.language not in (None, "en"):
         raise BadOption(
@@ -117,7 +124,8 @@ def transcribe(
             probability = probabilities[language]
         language = language or "en"
         if mode_of(loaded, options) == "batched":
-            text, segments = _batched(loaded, audio, options, language, progress)
+            size = batch_windows or windows_per_batch(loaded, options.beam_size)
+            text, segments = _batched(loaded, audio, options, language, progress, size)
         else:
             kwargs = options.decode_kwargs()
             kwargs.update(language=language, fp16=loaded.fp16)
@@ -145,52 +153,88 @@ def mode_of(loaded: LoadedModel, options: TranscribeOptions) -> str:
     return options.mode or ("batched" if loaded.device.type == "cuda" else "sequential")
 
 
-def batch_size(loaded: LoadedModel) -> int:
-    """Windows per batch: from free GPU memory on CUDA, a small fixed number on the CPU."""
+def windows_per_batch(loaded: LoadedModel, beam_size: Optional[int]) -> int:
+    """Windows per batch: as many as free GPU memory holds (see _bytes_per_window), a
+    small fixed number on the CPU."""
     if loaded.device.type != "cuda":
         return BATCH_WINDOWS_CPU
     free, _ = torch.cuda.mem_get_info(loaded.device)
-    return max(1, min(MAX_BATCH_WINDOWS, int(free // GPU_BYTES_PER_WINDOW)))
+    fitting = int(free * GPU_MEMORY_SHARE // _bytes_per_window(loaded, beam_size or 1))
+    return max(1, min(MAX_BATCH_WINDOWS, fitting))
+
+
+def _bytes_per_window(loaded: LoadedModel, rows: int) -> int:
+    """What one more window costs the batched decoder: cross-attention keys and values
+    (every decoder layer, all audio frames), the self-attention cache of its rows (beams)
+    and the copy a beam reorder makes of it, and the encoder's widest activations."""
+    dims = loaded.model.dims
+    item = 2 if loaded.fp16 else 4
+    cross = dims.n_text_layer * 2 * dims.n_audio_ctx * dims.n_text_state
+    cache = dims.n_text_layer * 2 * rows * dims.n_text_ctx * dims.n_text_state * 2
+    encoder = ENCODER_ACTIVATIONS * dims.n_audio_ctx * dims.n_audio_state
+    return (cross + cache + encoder) * item
+
+
+def _batches(windows: Iterable[Window], size: int) -> Iterator[List[Window]]:
+    batch: List[Window] = []
+    for window in windows:
+        batch.append(window)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _batched(
     loaded: LoadedModel, audio: np.ndarray, options: TranscribeOptions, language: str,
-    progress: Optional[ProgressCallback],
+    progress: Optional[ProgressCallback], size: int,
 ):
-    """Decode the speech windows together; returns (text, segment dicts)."""
+    """Decode the speech windows together, a batch at a time while voice activity
+    detection of the rest goes on; returns (text, segment dicts)."""
     model = loaded.model
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                               language=language, task=options.task)
     prompt = tokenizer.encode(" " + options.initial_prompt.strip()) if options.initial_prompt else None
-    windows = speech_windows(audio)
     total = len(audio) / SAMPLE_RATE
     segments: List[dict] = []
-    size = batch_size(loaded)
-    for first in range(0, len(windows), size):
-        batch = windows[first:first + size]
-        mels = torch.stack([
-            whisper.log_mel_spectrogram(
-                whisper.pad_or_trim(audio[w.start:w.end]), model.dims.n_mels, device=loaded.device
-            )
-            for w in batch
-        ])
-        if loaded.fp16:
-            mels = mels.half()
-        results = _decode_with_fallback(model, mels, options, language, prompt, loaded.fp16)
-        for window, mel, result in zip(batch, mels, results):
-            if _is_silence(result, options):
-                continue
-            found = _segments(window, result, tokenizer, start_id=len(segments))
-            if options.word_timestamps and found:
-                add_word_timestamps(
-                    segments=found, model=model, tokenizer=tokenizer, mel=mel,
-                    num_frames=min(N_FRAMES, (window.end - window.start) // HOP_LENGTH),
-                    last_speech_timestamp=segments[-1]["end"] if segments else 0.0,
-                )
-            segments.extend(found)
-        if progress is not None:
-            progress(Progress(batch[-1].end / SAMPLE_RATE, total))
+    with contextlib.closing(iter_speech_windows(audio)) as windows:
+        for batch in _batches(windows, size):
+            mels = _window_mels(loaded, audio, batch)
+            results = _decode_with_fallback(model, mels, options, language, prompt, loaded.fp16)
+            for window, mel, result in zip(batch, mels, results):
+                if not _is_silence(result, options):
+                    segments.extend(_window_segments(
+                        model, tokenizer, window, mel, result, options, segments))
+            if progress is not None:
+                progress(Progress(batch[-1].end / SAMPLE_RATE, total))
     return "".join(s["text"] for s in segments), segments
+
+
+def _window_mels(loaded: LoadedModel, audio: np.ndarray, batch: List[Window]) -> torch.Tensor:
+    """(windows, n_mels, 3000) on the model's device, each normalised on its own as
+    whisper.decode would see it alone."""
+    mels = torch.stack([
+        whisper.log_mel_spectrogram(
+            whisper.pad_or_trim(audio[w.start:w.end]), loaded.model.dims.n_mels,
+            device=loaded.device,
+        )
+        for w in batch
+    ])
+    return mels.half() if loaded.fp16 else mels
+
+
+def _window_segments(model, tokenizer, window: Window, mel: torch.Tensor, result,
+                     options: TranscribeOptions, before: List[dict]) -> List[dict]:
+    """One window's segments on the file's timeline, with word timestamps if asked."""
+    found = _segments(window, result, tokenizer, start_id=len(before))
+    if options.word_timestamps and found:
+        add_word_timestamps(
+            segments=found, model=model, tokenizer=tokenizer, mel=mel,
+            num_frames=min(N_FRAMES, (window.end - window.start) // HOP_LENGTH),
+            last_speech_timestamp=before[-1]["end"] if before else 0.0,
+        )
+    return found
 
 
 def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str, prompt,
