@@ -53,6 +53,9 @@ class FakeService:
     def check_upload(self, path, options, display_name=None):
         return None
 
+    def prefetch(self, path, display_name=None):
+        return None
+
 
 class Recorder(FakeService):
     """Answers at once (or after `delay`), noting the order of the jobs it ran."""
@@ -61,6 +64,10 @@ class Recorder(FakeService):
         self.text = text
         self.delay = delay
         self.seen = [] if seen is None else seen
+        self.prefetched: List[str] = []
+
+    def prefetch(self, path, display_name=None):
+        self.prefetched.append(job_id_of(path))
 
     def transcribe_file(self, path, options, *, display_name=None, progress=None):
         self.seen.append(job_id_of(path))
@@ -142,6 +149,7 @@ class ProgressSpy:
         self.service = service
         self.fractions: List[float] = []
         self.check_upload = service.check_upload
+        self.prefetch = service.prefetch
 
     def transcribe_file(self, path, options, *, display_name=None, progress=None):
         def spy(report: Progress) -> None:
@@ -201,6 +209,8 @@ def test_jobs_run_oldest_first(make_queue):
     finished = [wait_finished(queue, job_id) for job_id in ids]
 
     assert recorder.seen == ids
+    # each job, as it starts, has the next one's audio decoded ahead
+    assert recorder.prefetched == ids[1:]
     assert [job.state for job in finished] == [JobState.DONE] * 4
     assert [queue.transcript(job_id).text for job_id in ids] == ["fake"] * 4
 

@@ -440,6 +440,7 @@ class JobQueue:
 
     def _run(self, job: Job, token: str) -> None:
         log.info("job %s: transcribing %r (attempt %d)", job.id, job.filename, job.attempts)
+        self._prefetch_next()
         try:
             transcript = self.service.transcribe_file(
                 job.media_path, job.options, display_name=job.filename,
@@ -462,6 +463,19 @@ class JobQueue:
             state = self._give_back(job, token, str(error) or type(error).__name__)
             log.warning("job %s: attempt %d failed (now %s)", job.id, job.attempts,
                         state.value if state else "deleted or taken over", exc_info=True)
+
+    def _prefetch_next(self) -> None:
+        """Let the service decode the next queued job's audio while this one runs."""
+        try:
+            with self._connect() as db:
+                row = db.execute(
+                    "SELECT id, filename FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
+                ).fetchone()
+        except sqlite3.Error:
+            return  # only a head start is lost
+        if row is not None:
+            media_path = os.path.join(self._folder(row["id"]), MEDIA_FILE)
+            self.service.prefetch(media_path, row["filename"])
 
     def _progress_reporter(self, job: Job, token: str) -> Callable[[Progress], None]:
         last_write = 0.0
