@@ -40,5 +40,8 @@ def make_checkpoint(path: str, shape: str = "test-tiny", seed: int = 0) -> str:
                 parameter.fill_(1.0)
             else:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * INIT_STD)
-    torch.save({"dims": asdict(dims), "model_state_dict": model.state_dict()}, path)
+    # stored in float16, as the official checkpoints are (load_model makes them float32)
+    state = {name: tensor.half() if tensor.is_floating_point() else tensor
+             for name, tensor in model.state_dict().items()}
+    torch.save({"dims": asdict(dims), "model_state_dict": state}, path)
     return path
