@@ -2,7 +2,7 @@
 sequential and batched engines, through the Python API and through the HTTP API, on the same
 checkpoint, audio and options, in one run.
 
-    python bench/transcribe.py                                            # CPU: 3 minutes, tiny test model
+    python bench/transcribe.py                                            # CPU: 3 minutes, tiny's shape
     python bench/transcribe.py --shape large-v3 --minutes 60 --device cuda   # a GPU host
     python bench/transcribe.py --shape turbo --minutes 60 --device cuda
 
@@ -154,6 +154,10 @@ def run_http(checkpoint: str, audio_path: str, device: str, beam: int, patience:
             server.wait()
 
 
+def _times(ratio: float) -> str:
+    return f"{ratio:.1f}" if ratio < 10 else f"{ratio:,.0f}"
+
+
 def differs(a: str, b: str) -> str:
     """How far two texts are apart, by words: 0 % is the same text."""
     ratio = difflib.SequenceMatcher(None, a.split(), b.split(), autojunk=False).ratio()
@@ -162,7 +166,8 @@ def differs(a: str, b: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="test-tiny")
+    parser.add_argument("--shape", default="tiny", help="checkpoint dimensions: "
+                        "tiny, large-v3, turbo, or test-tiny (the tests' 64-wide model)")
     parser.add_argument("--minutes", type=float, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--beam", type=int, default=5)
@@ -187,8 +192,8 @@ def main() -> None:
               f"{MUSIC_SECONDS} s tones and {SILENCE_SECONDS} s silence per block), beam "
               f"{args.beam}, temperature 0, every engine with the same token budget per window "
               "(n_text_ctx // 2)")
-        print("| patience | engine | wall s | x real time | vs baseline | peak memory | text differs from baseline |")
-        print("|---|---|---|---|---|---|---|")
+        print("| audio | patience | engine | wall s | x real time | vs baseline | peak memory | text differs from baseline |")
+        print("|---|---|---|---|---|---|---|---|")
         for patience in args.patience:
             rows = {}
             for engine in ENGINES:
@@ -205,8 +210,8 @@ def main() -> None:
                 memory = f"{row['host_mib']:,.0f} MiB host"
                 if row["gpu_mib"] is not None:
                     memory = f"{row['gpu_mib']:,.0f} MiB GPU, " + memory
-                print(f"| {patience:g} | {engine} | {row['seconds']:.1f} | "
-                      f"{seconds_of_audio / row['seconds']:.0f} | {base['seconds'] / row['seconds']:.2f} | "
+                print(f"| {args.minutes:g} min | {patience:g} | {engine} | {row['seconds']:.1f} | "
+                      f"{_times(seconds_of_audio / row['seconds'])} | {base['seconds'] / row['seconds']:.2f} | "
                       f"{memory} | {differs(base['text'], row['text'])} |")
                 sys.stdout.flush()
 
