@@ -52,6 +52,7 @@ def test_video_to_srt_and_vtt(media, checkpoint, tmp_path):
 def test_bad_file_is_reported_and_others_still_written(media, checkpoint, tmp_path):
     result = run_cli(str(media["notes.mp3"]), str(media["speech.wav"]), "--model", checkpoint,
                      "--temperature", "0", "--beam-size", "greedy", "--format", "txt",
+                     "--mode", "batched", "--batch-windows", "1",
                      "--output-dir", str(tmp_path), "--quiet")
     assert result.returncode == 1
     assert "notes.mp3' is not an audio or video file" in result.stderr
@@ -65,6 +66,12 @@ def test_bad_option_exits_2_naming_the_field(media, checkpoint):
     assert "patience: must be in (0, 10]; got 0" in result.stderr
 
 
+def test_a_bad_batch_size_exits_2_naming_the_flag(media, checkpoint):
+    result = run_cli(str(media["speech.wav"]), "--model", checkpoint, "--batch-windows", "-3")
+    assert result.returncode == 2
+    assert "--batch-windows: must be a whole number, 0 or more; got '-3'" in result.stderr
+
+
 def test_every_option_has_a_flag():
     flags = build_parser().format_help()
     for option in ("--task", "--language", "--beam-size", "--patience", "--best-of", "--temperature",
@@ -72,5 +79,6 @@ def test_every_option_has_a_flag():
                    "--no-speech-threshold", "--logprob-threshold", "--compression-ratio-threshold",
                    "--hallucination-silence-threshold", "--word-timestamps", "--max-line-width",
                    "--max-line-count", "--max-words-per-line", "--highlight-words", "--format",
-                   "--output-dir", "--model", "--device", "--temperature-increment-on-fallback"):
+                   "--output-dir", "--model", "--device", "--temperature-increment-on-fallback",
+                   "--mode", "--batch-windows"):
         assert option in flags

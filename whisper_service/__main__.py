@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model name or checkpoint path (default: WHISPER_MODEL or turbo)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
     parser.add_argument("--model-dir", help="where named models are downloaded")
-    parser.add_argument("--batch-windows", type=int, metavar="N",
+    parser.add_argument("--batch-windows", type=_count, metavar="N",
                         help="windows the batched mode decodes at once (default: "
                              "WHISPER_BATCH_WINDOWS, or chosen from free GPU memory)")
     parser.add_argument(
@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="build the fallback schedule from --temperature up to 1.0 in these steps",
     )
     return parser
+
+
+def _count(raw: str) -> int:
+    if not raw.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more; got {raw!r}")
+    return int(raw)
 
 
 def _shown(default) -> str:
