@@ -24,6 +24,7 @@ def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, f
     loaded = service.models.get(settings.model)
     assert loaded.device.type == "cuda" and loaded.fp16 is True
     assert next(loaded.model.parameters()).is_cuda
+    assert loaded.model.decoder.blocks[0].mlp[0].weight.dtype == torch.float16
 
     monkeypatch.setenv("PATH", ffmpeg_on_path)
     expected = loaded.model.transcribe(

@@ -16,7 +16,7 @@ import torch
 import whisper
 
 from whisper_service.errors import BadOption, ModelUnavailable
-from whisper_service.models import ModelRegistry, pick_device
+from whisper_service.models import ModelRegistry, half_precision_weights, pick_device
 from whisper_service.options import TranscribeOptions
 from whisper_service.service import WhisperService
 
@@ -138,3 +138,28 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ModelUnavailable, match="no CUDA GPU is visible"):
             pick_device("cuda:0")
+
+
+def test_half_precision_weights_compute_what_whisper_computes_from_float32(checkpoint):
+    """What a CUDA model gets: every Linear and Conv1d weight in float16, LayerNorms and
+    embeddings in float32, and decoding in fp16 says the same, bit for bit (whisper casts
+    the float32 weights to float16 at each call; here they already are). Checked on the
+    CPU, which runs float16 layers too."""
+    full = whisper.load_model(checkpoint, device="cpu")
+    half = half_precision_weights(whisper.load_model(checkpoint, device="cpu"))
+    dtypes = {name: p.dtype for name, p in half.named_parameters()}
+    assert dtypes["decoder.blocks.0.mlp.0.weight"] == torch.float16
+    assert dtypes["encoder.conv1.weight"] == torch.float16
+    assert dtypes["decoder.blocks.0.attn_ln.weight"] == torch.float32
+    assert dtypes["decoder.token_embedding.weight"] == torch.float32
+    assert dtypes["decoder.positional_embedding"] == torch.float32
+    size = sum(p.numel() * p.element_size() for p in half.parameters())
+    linear = sum(p.numel() for n, p in half.named_parameters() if dtypes[n] == torch.float16)
+    assert size == sum(p.numel() * p.element_size() for p in full.parameters()) - 2 * linear
+
+    audio = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, 16000 * 20).astype(np.float32))
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio)).half()
+    options = whisper.DecodingOptions(language="en", fp16=True, beam_size=3, sample_len=16)
+    expected, got = whisper.decode(full, mel, options), whisper.decode(half, mel, options)
+    assert got.tokens == expected.tokens and len(got.tokens) > 0
+    assert (got.avg_logprob, got.no_speech_prob) == (expected.avg_logprob, expected.no_speech_prob)
