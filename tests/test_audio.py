@@ -73,6 +73,27 @@ def test_truncated_mp3(media):
         decode_file(str(media["truncated.mp3"]), LIMITS)
 
 
+def test_truncated_wav_is_refused_from_its_header_at_upload(media, tmp_path):
+    whole = media["speech.wav"].read_bytes()
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole[: len(whole) // 2])  # an upload that broke off half way
+    words = r"'cut\.wav' is truncated: it declares \d+(\.\d)? s of audio, but only \d+(\.\d)? s"
+    with pytest.raises(TruncatedMedia, match=words):
+        check_file(str(cut), LIMITS)  # before the job waits in the queue
+    with pytest.raises(TruncatedMedia, match=words):
+        decode_file(str(cut), LIMITS)
+
+
+def test_wav_written_to_a_pipe_has_no_size_and_decodes(media, tmp_path):
+    whole = bytearray(media["speech.wav"].read_bytes())
+    data = whole.index(b"data")
+    whole[data + 4:data + 8] = b"\xff\xff\xff\xff"  # what a writer that cannot seek leaves
+    streamed = tmp_path / "streamed.wav"
+    streamed.write_bytes(bytes(whole))
+    expected = decode_file(str(media["speech.wav"]), LIMITS)
+    assert len(decode_file(str(streamed), LIMITS)) == len(expected)
+
+
 def test_video_without_audio_names_the_file(media):
     with pytest.raises(NoAudioStream, match=r"^no audio stream found in 'talk\.mp4'$"):
         decode_file(str(media["talk.mp4"]), LIMITS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import subprocess
 import threading
 from collections import deque
@@ -52,6 +53,8 @@ PLAYLIST_SIGNATURES = {
 }
 CHECK_SECONDS = 2.0  # audio decoded to tell whether an upload is usable media at all
 # A container may round its declared duration; less than this missing is not truncation.
+WAV_HEADER_SEARCH = 64 * 1024  # the data chunk's header lies within this many bytes
+WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what a writer that could not seek back leaves there
 TRUNCATION_TOLERANCE_S = 0.5
 TRUNCATION_TOLERANCE_FRACTION = 0.02
 
@@ -94,13 +97,15 @@ def decode_file(path: str, limits: DecodeLimits, display_name: Optional[str] = N
 
 def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> None:
     """Refuse at once what decode_file would refuse, decoding only the first seconds:
-    for uploads, before they wait in a queue. (Truncation shows only at the end.)"""
+    for uploads, before they wait in a queue. (Truncation shows only at the end, except in
+    a WAV file, whose header says how long it should be.)"""
     _decode(path, limits, display_name, whole=False)
 
 
 def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole: bool) -> np.ndarray:
     name = display_name or os.path.basename(path)
     _refuse_empty_or_playlist(path, name)
+    _refuse_truncated_wav(path, name)
     run = _FfmpegRun(limits, limits.max_duration + 1 if whole else CHECK_SECONDS)
     with open(path, "rb") as media:
         pcm = run.decode(media)
@@ -120,6 +125,32 @@ def _refuse_empty_or_playlist(path: str, name: str) -> None:
                 f"'{name}' is {what}, not audio or video; playlists are refused, "
                 "upload the media file itself"
             )
+
+
+def _refuse_truncated_wav(path: str, name: str) -> None:
+    """ffmpeg decodes a WAV file cut short without a word (it trusts the bytes there are);
+    its header's data size tells what is missing."""
+    with open(path, "rb") as f:
+        head = f.read(WAV_HEADER_SEARCH)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    byte_rate, offset = 0, 12
+    while offset + 8 <= len(head):
+        chunk, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        if chunk == b"fmt " and offset + 16 <= len(head):
+            byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
+        if chunk == b"data":
+            if byte_rate and size not in WAV_UNKNOWN_SIZES:
+                present = os.path.getsize(path) - (offset + 8)
+                declared, decodable = size / byte_rate, max(0, present) / byte_rate
+                missing = declared - decodable
+                if missing > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared):
+                    raise TruncatedMedia(
+                        f"'{name}' is truncated: it declares {format_duration(declared)} of "
+                        f"audio, but only {format_duration(decodable)} could be decoded"
+                    )
+            return
+        offset += 8 + size + (size & 1)  # chunks are padded to an even size
 
 
 def _ffmpeg_args(limits: DecodeLimits, output_seconds: float) -> list:
