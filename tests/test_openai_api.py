@@ -217,6 +217,20 @@ def test_request_errors_in_openai_shape(client, media):
     assert "'file'" in openai_error(missing, 400, "file")["message"]
 
 
+def test_errors_that_a_retry_cannot_mend_tell_the_client_not_to(app, client, media):
+    from werkzeug.exceptions import Conflict
+
+    refused = post(client, media["speech.wav"], model="gpt-4o-transcribe")
+    assert refused.status_code == 400 and refused.headers["x-should-retry"] == "false"
+    with app.test_request_context("/v1/audio/transcriptions", method="POST"):
+        cancelled = app.handle_user_exception(Conflict("The job was cancelled."))
+    # the openai client retries 409 by default, uploading the file again
+    assert cancelled.status_code == 409 and cancelled.headers["x-should-retry"] == "false"
+    with app.test_request_context("/api/v1/transcriptions", method="POST"):
+        native = app.handle_user_exception(Conflict("The job was cancelled."))
+    assert native.status_code == 409 and "x-should-retry" not in native.headers
+
+
 def test_media_errors_in_openai_shape(client, media):
     error = openai_error(post(client, media["notes.mp3"]), 415, "file")
     assert error["code"] == "not_media"

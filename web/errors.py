@@ -28,6 +28,10 @@ STATUS_OF = {
 }
 JSON_PREFIXES = ("/api/", "/invocations")
 OPENAI_PREFIX = "/v1/"
+# OpenAI's clients retry 409 (and 408, 429, 5xx) by sending the whole upload again; this
+# header, which they obey, says when that cannot help (a cancelled job, a bad request)
+RETRY_HEADER = "x-should-retry"
+WORTH_RETRYING = (408, 429)
 
 
 class JobFailed(service_errors.ServiceError):
@@ -58,7 +62,8 @@ def error_response(status: int, code: str, message: str, field: Optional[str] = 
     if request.path.startswith(OPENAI_PREFIX):
         kind = "server_error" if status >= 500 else "invalid_request_error"
         body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
-        return jsonify(body), status
+        hopeless = 400 <= status < 500 and status not in WORTH_RETRYING
+        return jsonify(body), status, {RETRY_HEADER: "false"} if hopeless else {}
     if request.path.startswith(JSON_PREFIXES):
         return jsonify({"error": {"code": code, "message": message, "field": field}}), status
     return render_template("error.html", status=status, message=message), status
