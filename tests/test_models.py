@@ -163,3 +163,31 @@ def test_half_precision_weights_compute_what_whisper_computes_from_float32(check
     expected, got = whisper.decode(full, mel, options), whisper.decode(half, mel, options)
     assert got.tokens == expected.tokens and len(got.tokens) > 0
     assert (got.avg_logprob, got.no_speech_prob) == (expected.avg_logprob, expected.no_speech_prob)
+
+
+def test_a_full_gpu_unloads_the_least_recently_used_model(settings, checkpoint,
+                                                          english_checkpoint, monkeypatch):
+    from whisper_service import models
+
+    third = str(Path(english_checkpoint).with_name("third.pt"))
+    Path(third).write_bytes(Path(checkpoint).read_bytes())
+    registry = ModelRegistry(replace(settings, models=(checkpoint, english_checkpoint, third)))
+    registry.get(checkpoint)
+    registry.get(english_checkpoint)
+    registry.get(checkpoint)  # used again: english is now the least recent
+    room = {"models": 2}  # the GPU holds two models
+    real_move = models.move_to
+
+    def move(model, device):
+        if len(registry.loaded()) >= room["models"]:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        real_move(model, device)
+
+    monkeypatch.setattr(models, "move_to", move)
+    registry.get(third)
+    assert sorted(registry.loaded()) == sorted([checkpoint, third])
+
+    room["models"] = 0  # not even one fits: every other model goes, then the load fails
+    with pytest.raises(ModelUnavailable, match=r"could not be loaded: CUDA out of memory"):
+        registry.get(english_checkpoint)
+    assert registry.loaded() == []

@@ -10,6 +10,8 @@ and calls on one model never overlap.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
 import threading
 import time
@@ -77,6 +79,8 @@ class ModelRegistry:
         self._models: Dict[str, LoadedModel] = {}
         self._loading_locks: Dict[str, threading.Lock] = {}
         self._registry_lock = threading.Lock()
+        self._uses = itertools.count()
+        self._last_use: Dict[str, int] = {}  # name -> when it was last handed out
 
     @property
     def default(self) -> str:
@@ -110,6 +114,7 @@ class ModelRegistry:
 
     def get(self, name: str) -> LoadedModel:
         with self._registry_lock:
+            self._last_use[name] = next(self._uses)
             if name in self._models:
                 return self._models[name]
             loading_lock = self._loading_locks.setdefault(name, threading.Lock())
@@ -132,7 +137,7 @@ class ModelRegistry:
             model = whisper.load_model(name, device="cpu", download_root=self.settings.model_dir)
             if fp16:
                 half_precision_weights(model)
-            model.to(device)
+            self._place(name, model, device)
         except (OSError, RuntimeError, ValueError, KeyError) as error:
             # download failures (URLError is an OSError), checksum mismatches, bad files,
             # a GPU without room for the model
@@ -141,3 +146,34 @@ class ModelRegistry:
         seconds = time.monotonic() - started
         log.info("loaded model %s on %s in %.1f s", name, device, seconds)
         return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds)
+
+    def _place(self, name: str, model: whisper.Whisper, device: torch.device) -> None:
+        """Move the model to its device; while the GPU has no room for it, unload the other
+        models, least recently used first."""
+        while True:
+            try:
+                move_to(model, device)
+                return
+            except torch.cuda.OutOfMemoryError:
+                if not self._unload_least_recent(keep=name):
+                    raise
+
+    def _unload_least_recent(self, keep: str) -> bool:
+        with self._registry_lock:
+            others = [n for n in self._models if n != keep]
+            if not others:
+                return False
+            victim = self._models.pop(min(others, key=lambda n: self._last_use.get(n, -1)))
+        log.warning("no room on %s for model %s: unloading %s", victim.device, keep, victim.name)
+        with victim.lock:  # a transcription using it finishes first
+            pass
+        del victim
+        gc.collect()  # its tensors go now, not at some later collection
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return True
+
+
+def move_to(model: whisper.Whisper, device: torch.device) -> None:
+    """model.to(device): where a full GPU raises torch.cuda.OutOfMemoryError."""
+    model.to(device)
