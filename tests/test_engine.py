@@ -9,7 +9,7 @@ import pytest
 import torch
 import whisper
 
-from whisper_service import engine
+from whisper_service import batch_engine, engine
 from whisper_service.errors import BadOption
 from whisper_service.options import TranscribeOptions
 from whisper_service.vad import speech_windows
@@ -214,13 +214,13 @@ def test_batch_windows_setting_changes_batches_not_results(service, long_speech,
     loaded = service.models.get(service.settings.model)
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     sizes = []
-    original = engine.decode_batch
+    original = batch_engine.decode_batch
 
     def recording(model, mels, decoding, *args, **kwargs):
         sizes.append(len(mels))
         return original(model, mels, decoding, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "decode_batch", recording)
+    monkeypatch.setattr(batch_engine, "decode_batch", recording)
     windows = len(speech_windows(audio))
     together = engine.transcribe(loaded, audio, options)
     assert windows >= 2 and sizes == [windows]  # one batch on the CPU (8 windows at most)
@@ -248,7 +248,7 @@ class _Dims:
     (8, "large-v3", 5, 5),
     (8, "large-v3", None, 14),  # one row a window: a much smaller cache
     (8, "turbo", 5, 39),        # four decoder layers
-    (80, "turbo", 5, engine.MAX_BATCH_WINDOWS),
+    (80, "turbo", 5, batch_engine.MAX_BATCH_WINDOWS),
     (0.1, "large-v3", 5, 1),    # never none
 ])
 def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
@@ -258,9 +258,9 @@ def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2**30), 0))
     loaded = LoadedModel("m", _Dims(shape), torch.device("cuda"), fp16=True, load_seconds=0.0)
-    assert engine.windows_per_batch(loaded, beam) == expected
+    assert batch_engine.windows_per_batch(loaded, beam) == expected
 
 
 def test_windows_per_batch_on_the_cpu_is_fixed(service):
     loaded = service.models.get(service.settings.model)
-    assert engine.windows_per_batch(loaded, 5) == engine.BATCH_WINDOWS_CPU
+    assert batch_engine.windows_per_batch(loaded, 5) == batch_engine.BATCH_WINDOWS_CPU

@@ -38,7 +38,7 @@ def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, f
 
 
 def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settings, media):
-    from whisper_service import engine
+    from whisper_service import batch_engine, engine
     from whisper_service.vad import speech_windows
 
     service = WhisperService(replace(settings, device="cuda"))
@@ -46,7 +46,7 @@ def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settin
     audio = service.decode(str(media["speech.wav"]))
     options = TranscribeOptions(beam_size=5, patience=1.0, language="en", temperature=(0.0,))
     assert engine.mode_of(loaded, options) == "batched"
-    assert engine.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
+    assert batch_engine.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
     transcript = engine.transcribe(loaded, audio, options)
     first = speech_windows(audio)[0]
     mel = whisper.log_mel_spectrogram(

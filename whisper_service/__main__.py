@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from .config import Settings
-from .engine import Progress
+from .progress import Progress
 from .errors import ConfigError, ServiceError
 from .options import OPTION_NAMES, SubtitleLayout, TranscribeOptions
 from .service import WhisperService

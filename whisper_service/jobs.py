@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence
 
-from .engine import Progress
+from .progress import Progress
 from .errors import ServiceError
 from .options import SubtitleLayout, TranscribeOptions
 from .transcript import Transcript

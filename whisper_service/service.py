@@ -14,7 +14,7 @@ import numpy as np
 from . import engine, vad
 from .audio import DecodeLimits, check_file, decode_file
 from .config import Settings
-from .engine import ProgressCallback
+from .progress import ProgressCallback
 from .errors import ModelUnavailable
 from .models import ModelRegistry
 from .options import TranscribeOptions

@@ -1,0 +1,254 @@
+"""The batched engine: the speech windows of one file, or of several files transcribed
+with the same options, decoded together.
+
+Voice activity detection cuts each file's speech into windows of at most 30 s at pauses
+(silence yields no window, so no invented text); `batched.decode_batch` decodes a batch of
+windows at once, and each window's tokens equal `whisper.decode`'s for it alone. Windows
+are independent: a file's initial prompt is given to each of its windows, previous text is
+not. Batches are decoded as the detector delivers windows, so detection of the rest of a
+long file overlaps decoding; windows of several files fill the same batches, so many short
+files keep a GPU as busy as one long one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+
+import numpy as np
+import torch
+import whisper
+from whisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import get_tokenizer
+
+from .batched import decode_batch
+from .models import LoadedModel
+from .options import TranscribeOptions
+from .progress import Progress, ProgressCallback
+from .vad import Window, iter_speech_windows
+
+TIME_PRECISION = 0.02  # seconds per timestamp token
+BATCH_WINDOWS_CPU = 8  # more gains little on a few cores and delays the first progress
+MAX_BATCH_WINDOWS = 64  # past this the GPU is busy anyway; bigger batches only add latency
+GPU_MEMORY_SHARE = 0.7  # of the free memory; the rest absorbs what the estimate leaves out
+ENCODER_ACTIVATIONS = 8  # encoder tensors alive at once, in (audio frames x width): MLP, q/k/v
+
+Item = TypeVar("Item")
+
+
+@dataclass
+class FileRequest:
+    """One file of a batched run: its samples, its options, where its progress goes."""
+
+    audio: np.ndarray
+    options: TranscribeOptions
+    progress: Optional[ProgressCallback] = None
+
+
+@dataclass
+class _FileState:
+    request: FileRequest
+    prompt: Optional[List[int]]  # the initial prompt's tokens, given to every window
+    segments: List[dict] = field(default_factory=list)
+    error: Optional[Exception] = None  # what its progress callback raised (a cancel)
+
+    @property
+    def seconds(self) -> float:
+        return len(self.request.audio) / SAMPLE_RATE
+
+    def report(self, done_seconds: float) -> None:
+        if self.request.progress is None or self.error is not None:
+            return
+        try:
+            self.request.progress(Progress(done_seconds, self.seconds))
+        except Exception as error:  # this file is given up; the others go on
+            self.error = error
+
+
+def decode_files(
+    loaded: LoadedModel, requests: Sequence[FileRequest], language: str, size: int
+) -> List[Union[Tuple[str, List[dict]], Exception]]:
+    """(text, segment dicts) for each file, or the exception its progress callback raised.
+
+    Every request's options must agree on what decoding depends on (shared_options), and
+    `language` is the language of all of them. `size` windows are decoded at a time."""
+    model = loaded.model
+    options = requests[0].options
+    tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                              language=language, task=options.task)
+    files = [
+        _FileState(request, tokenizer.encode(" " + request.options.initial_prompt.strip())
+                   if request.options.initial_prompt else None)
+        for request in requests
+    ]
+    for batch in _batches(_speech_windows(files), size):
+        mels = _window_mels(loaded, [(state.request.audio, window) for state, window in batch])
+        results = _decode_with_fallback(model, mels, options, language,
+                                        [state.prompt for state, _ in batch], loaded.fp16)
+        for (state, window), mel, result in zip(batch, mels, results):
+            if not _is_silence(result, options):
+                state.segments.extend(_window_segments(
+                    model, tokenizer, window, mel, result, state.request.options, state.segments))
+        done = {id(state): (state, window.end) for state, window in batch}
+        for state, end in done.values():
+            state.report(end / SAMPLE_RATE)
+    return [
+        state.error if state.error is not None
+        else ("".join(s["text"] for s in state.segments), state.segments)
+        for state in files
+    ]
+
+
+def _speech_windows(files: List[_FileState]) -> Iterator[Tuple[_FileState, Window]]:
+    """Every file's windows, file after file; a file given up yields no more."""
+    for state in files:
+        with contextlib.closing(iter_speech_windows(state.request.audio)) as windows:
+            for window in windows:
+                if state.error is not None:
+                    break  # closing the detector stops its threads
+                yield state, window
+
+
+def shared_options(options: TranscribeOptions) -> TranscribeOptions:
+    """The options with what only concerns one file (its prompt, word timing, subtitle
+    layout) and the mode (the caller resolves it) at their defaults: files in batched mode
+    whose shared options are equal can share batches."""
+    defaults = TranscribeOptions()
+    return TranscribeOptions(**{
+        **vars(options),
+        "initial_prompt": defaults.initial_prompt,
+        "word_timestamps": defaults.word_timestamps,
+        "layout": defaults.layout,
+        "mode": defaults.mode,
+    })
+
+
+def windows_per_batch(loaded: LoadedModel, beam_size: Optional[int]) -> int:
+    """Windows per batch: as many as free GPU memory holds (see _bytes_per_window), a
+    small fixed number on the CPU."""
+    if loaded.device.type != "cuda":
+        return BATCH_WINDOWS_CPU
+    free, _ = torch.cuda.mem_get_info(loaded.device)
+    fitting = int(free * GPU_MEMORY_SHARE // _bytes_per_window(loaded, beam_size or 1))
+    return max(1, min(MAX_BATCH_WINDOWS, fitting))
+
+
+def _bytes_per_window(loaded: LoadedModel, rows: int) -> int:
+    """What one more window costs the batched decoder: cross-attention keys and values
+    (every decoder layer, all audio frames), the self-attention cache of its rows (beams)
+    and the copy a beam reorder makes of it, and the encoder's widest activations."""
+    dims = loaded.model.dims
+    item = 2 if loaded.fp16 else 4
+    cross = dims.n_text_layer * 2 * dims.n_audio_ctx * dims.n_text_state
+    cache = dims.n_text_layer * 2 * rows * dims.n_text_ctx * dims.n_text_state * 2
+    encoder = ENCODER_ACTIVATIONS * dims.n_audio_ctx * dims.n_audio_state
+    return (cross + cache + encoder) * item
+
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[List[Item]]:
+    batch: List[Item] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+
+def _window_mels(loaded: LoadedModel, windows: List[Tuple[np.ndarray, Window]]) -> torch.Tensor:
+    """(windows, n_mels, 3000) on the model's device, each normalised on its own as
+    whisper.decode would see it alone."""
+    mels = torch.stack([
+        whisper.log_mel_spectrogram(
+            whisper.pad_or_trim(audio[w.start:w.end]), loaded.model.dims.n_mels,
+            device=loaded.device,
+        )
+        for audio, w in windows
+    ])
+    return mels.half() if loaded.fp16 else mels
+
+
+def _window_segments(model, tokenizer, window: Window, mel: torch.Tensor, result,
+                     options: TranscribeOptions, before: List[dict]) -> List[dict]:
+    """One window's segments on the file's timeline, with word timestamps if asked."""
+    found = _segments(window, result, tokenizer, start_id=len(before))
+    if options.word_timestamps and found:
+        add_word_timestamps(
+            segments=found, model=model, tokenizer=tokenizer, mel=mel,
+            num_frames=min(N_FRAMES, (window.end - window.start) // HOP_LENGTH),
+            last_speech_timestamp=before[-1]["end"] if before else 0.0,
+        )
+    return found
+
+
+def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str,
+                          prompts: List[Optional[List[int]]], fp16: bool) -> list:
+    """whisper.transcribe's temperature fallback, window by window: only the windows that
+    fail the thresholds are decoded again, at the next temperature."""
+    results: list = [None] * len(mels)
+    pending = list(range(len(mels)))
+    for temperature in options.temperature:
+        beam = options.beam_size if temperature == 0 else None
+        decoding = whisper.DecodingOptions(
+            task=options.task, language=language, temperature=temperature,
+            beam_size=beam, patience=options.patience if beam else None,
+            best_of=options.best_of if temperature > 0 else None,
+            length_penalty=options.length_penalty, fp16=fp16,
+        )
+        decoded = decode_batch(model, mels[pending], decoding, [prompts[i] for i in pending])
+        for index, result in zip(pending, decoded):
+            results[index] = result
+        pending = [i for i in pending if _needs_fallback(results[i], options)]
+        if not pending:
+            break
+    return results
+
+
+def _needs_fallback(result, options: TranscribeOptions) -> bool:
+    too_repetitive = (options.compression_ratio_threshold is not None
+                      and result.compression_ratio > options.compression_ratio_threshold)
+    too_unlikely = (options.logprob_threshold is not None
+                    and result.avg_logprob < options.logprob_threshold)
+    return (too_repetitive or too_unlikely) and not _is_silence(result, options)
+
+
+def _is_silence(result, options: TranscribeOptions) -> bool:
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+
+
+def _segments(window: Window, result, tokenizer, start_id: int) -> List[dict]:
+    """Segments between pairs of timestamp tokens, placed on the file's timeline; text after
+    the last timestamp runs to the window's end."""
+    tokens = list(result.tokens)
+    cuts = [i for i, t in enumerate(tokens) if t >= tokenizer.timestamp_begin]
+    pieces, begin = [], 0
+    for previous, current in zip(cuts, cuts[1:]):
+        if current == previous + 1:  # two timestamps in a row close one segment
+            pieces.append(tokens[begin:current])
+            begin = current
+    if tokens[begin:] and any(t < tokenizer.eot for t in tokens[begin:]):
+        pieces.append(tokens[begin:])
+    segments = []
+    for piece in pieces:
+        stamps = [t - tokenizer.timestamp_begin for t in piece if t >= tokenizer.timestamp_begin]
+        # a timestamp past the window's audio (the rest of the 30 s is padding) is clipped
+        start = min(stamps[0] * TIME_PRECISION if stamps else 0.0, window.seconds)
+        end = min(stamps[-1] * TIME_PRECISION if len(stamps) > 1 else window.seconds, window.seconds)
+        text = tokenizer.decode([t for t in piece if t < tokenizer.eot])
+        if not text.strip() or end <= start:
+            continue
+        segments.append(dict(
+            id=start_id + len(segments), seek=int(window.start // HOP_LENGTH),
+            start=window.offset + start, end=window.offset + end,
+            text=text, tokens=piece, temperature=result.temperature,
+            avg_logprob=result.avg_logprob, compression_ratio=result.compression_ratio,
+            no_speech_prob=result.no_speech_prob, words=[],
+        ))
+    return segments
