@@ -264,3 +264,53 @@ def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
 def test_windows_per_batch_on_the_cpu_is_fixed(service):
     loaded = service.models.get(service.settings.model)
     assert batch_engine.windows_per_batch(loaded, 5) == batch_engine.BATCH_WINDOWS_CPU
+
+
+def _said(transcript):
+    return [(s.start, s.end, s.text, s.tokens) for s in transcript.segments]
+
+
+def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
+    service, media, long_speech, monkeypatch
+):
+    loaded = service.models.get(service.settings.model)
+    short, long = service.decode(str(media["speech.wav"])), service.decode(str(long_speech))
+    options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
+    prompted = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en",
+                                 initial_prompt="Glossary: Whisper, ffmpeg.", **FAST)
+    alone = [engine.transcribe(loaded, short, prompted), engine.transcribe(loaded, long, options)]
+    sizes = []
+    original = batch_engine.decode_batch
+
+    def recording(model, mels, decoding, prompts=None):
+        sizes.append(len(mels))
+        return original(model, mels, decoding, prompts)
+
+    monkeypatch.setattr(batch_engine, "decode_batch", recording)
+    reports = {0: [], 1: []}
+    together = engine.transcribe_together(loaded, [
+        engine.FileRequest(short, prompted, reports[0].append),
+        engine.FileRequest(long, options, reports[1].append),
+    ])
+    windows = len(speech_windows(short)) + len(speech_windows(long))
+    assert sizes == [windows] and windows >= 3  # one batch held the windows of both
+    assert [_said(t) for t in together] == [_said(t) for t in alone]
+    assert [t.duration for t in together] == [t.duration for t in alone]
+    assert reports[0][-1].fraction == reports[1][-1].fraction == 1.0
+
+
+def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, long_speech):
+    loaded = service.models.get(service.settings.model)
+    first, second = service.decode(str(long_speech)), service.decode(str(media["speech.wav"]))
+    options = TranscribeOptions(mode="batched", beam_size=None, language="en", **FAST)
+
+    def cancelled(progress):
+        raise RuntimeError("cancelled by its owner")
+
+    alone = engine.transcribe(loaded, second, options)
+    outcomes = engine.transcribe_together(loaded, [
+        engine.FileRequest(first, options, cancelled),
+        engine.FileRequest(second, options),
+    ], batch_windows=1)
+    assert isinstance(outcomes[0], RuntimeError) and "cancelled" in str(outcomes[0])
+    assert _said(outcomes[1]) == _said(alone) and outcomes[1].segments

@@ -11,11 +11,12 @@ import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Callable, List
 
 import pytest
 
-from whisper_service.engine import Progress
+from whisper_service.progress import Progress
 from whisper_service.errors import ServiceError
 from whisper_service.errors import NotMedia
 from whisper_service.jobs import Job, JobQueue, JobState, QueueFull
@@ -55,6 +56,9 @@ class FakeService:
 
     def prefetch(self, path, display_name=None):
         return None
+
+    def share_key(self, options):
+        return None  # every job runs alone
 
 
 class Recorder(FakeService):
@@ -150,6 +154,7 @@ class ProgressSpy:
         self.fractions: List[float] = []
         self.check_upload = service.check_upload
         self.prefetch = service.prefetch
+        self.share_key = service.share_key
 
     def transcribe_file(self, path, options, *, display_name=None, progress=None):
         def spy(report: Progress) -> None:
@@ -213,6 +218,80 @@ def test_jobs_run_oldest_first(make_queue):
     assert recorder.prefetched == ids[1:]
     assert [job.state for job in finished] == [JobState.DONE] * 4
     assert [queue.transcript(job_id).text for job_id in ids] == ["fake"] * 4
+
+
+class Sharer(FakeService):
+    """Jobs whose language is set share runs; the file named 'bad' fails on its own."""
+
+    def __init__(self):
+        self.runs: List[List[str]] = []
+
+    def share_key(self, options):
+        return options.language
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        self.runs.append([display_name])
+        progress(Progress(1.0, 1.0))
+        return fake_transcript(f"alone {display_name}")
+
+    def transcribe_together(self, files):
+        self.runs.append([name for _, _, name, _ in files])
+        outcomes = []
+        for _, _, name, progress in files:
+            progress(Progress(1.0, 1.0))
+            outcomes.append(NotMedia(f"'{name}' is not media") if name == "bad"
+                            else fake_transcript(f"together {name}"))
+        return outcomes
+
+
+def test_queued_jobs_that_can_share_batches_run_together(make_queue):
+    sharer = Sharer()
+    queue = make_queue(sharer)
+    english = TranscribeOptions(language="en", temperature=(0.0,))
+    jobs = {
+        "first": queue.submit(io.BytesIO(b"a"), "first", english),
+        "alone": queue.submit(io.BytesIO(b"b"), "alone", FAST),  # language auto: no key
+        "bad": queue.submit(io.BytesIO(b"c"), "bad", english),
+        "korean": queue.submit(io.BytesIO(b"d"), "korean", replace(english, language="ko")),
+        "last": queue.submit(io.BytesIO(b"e"), "last", english),
+    }
+    queue.start()
+    done = {name: wait_finished(queue, job.id) for name, job in jobs.items()}
+
+    # the oldest job takes the later ones with its key along; the others keep their order
+    assert sharer.runs == [["first", "bad", "last"], ["alone"], ["korean"]]
+    assert queue.transcript(jobs["first"].id).text == "together first"
+    assert queue.transcript(jobs["last"].id).text == "together last"
+    assert queue.transcript(jobs["alone"].id).text == "alone alone"
+    assert done["bad"].state is JobState.FAILED and "'bad' is not media" in done["bad"].error
+    assert done["bad"].error_kind == "NotMedia"
+    assert all(done[n].state is JobState.DONE for n in ("first", "last", "alone", "korean"))
+
+
+def test_shared_runs_with_the_real_engine_equal_runs_alone(service, media, make_queue):
+    batched = TranscribeOptions(mode="batched", beam_size=2, language="en", temperature=(0.0,))
+    expected = {name: service.transcribe_file(str(media[name]), batched)
+                for name in ("speech.wav", "speech.mp3")}
+    calls = []
+    real_together = service.transcribe_together
+
+    def spy(files):
+        calls.append([name for _, _, name, _ in files])
+        return real_together(files)
+
+    service.transcribe_together = spy
+    queue = make_queue(service)
+    ids = {}
+    for name in ("speech.wav", "speech.mp3"):
+        with open(media[name], "rb") as upload:
+            ids[name] = queue.submit(upload, name, batched).id
+    queue.start()
+    for name, job_id in ids.items():
+        assert wait_finished(queue, job_id).state is JobState.DONE
+        got = queue.transcript(job_id)
+        assert [s.tokens for s in got.segments] == [s.tokens for s in expected[name].segments]
+        assert got.text == expected[name].text
+    assert calls == [["speech.wav", "speech.mp3"]]
 
 
 def test_media_that_is_not_audio_is_refused_at_submit_and_nothing_kept(service, media, make_queue, root):

@@ -59,3 +59,36 @@ def test_preload_loads_the_default_model_and_the_detector(service, monkeypatch):
     service.preload_in_background().join(60)
     assert service.models.loaded() == [service.settings.model]
     assert vad._model is not None
+
+
+def test_share_key_groups_batched_runs_of_the_same_decoding(service):
+    from dataclasses import replace
+
+    from whisper_service.options import SubtitleLayout, TranscribeOptions
+
+    batched = TranscribeOptions(mode="batched", language="en", beam_size=5)
+    key = service.share_key(batched)
+    assert key is not None
+    # what concerns one file only does not keep files apart
+    assert service.share_key(replace(batched, initial_prompt="Names: Ada.", word_timestamps=True,
+                                     layout=SubtitleLayout(max_line_width=30))) == key
+    assert service.share_key(replace(batched, beam_size=2)) != key
+    assert service.share_key(replace(batched, language="de")) != key
+    assert service.share_key(replace(batched, mode=None)) is None  # sequential on the CPU
+    assert service.share_key(replace(batched, model="large-v3")) != key
+    assert service.share_key(replace(batched, model="medium")) is None  # not offered here
+
+
+def test_files_transcribed_together_fail_one_by_one(service, media):
+    from whisper_service.options import TranscribeOptions
+
+    options = TranscribeOptions(mode="batched", language="en", beam_size=None,
+                                temperature=(0.0,))
+    alone = service.transcribe_file(str(media["speech.wav"]), options)
+    bad, good = service.transcribe_together([
+        (str(media["notes.mp3"]), options, "notes.mp3", None),
+        (str(media["speech.wav"]), options, "speech.wav", None),
+    ])
+    assert isinstance(bad, MediaError) and "'notes.mp3' is not an audio or video file" in str(bad)
+    assert good.text == alone.text and [s.tokens for s in good.segments] == [
+        s.tokens for s in alone.segments]

@@ -48,6 +48,8 @@ PROGRESS_SECONDS = 0.5  # at most two progress writes per second per job
 HOUSEKEEPING_SECONDS = 300.0  # recover orphans and purge expired jobs this often
 STRAY_SECONDS = 24 * 3600.0  # a folder without a row this old is debris of a crash
 RETRY_AFTER_SECONDS = 120  # what a refused client is told to wait
+SHARED_JOBS = 8  # queued jobs at most that one run transcribes together (shared batches)
+SHARE_LOOKAHEAD = 64  # queued jobs looked at for ones that can share a run
 ORPHAN_REASON = "the server stopped while transcribing it"
 
 _SCHEMA = """
@@ -413,56 +415,91 @@ class JobQueue:
                 if time.monotonic() >= self._next_housekeeping:
                     self._housekeeping()
                 self._wake.clear()  # before claiming, so a submit during the claim wakes us
-                job = self._claim(token)
-                if job is not None:
-                    self._run(job, token)
+                jobs = self._claim(token)
+                if jobs:
+                    self._run(jobs, token)
                     continue
             except Exception:  # a locked or broken database must not end the consumer
                 log.exception("job consumer error; trying again in %s s", POLL_SECONDS)
             self._wake.wait(POLL_SECONDS)
 
-    def _claim(self, token: str) -> Optional[Job]:
-        """The oldest queued job, now running under this token; None when none waits."""
+    def _claim(self, token: str) -> List[Job]:
+        """The oldest queued job, and queued jobs that can be transcribed together with it
+        (the service's share_key), now running under this token; [] when none waits."""
         with self._connect(write=True) as db:
-            row = db.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            # the attempt counts when claimed, not when it fails: a job that takes the
-            # whole process down every time still ends up failed after max_attempts
-            db.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
-                "progress = 0, eta_seconds = NULL, claim_pid = ?, claim_token = ? WHERE id = ?",
-                (time.time(), os.getpid(), token, row["id"]),
-            )
-            return self._job(db.execute(_SELECT + " WHERE id = ?", (row["id"],)).fetchone())
+            rows = db.execute(
+                "SELECT id, options FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT ?",
+                (SHARE_LOOKAHEAD,),
+            ).fetchall()
+            if not rows:
+                return []
+            key = self.service.share_key(options_from_json(rows[0]["options"]))
+            chosen = [rows[0]["id"]]
+            if key is not None:
+                chosen += [
+                    row["id"] for row in rows[1:]
+                    if self.service.share_key(options_from_json(row["options"])) == key
+                ][: SHARED_JOBS - 1]
+            claimed = []
+            for job_id in chosen:
+                # the attempt counts when claimed, not when it fails: a job that takes the
+                # whole process down every time still ends up failed after max_attempts
+                db.execute(
+                    "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
+                    "started_at = ?, progress = 0, eta_seconds = NULL, claim_pid = ?, "
+                    "claim_token = ? WHERE id = ?",
+                    (time.time(), os.getpid(), token, job_id),
+                )
+                claimed.append(self._job(db.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchone()))
+            return claimed
 
-    def _run(self, job: Job, token: str) -> None:
-        log.info("job %s: transcribing %r (attempt %d)", job.id, job.filename, job.attempts)
+    def _run(self, jobs: List[Job], token: str) -> None:
+        for job in jobs:
+            log.info("job %s: transcribing %r (attempt %d)", job.id, job.filename, job.attempts)
         self._prefetch_next()
-        try:
-            transcript = self.service.transcribe_file(
-                job.media_path, job.options, display_name=job.filename,
-                progress=self._progress_reporter(job, token),
-            )
-            self._store(job, token, transcript)
-        except _Aborted:
+        if len(jobs) == 1:
+            job = jobs[0]
+            try:
+                outcomes = [self.service.transcribe_file(
+                    job.media_path, job.options, display_name=job.filename,
+                    progress=self._progress_reporter(job, token),
+                )]
+            except Exception as error:
+                outcomes = [error]
+        else:
+            log.info("jobs %s share batches", ", ".join(job.id for job in jobs))
+            files = [(job.media_path, job.options, job.filename,
+                      self._progress_reporter(job, token)) for job in jobs]
+            try:
+                outcomes = self.service.transcribe_together(files)
+            except Exception as error:  # what stopped them all: each gets it
+                outcomes = [error] * len(jobs)
+        for job, outcome in zip(jobs, outcomes):
+            self._settle(job, token, outcome)
+
+    def _settle(self, job: Job, token: str, outcome) -> None:
+        """Store a transcript, or end the attempt as the error says."""
+        if isinstance(outcome, Transcript):
+            try:
+                self._store(job, token, outcome)
+                return
+            except Exception as error:
+                outcome = error
+        if isinstance(outcome, _Aborted):
             state = self._give_back(job, token, "cancelled")
             log.info("job %s stopped: %s", job.id,
                      state.value if state else "deleted or taken over")
-        except ServiceError as error:  # the media or options are at fault: retrying won't help
+        elif isinstance(outcome, ServiceError):  # the media or options are at fault
             with self._owned(job.id, token) as (db, row):
                 if row is not None:
-                    _update(db, job.id, state=JobState.FAILED.value, error=str(error),
-                            error_kind=type(error).__name__, error_field=error.field,
-                            eta_seconds=None,
-                            finished_at=time.time())
-            log.info("job %s failed: %s", job.id, error)
-        except Exception as error:
-            state = self._give_back(job, token, str(error) or type(error).__name__)
+                    _update(db, job.id, state=JobState.FAILED.value, error=str(outcome),
+                            error_kind=type(outcome).__name__, error_field=outcome.field,
+                            eta_seconds=None, finished_at=time.time())
+            log.info("job %s failed: %s", job.id, outcome)
+        else:
+            state = self._give_back(job, token, str(outcome) or type(outcome).__name__)
             log.warning("job %s: attempt %d failed (now %s)", job.id, job.attempts,
-                        state.value if state else "deleted or taken over", exc_info=True)
+                        state.value if state else "deleted or taken over", exc_info=outcome)
 
     def _prefetch_next(self) -> None:
         """Let the service decode the next queued job's audio while this one runs."""

@@ -7,16 +7,16 @@ import logging
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Dict, Optional
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import engine, vad
+from . import batch_engine, engine, vad
 from .audio import DecodeLimits, check_file, decode_file
 from .config import Settings
 from .progress import ProgressCallback
-from .errors import ModelUnavailable
-from .models import ModelRegistry
+from .errors import ModelUnavailable, ServiceError
+from .models import ModelRegistry, pick_device
 from .options import TranscribeOptions
 from .transcript import Transcript
 
@@ -24,6 +24,10 @@ from .transcript import Transcript
 log = logging.getLogger(__name__)
 
 PREFETCHED_FILES = 2  # decoded ahead at most; an hour of audio holds 230 MB
+DECODING_THREADS = 4  # files of a shared run decoded by ffmpeg at once
+
+# what transcribe_together takes for each file: path, options, display name, progress
+FileJob = Tuple[str, TranscribeOptions, Optional[str], Optional[ProgressCallback]]
 
 
 class WhisperService:
@@ -99,6 +103,53 @@ class WhisperService:
         loaded = self.models.for_task(options.model, options.task)
         return engine.transcribe(loaded, audio, options, progress,
                                  batch_windows=self.settings.batch_windows or None)
+
+    def share_key(self, options: TranscribeOptions) -> Optional[Hashable]:
+        """Files whose keys are equal (and not None) can be transcribed together, their
+        windows in the same batches: the batched engine, the same model, the same decoding
+        options. None for what runs alone (the sequential engine, a model not offered)."""
+        try:
+            name = self.models.check_allowed(options.model)
+            device = pick_device(self.settings.device)
+        except ServiceError:
+            return None
+        if engine.resolved_mode(options, device) != "batched":
+            return None
+        return name, batch_engine.shared_options(options)
+
+    def transcribe_together(
+        self, files: Sequence[FileJob]
+    ) -> List[Union[Transcript, ServiceError, Exception]]:
+        """Files with equal share_key, transcribed in shared batches: for each, its
+        Transcript or the error that stopped it alone (bad media, a cancel). An error that
+        stops them all (the model cannot load, the GPU fails) is raised."""
+        outcomes: List[Union[Transcript, Exception, None]] = [None] * len(files)
+
+        def decode(file: FileJob):
+            path, options, name, _ = file
+            try:
+                self.models.check_allowed(options.model)
+                return self.decode(path, name)
+            except ServiceError as error:
+                return error
+
+        with ThreadPoolExecutor(min(DECODING_THREADS, len(files)) or 1) as pool:
+            decoded = list(pool.map(decode, files))
+        requests, where = [], []
+        for index, (file, audio) in enumerate(zip(files, decoded)):
+            if isinstance(audio, Exception):
+                outcomes[index] = audio
+            else:
+                requests.append(engine.FileRequest(audio, file[1], file[3]))
+                where.append(index)
+        if requests:
+            first = requests[0].options
+            loaded = self.models.for_task(first.model, first.task)
+            results = engine.transcribe_together(
+                loaded, requests, batch_windows=self.settings.batch_windows or None)
+            for index, result in zip(where, results):
+                outcomes[index] = result
+        return outcomes
 
     def detect_language_file(
         self, path: str, model: Optional[str] = None, display_name: Optional[str] = None
