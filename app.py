@@ -44,6 +44,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         max_queued=settings.max_queued,
         max_attempts=settings.max_attempts,
         retention_seconds=settings.retention_hours * HOURS,
+        shared_jobs=settings.shared_jobs,
     )
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue)
 

@@ -17,6 +17,7 @@ def test_defaults(monkeypatch):
     assert settings.model_dir == "/srv/cache/whisper"
     assert settings.device == "auto"
     assert settings.batch_windows == 0  # chosen from free GPU memory
+    assert settings.shared_jobs == 8
     assert settings.max_duration == 7200
     assert settings.max_upload_bytes == 1024 * 1024 * 1024
     assert settings.ffmpeg == bundled_ffmpeg()
@@ -49,6 +50,7 @@ def test_values_from_the_environment(checkpoint):
     ("WHISPER_FFMPEG", "/no/such/ffmpeg", "WHISPER_FFMPEG '/no/such/ffmpeg' is not an executable"),
     ("WHISPER_BATCH_WINDOWS", "-1", "WHISPER_BATCH_WINDOWS must be a whole number, 0 or more; got '-1'"),
     ("WHISPER_BATCH_WINDOWS", "many", "WHISPER_BATCH_WINDOWS must be a whole number, 0 or more"),
+    ("WHISPER_SHARED_JOBS", "0", "WHISPER_SHARED_JOBS must be a positive number; got '0'"),
 ])
 def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, words):
     with pytest.raises(ConfigError) as error:

@@ -268,6 +268,16 @@ def test_queued_jobs_that_can_share_batches_run_together(make_queue):
     assert all(done[n].state is JobState.DONE for n in ("first", "last", "alone", "korean"))
 
 
+def test_shared_jobs_of_one_runs_every_job_alone(make_queue):
+    sharer = Sharer()
+    queue = make_queue(sharer, shared_jobs=1)
+    english = TranscribeOptions(language="en", temperature=(0.0,))
+    ids = [queue.submit(io.BytesIO(b"a"), name, english).id for name in ("one", "two")]
+    queue.start()
+    assert [wait_finished(queue, i).state for i in ids] == [JobState.DONE] * 2
+    assert sharer.runs == [["one"], ["two"]]
+
+
 def test_shared_runs_with_the_real_engine_equal_runs_alone(service, media, make_queue):
     batched = TranscribeOptions(mode="batched", beam_size=2, language="en", temperature=(0.0,))
     expected = {name: service.transcribe_file(str(media[name]), batched)

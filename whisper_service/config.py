@@ -53,6 +53,7 @@ class Settings:
     api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
     batch_windows: int = 0  # WHISPER_BATCH_WINDOWS: windows the batched engine decodes at once; 0 = from free GPU memory
+    shared_jobs: int = 8  # WHISPER_SHARED_JOBS: queued batched jobs with the same options transcribed together; 1 = each alone
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -179,4 +180,5 @@ _PARSERS = {
     "api_keys": _name_list,
     "api_key_file": _text,
     "batch_windows": _count,
+    "shared_jobs": _positive(int),
 }

@@ -48,7 +48,6 @@ PROGRESS_SECONDS = 0.5  # at most two progress writes per second per job
 HOUSEKEEPING_SECONDS = 300.0  # recover orphans and purge expired jobs this often
 STRAY_SECONDS = 24 * 3600.0  # a folder without a row this old is debris of a crash
 RETRY_AFTER_SECONDS = 120  # what a refused client is told to wait
-SHARED_JOBS = 8  # queued jobs at most that one run transcribes together (shared batches)
 SHARE_LOOKAHEAD = 64  # queued jobs looked at for ones that can share a run
 ORPHAN_REASON = "the server stopped while transcribing it"
 
@@ -197,6 +196,7 @@ class JobQueue:
         max_attempts: int = 3,
         retention_seconds: float = 7 * 24 * 3600,
         workers: int = 1,
+        shared_jobs: int = 8,
     ):
         self.root = root
         self.service = service
@@ -204,6 +204,7 @@ class JobQueue:
         self.max_attempts = max_attempts
         self.retention_seconds = retention_seconds
         self.workers = workers
+        self.shared_jobs = shared_jobs  # jobs at most that one run transcribes together
         self._db_path = os.path.join(root, DB_FILE)
         self._lock = threading.Lock()  # guards start() and stop()
         self._wake = threading.Event()  # set when there may be work for this process
@@ -435,11 +436,11 @@ class JobQueue:
                 return []
             key = self.service.share_key(options_from_json(rows[0]["options"]))
             chosen = [rows[0]["id"]]
-            if key is not None:
+            if key is not None and self.shared_jobs > 1:
                 chosen += [
                     row["id"] for row in rows[1:]
                     if self.service.share_key(options_from_json(row["options"])) == key
-                ][: SHARED_JOBS - 1]
+                ][: self.shared_jobs - 1]
             claimed = []
             for job_id in chosen:
                 # the attempt counts when claimed, not when it fails: a job that takes the
