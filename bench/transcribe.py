@@ -22,6 +22,7 @@ what it compares anyway. --engines picks rows, to split a run into shorter ones.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator, Tuple
 
 import numpy as np
 
@@ -60,12 +62,7 @@ LABELS = {"baseline": "baseline", "sequential": "sequential", "batched": "batche
 def make_audio(minutes: float, folder: str, name: str, seed: int = 0) -> str:
     """Speech with pauses, then tones and silence, repeated: written as a WAV file."""
     rng = np.random.default_rng(seed)
-    spoken = []
-    for i, sentence in enumerate(SENTENCES):
-        path = os.path.join(folder, f"s{i}.wav")
-        subprocess.run(["espeak-ng", "-s", "160", "-w", path, sentence], check=True)
-        raw = np.frombuffer(Path(path).read_bytes()[44:], np.int16).astype(np.float32) / 32768
-        spoken.append(np.interp(np.arange(0, len(raw), 22050 / SAMPLE_RATE), np.arange(len(raw)), raw))
+    spoken = spoken_sentences(folder)
     t = np.arange(MUSIC_SECONDS * SAMPLE_RATE) / SAMPLE_RATE
     music = sum(0.1 * np.sin(2 * np.pi * f * t) for f in (220, 277, 330)) * (1 + np.sin(t))
     pieces, total = [], 0
@@ -76,10 +73,24 @@ def make_audio(minutes: float, folder: str, name: str, seed: int = 0) -> str:
         pieces += [music, np.zeros(SILENCE_SECONDS * SAMPLE_RATE)]
         total = sum(map(len, pieces))
     audio = np.concatenate(pieces)[: int(minutes * 60 * SAMPLE_RATE)]
-    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
-    path = os.path.join(folder, name)
+    return write_wav(audio, os.path.join(folder, name))
+
+
+def spoken_sentences(folder: str) -> list:
+    """SENTENCES spoken by espeak-ng, as 16 kHz float samples."""
+    spoken = []
+    for i, sentence in enumerate(SENTENCES):
+        path = os.path.join(folder, f"s{i}.wav")
+        subprocess.run(["espeak-ng", "-s", "160", "-w", path, sentence], check=True)
+        raw = np.frombuffer(Path(path).read_bytes()[44:], np.int16).astype(np.float32) / 32768
+        spoken.append(np.interp(np.arange(0, len(raw), 22050 / SAMPLE_RATE), np.arange(len(raw)), raw))
+    return spoken
+
+
+def write_wav(audio: np.ndarray, path: str) -> str:
     import wave
 
+    pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
     with wave.open(path, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
@@ -123,9 +134,10 @@ def run_engine(engine: str, checkpoint: str, audio_path: str, device: str, beam:
     return {"seconds": seconds, "gpu_mib": gpu, "host_mib": host, "text": text}
 
 
-def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int,
-             patience: float) -> dict:
-    """gunicorn -c gunicorn.conf.py, one worker: upload to finished transcript."""
+@contextlib.contextmanager
+def serving(checkpoint: str, device: str, **settings: str) -> Iterator[Tuple[str, int]]:
+    """`gunicorn -c gunicorn.conf.py` with one worker on a free loopback port, until the
+    model is loaded: yields (base URL, worker pid)."""
     import requests
 
     with socket.socket() as probe:
@@ -135,7 +147,8 @@ def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int
         env = {**os.environ, "WHISPER_MODEL": checkpoint, "WHISPER_DEVICES": device,
                "WHISPER_HOST": "127.0.0.1", "WHISPER_PORT": str(port), "WHISPER_DATA_DIR": data,
                "WHISPER_MAX_UPLOAD_MB": "4096", "WHISPER_MAX_DURATION": str(24 * 3600),
-               "WHISPER_SYNC_TIMEOUT": "86400"}
+               "WHISPER_SYNC_TIMEOUT": "86400", "WHISPER_MAX_QUEUED": "1000",
+               **{f"WHISPER_{name.upper()}": value for name, value in settings.items()}}
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
@@ -147,22 +160,33 @@ def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int
                 except requests.RequestException:
                     pass
                 time.sleep(0.5)
-            pid = requests.get(base + "/healthz").json()["pid"]
-            form = {"mode": mode, "language": "en", "beam_size": beam, "patience": patience,
-                    "temperature": "0"}
-            started = time.perf_counter()
-            with open(audio_path, "rb") as audio:
-                response = requests.post(base + "/api/v1/transcriptions", data=form,
-                                         files={"file": ("bench.wav", audio)})
-            seconds = time.perf_counter() - started
-            response.raise_for_status()
-            status = Path(f"/proc/{pid}/status").read_text()
-            host = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024
-            return {"seconds": seconds, "gpu_mib": _gpu_mib(pid) if device != "cpu" else None,
-                    "host_mib": host, "text": response.json()["text"]}
+            yield base, requests.get(base + "/healthz").json()["pid"]
         finally:
             server.terminate()
             server.wait()
+
+
+def peak_host_mib(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024
+
+
+def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int,
+             patience: float) -> dict:
+    """One synchronous upload through the native API: upload to finished transcript."""
+    import requests
+
+    with serving(checkpoint, device) as (base, pid):
+        form = {"mode": mode, "language": "en", "beam_size": beam, "patience": patience,
+                "temperature": "0"}
+        started = time.perf_counter()
+        with open(audio_path, "rb") as audio:
+            response = requests.post(base + "/api/v1/transcriptions", data=form,
+                                     files={"file": ("bench.wav", audio)})
+        seconds = time.perf_counter() - started
+        response.raise_for_status()
+        return {"seconds": seconds, "gpu_mib": _gpu_mib(pid) if device != "cpu" else None,
+                "host_mib": peak_host_mib(pid), "text": response.json()["text"]}
 
 
 def _gpu_mib(pid: int):
