@@ -441,7 +441,37 @@ def whisper_output(fmt, result, layout, tmp_path):
     }
     get_writer(fmt, str(tmp_path))(result, "audio.wav", options)
     with open(tmp_path / f"audio.{fmt}", encoding="utf-8", newline="") as f:
-        return f.read()
+        return without_empty_cues(fmt, f.read())
+
+
+EMPTY_CUE = {  # a timing line, a text line of nothing but spaces, the blank line
+    "srt": re.compile(r"(?m)^\d+\n[^\n]* --> [^\n]*\n[^\S\n]*\n\n"),
+    "vtt": re.compile(r"(?m)^[^\n]* --> [^\n]*\n[^\S\n]*\n\n"),
+}
+SRT_NUMBER = re.compile(r"(?m)^\d+\n(?=[^\n]* --> )")
+
+
+def without_empty_cues(fmt: str, text: str) -> str:
+    """whisper writes a cue even when its text is empty; ours leaves it out (and SRT
+    numbers the rest without a gap)."""
+    if fmt not in EMPTY_CUE:
+        return text
+    text = EMPTY_CUE[fmt].sub("", text)
+    if fmt == "srt":
+        numbers = iter(range(1, text.count(" --> ") + 1))
+        text = SRT_NUMBER.sub(lambda match: f"{next(numbers)}\n", text)
+    return text
+
+
+def test_an_empty_cue_is_left_out_and_the_rest_numbered_on():
+    t = to_transcript(result_dict([(0.0, 1.0, [(" a", 0.0, 1.0)]),
+                                   (1.0, 2.0, [(" \x1f ", 1.0, 2.0)]),  # only "spaces"
+                                   (2.0, 3.0, [(" b", 2.0, 3.0)])], with_words=False))
+    assert write_srt(t) == ("1\n00:00:00,000 --> 00:00:01,000\na\n\n"
+                            "2\n00:00:02,000 --> 00:00:03,000\nb\n\n")
+    assert write_vtt(t) == ("WEBVTT\n\n00:00.000 --> 00:01.000\na\n\n"
+                            "00:02.000 --> 00:03.000\nb\n\n")
+    assert write_txt(t) == "a\n\nb\n"  # a line per segment, as whisper writes
 
 
 @pytest.mark.parametrize("layout_name", list(LAYOUTS))

@@ -6,6 +6,9 @@ from `whisper audio.wav`. The differences are for safety only:
 
 * spoken text cannot break a cue: "-->" (or "--->", ...) becomes "->", and line breaks
   inside spoken text become one space; the layout's own line breaks stay;
+* a cue whose text is empty (a segment of only spaces or control characters) is left out
+  of SRT and VTT: a blank line right after its timing would end it, and players would read
+  the next cue's number as its text;
 * TSV turns line breaks into spaces, as it does tabs;
 * a negative timestamp is written as zero instead of failing an assertion.
 
@@ -182,7 +185,7 @@ def write_srt(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout())
     """Numbered cues with HH:MM:SS,mmm times."""
     return "".join(
         f"{number}\n{_timing(start, end, True, ',')}\n{text}\n\n"
-        for number, (start, end, text) in enumerate(_cues(transcript, layout), start=1)
+        for number, (start, end, text) in enumerate(_shown_cues(transcript, layout), start=1)
     )
 
 
@@ -190,8 +193,12 @@ def write_vtt(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout())
     """WebVTT cues with MM:SS.mmm times (HH: only from one hour on)."""
     return VTT_HEADER + "".join(
         f"{_timing(start, end, False, '.')}\n{text}\n\n"
-        for start, end, text in _cues(transcript, layout)
+        for start, end, text in _shown_cues(transcript, layout)
     )
+
+
+def _shown_cues(transcript: Transcript, layout: SubtitleLayout) -> Iterator[Cue]:
+    return (cue for cue in _cues(transcript, layout) if cue[2].strip())
 
 
 def write_tsv(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout()) -> str:
