@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import make_app
+from whisper_service.errors import ModelUnavailable
 from whisper_service.writers import FORMATS
 
 # greedy at one temperature: the fastest decode, and the same result every time
@@ -360,6 +361,23 @@ def test_readyz_is_503_until_the_model_is_loaded(app, client, media):
     assert client.get("/api/v1/models").get_json()["loaded"] == []  # readyz loads nothing
     assert post(client, media["speech.wav"], **FAST).status_code == 200
     assert client.get("/readyz").get_json() == {"status": "ready", "queued": 0, "max_queued": 100}
+
+
+def test_readyz_says_why_the_model_could_not_be_loaded(tmp_path):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    app = make_app(str(broken), tmp_path)
+    try:
+        client = app.test_client()
+        assert client.get("/readyz").get_json()["status"] == "loading"  # not tried yet
+        with pytest.raises(ModelUnavailable):
+            app.extensions["whisper_service"].models.get(str(broken))
+        answer = client.get("/readyz")
+        assert answer.status_code == 503
+        assert answer.get_json()["status"] == "unavailable"
+        assert answer.get_json()["error"].startswith(f"model {str(broken)!r} could not be loaded: ")
+    finally:
+        app.extensions["whisper_jobs"].stop()
 
 
 def test_readyz_is_503_busy_when_the_queue_is_full(stopped, media):

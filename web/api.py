@@ -144,12 +144,16 @@ def invoke():
 
 @public.get("/readyz")
 def readyz():
-    """Ready when the default model is loaded and uploads are accepted; never loads it."""
+    """Ready when the default model is loaded and uploads are accepted; never loads it.
+    A model that failed to load says why (it is tried again with the next job)."""
     queue = jobs()
     waiting = queue.queued_count()
     body = {"queued": waiting, "max_queued": queue.max_queued}
     registry = current_app.extensions["whisper_service"].models
     if registry.default not in registry.loaded():
+        error = registry.load_error(registry.default)
+        if error:
+            return {"status": "unavailable", "error": error, **body}, 503
         return {"status": "loading", **body}, 503
     if waiting >= queue.max_queued:
         return {"status": "busy", **body}, 503

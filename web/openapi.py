@@ -154,10 +154,14 @@ def _schemas() -> Dict[str, Any]:
             translate_model={"type": "string",
                              "description": "runs translations for models that cannot translate"},
         ),
-        "Readiness": _object(
-            status={"enum": ["ready", "loading", "busy"]},
-            queued={"type": "integer"}, max_queued={"type": "integer"},
-        ),
+        "Readiness": {
+            "type": "object", "required": ["status", "queued", "max_queued"],
+            "properties": {
+                "status": {"enum": ["ready", "loading", "unavailable", "busy"]},
+                "queued": {"type": "integer"}, "max_queued": {"type": "integer"},
+                "error": {"type": "string", "description": "unavailable: why the model did not load"},
+            },
+        },
         "JumpStartRequest": _jumpstart_schema(options),
         "OpenAIUpload": _openai_upload_schema(options),
         "OpenAITranscription": {
@@ -338,7 +342,8 @@ def _root_paths() -> Dict[str, Any]:
             "tags": ["health"], "operationId": "readiness", "security": [],
             "summary": "Ready when the default model is loaded and the queue has room",
             "responses": {"200": _json_response("Ready.", "Readiness"),
-                          "503": _json_response("Loading the model, or busy.", "Readiness")},
+                          "503": _json_response("Loading the model, the model failed to load "
+                                                "(error says why), or busy.", "Readiness")},
         }},
         "/healthz": {"get": {
             "tags": ["health"], "operationId": "liveness", "security": [],

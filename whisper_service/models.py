@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class ModelRegistry:
         self._registry_lock = threading.Lock()
         self._uses = itertools.count()
         self._last_use: Dict[str, int] = {}  # name -> when it was last handed out
+        self._load_errors: Dict[str, str] = {}  # name -> why its last load failed
 
     @property
     def default(self) -> str:
@@ -122,10 +124,22 @@ class ModelRegistry:
             with self._registry_lock:
                 if name in self._models:
                     return self._models[name]
-            loaded = self._load(name)
+            try:
+                loaded = self._load(name)
+            except ModelUnavailable as error:
+                with self._registry_lock:
+                    self._load_errors[name] = str(error)
+                raise
             with self._registry_lock:
                 self._models[name] = loaded
+                self._load_errors.pop(name, None)
             return loaded
+
+    def load_error(self, name: str) -> Optional[str]:
+        """Why the last attempt to load this model failed; None if it has not failed (or
+        loaded since)."""
+        with self._registry_lock:
+            return self._load_errors.get(name)
 
     def _load(self, name: str) -> LoadedModel:
         device = pick_device(self.settings.device)
@@ -138,9 +152,9 @@ class ModelRegistry:
             if fp16:
                 half_precision_weights(model)
             self._place(name, model, device)
-        except (OSError, RuntimeError, ValueError, KeyError) as error:
-            # download failures (URLError is an OSError), checksum mismatches, bad files,
-            # a GPU without room for the model
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
+            # download failures (URLError is an OSError), checksum mismatches, files that
+            # are no checkpoint or are cut short, a GPU without room for the model
             raise ModelUnavailable(f"model {name!r} could not be loaded: {error}") from error
         model.eval()
         seconds = time.monotonic() - started
