@@ -456,3 +456,23 @@ def test_concurrent_requests_end_in_200_or_503_with_the_serial_result(checkpoint
                 assert answer.get_json()["error"]["code"] == "queue_full"
     finally:
         app.extensions["whisper_jobs"].stop()
+
+
+def test_a_checkpoint_under_a_short_name_is_shown_asked_for_and_reported_by_it(
+    checkpoint, tmp_path, media
+):
+    app = make_app(f"meetings={checkpoint}", tmp_path)
+    try:
+        client = app.test_client()
+        listing = client.get("/api/v1/models").get_json()
+        assert (listing["default"], listing["allowed"]) == ("meetings", ["meetings", "large-v3"])
+        page = client.get("/").get_data(as_text=True)
+        assert '<option value="meetings" selected>meetings</option>' in page
+        assert checkpoint not in page  # the path on the server stays private
+        assert client.get("/v1/models/meetings").get_json()["id"] == "meetings"
+        done = post(client, media["speech.wav"], model="meetings", **FAST)
+        assert done.status_code == 200 and done.get_json()["model"] == "meetings"
+        refused = post(client, media["speech.wav"], model=checkpoint, **FAST)
+        assert refused.status_code == 400 and "meetings" in refused.get_json()["error"]["message"]
+    finally:
+        app.extensions["whisper_jobs"].stop()

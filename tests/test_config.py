@@ -56,3 +56,25 @@ def test_a_bad_value_stops_start_up_naming_the_variable(variable, value, words):
     with pytest.raises(ConfigError) as error:
         Settings.from_env({variable: value})
     assert words in str(error.value)
+
+
+def test_a_model_can_go_by_a_short_name(checkpoint):
+    from whisper_service.config import split_alias
+
+    settings = Settings.from_env({"WHISPER_MODEL": f"meetings={checkpoint}",
+                                  "WHISPER_MODELS": "tiny, fast=turbo"})
+    assert settings.models == (f"meetings={checkpoint}", "tiny", "fast=turbo")
+    assert split_alias(settings.model) == ("meetings", checkpoint)
+    assert split_alias("turbo") == ("turbo", "turbo")
+    assert split_alias("/models/a=b.pt") == ("/models/a=b.pt", "/models/a=b.pt")  # a path
+
+
+@pytest.mark.parametrize("entries, words", [
+    ("tiny=/no/such.pt", "WHISPER_MODELS: 'tiny' names an official model; choose another name"),
+    ("x=/no/such.pt", "WHISPER_MODELS: '/no/such.pt' is neither a checkpoint file nor one of"),
+    ("x=tiny,x=base", "WHISPER_MODELS: the name 'x' is given to two models"),
+])
+def test_bad_short_names_stop_start_up(entries, words):
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({"WHISPER_MODEL": "tiny", "WHISPER_MODELS": entries})
+    assert words in str(error.value)

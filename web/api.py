@@ -131,7 +131,7 @@ def models():
         "default": registry.default,
         "allowed": registry.allowed,
         "loaded": registry.loaded(),
-        "translate_model": settings().translate_model,
+        "translate_model": registry.translate_model,
     }
 
 

@@ -33,8 +33,10 @@ def jobs() -> JobQueue:
 @blueprint.get("/")
 def index():
     settings = current_app.extensions["whisper_settings"]
+    models = current_app.extensions["whisper_service"].models
     return render_template(
-        "index.html", settings=settings, defaults=TranscribeOptions(),
+        "index.html", settings=settings, models=models.allowed, default_model=models.default,
+        defaults=TranscribeOptions(),
         languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),
     )
 

@@ -18,6 +18,17 @@ from .errors import ConfigError
 
 OFFICIAL_MODELS = tuple(whisper.available_models())
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a short name for a model
+
+
+def split_alias(entry: str) -> Tuple[str, str]:
+    """A model entry as (name shown and asked for, what whisper.load_model takes):
+    'meetings=/models/ft.pt' -> ('meetings', '/models/ft.pt'); 'turbo' -> ('turbo', 'turbo');
+    a path whose '=' is not after a short name ('/m/a=b.pt') is a plain path."""
+    name, sep, source = entry.partition("=")
+    if sep and ALIAS_PATTERN.match(name.strip()) and source.strip():
+        return name.strip(), source.strip()
+    return entry, entry
 
 
 def default_model_dir() -> str:
@@ -35,7 +46,7 @@ def bundled_ffmpeg() -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    model: str = "turbo"  # WHISPER_MODEL: default model, a name or a checkpoint path
+    model: str = "turbo"  # WHISPER_MODEL: default model: a name, a checkpoint path, or name=path
     models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it)
     translate_model: str = "large-v3"  # WHISPER_TRANSLATE_MODEL: for models that cannot translate
     model_dir: str = ""  # WHISPER_MODEL_DIR: where named models are downloaded; "" = whisper's cache
@@ -67,6 +78,10 @@ class Settings:
         _check_model("WHISPER_TRANSLATE_MODEL", self.translate_model)
         for name in self.models:
             _check_model("WHISPER_MODELS", name)
+        names = [split_alias(entry)[0] for entry in self.models]
+        clash = next((n for n in names if names.count(n) > 1), None)
+        if clash:
+            raise ConfigError(f"WHISPER_MODELS: the name {clash!r} is given to two models")
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(
                 f"WHISPER_DEVICE must be auto, cpu, cuda or cuda:N; got {self.device!r}"
@@ -97,11 +112,15 @@ def env_name(field_name: str) -> str:
     return "WHISPER_" + field_name.upper()
 
 
-def _check_model(variable: str, name: str) -> None:
-    if name in OFFICIAL_MODELS or os.path.isfile(name):
+def _check_model(variable: str, entry: str) -> None:
+    name, source = split_alias(entry)
+    if name != source and name in OFFICIAL_MODELS:
+        raise ConfigError(f"{variable}: {name!r} names an official model; choose another name "
+                          f"for {source!r}")
+    if source in OFFICIAL_MODELS or os.path.isfile(source):
         return
     raise ConfigError(
-        f"{variable}: {name!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}"
+        f"{variable}: {source!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}"
     )
 
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 import whisper
 
-from .config import Settings
+from .config import Settings, split_alias
 from .errors import BadOption, ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,13 @@ TRANSCRIBE_ONLY_MODELS = ("turbo", "large-v3-turbo")
 
 @dataclass
 class LoadedModel:
-    name: str  # as configured: an official name or a checkpoint path
+    name: str  # as configured and asked for: an official name, a checkpoint path or an alias
     model: whisper.Whisper
     device: torch.device
     fp16: bool  # half precision on CUDA; float32 on CPU
     load_seconds: float
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    source: str = ""  # what was loaded (an official name or a path); "" = the name
 
     @property
     def is_multilingual(self) -> bool:
@@ -46,7 +47,7 @@ class LoadedModel:
 
     @property
     def can_translate(self) -> bool:
-        return self.is_multilingual and self.name not in TRANSCRIBE_ONLY_MODELS
+        return self.is_multilingual and (self.source or self.name) not in TRANSCRIBE_ONLY_MODELS
 
 
 def pick_device(setting: str) -> torch.device:
@@ -83,14 +84,20 @@ class ModelRegistry:
         self._uses = itertools.count()
         self._last_use: Dict[str, int] = {}  # name -> when it was last handed out
         self._load_errors: Dict[str, str] = {}  # name -> why its last load failed
+        # name -> what whisper.load_model takes ('meetings' -> '/models/ft.pt')
+        self._sources: Dict[str, str] = dict(split_alias(entry) for entry in settings.models)
 
     @property
     def default(self) -> str:
-        return self.settings.model
+        return split_alias(self.settings.model)[0]
 
     @property
     def allowed(self) -> List[str]:
-        return list(self.settings.models)
+        return list(self._sources)
+
+    @property
+    def translate_model(self) -> str:
+        return split_alias(self.settings.translate_model)[0]
 
     def loaded(self) -> List[str]:
         with self._registry_lock:
@@ -99,7 +106,7 @@ class ModelRegistry:
     def check_allowed(self, requested: Optional[str]) -> str:
         """The model name to use for a request; None picks the default."""
         name = requested or self.default
-        if name not in self.settings.models:
+        if name not in self._sources:
             raise BadOption(
                 "model", f"{name!r} is not offered here; choose one of {', '.join(self.allowed)}"
             )
@@ -110,8 +117,8 @@ class ModelRegistry:
         translate request to the configured translation model rather than transcribe it."""
         loaded = self.get(self.check_allowed(requested))
         if task == "translate" and not loaded.can_translate:
-            log.info("%s cannot translate; using %s", loaded.name, self.settings.translate_model)
-            loaded = self.get(self.settings.translate_model)
+            log.info("%s cannot translate; using %s", loaded.name, self.translate_model)
+            loaded = self.get(self.translate_model)
         return loaded
 
     def get(self, name: str) -> LoadedModel:
@@ -148,7 +155,8 @@ class ModelRegistry:
         fp16 = device.type == "cuda"
         try:
             # built on the CPU, halved there, then moved: the GPU never holds a float32 copy
-            model = whisper.load_model(name, device="cpu", download_root=self.settings.model_dir)
+            model = whisper.load_model(self._sources.get(name, name), device="cpu",
+                                       download_root=self.settings.model_dir)
             if fp16:
                 half_precision_weights(model)
             self._place(name, model, device)
@@ -159,7 +167,8 @@ class ModelRegistry:
         model.eval()
         seconds = time.monotonic() - started
         log.info("loaded model %s on %s in %.1f s", name, device, seconds)
-        return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds)
+        return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds,
+                           source=self._sources.get(name, name))
 
     def _place(self, name: str, model: whisper.Whisper, device: torch.device) -> None:
         """Move the model to its device; while the GPU has no room for it, unload the other
