@@ -268,6 +268,21 @@ def test_queued_jobs_that_can_share_batches_run_together(make_queue):
     assert all(done[n].state is JobState.DONE for n in ("first", "last", "alone", "korean"))
 
 
+def test_a_job_tried_before_runs_alone(make_queue, root):
+    """A job that crashed the server once must not take the jobs beside it down again."""
+    import sqlite3
+
+    sharer = Sharer()
+    queue = make_queue(sharer)
+    english = TranscribeOptions(language="en", temperature=(0.0,))
+    ids = [queue.submit(io.BytesIO(b"a"), name, english).id for name in ("crashed", "b", "c")]
+    with sqlite3.connect(os.path.join(root, "jobs.sqlite3")) as db:
+        db.execute("UPDATE jobs SET attempts = 1 WHERE id = ?", (ids[0],))
+    queue.start()
+    assert [wait_finished(queue, i).state for i in ids] == [JobState.DONE] * 3
+    assert sharer.runs == [["crashed"], ["b", "c"]]
+
+
 def test_shared_jobs_of_one_runs_every_job_alone(make_queue):
     sharer = Sharer()
     queue = make_queue(sharer, shared_jobs=1)

@@ -429,18 +429,16 @@ class JobQueue:
         (the service's share_key), now running under this token; [] when none waits."""
         with self._connect(write=True) as db:
             rows = db.execute(
-                "SELECT id, options FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT ?",
-                (SHARE_LOOKAHEAD,),
+                "SELECT id, options, attempts FROM jobs WHERE state = 'queued' "
+                "ORDER BY seq LIMIT ?", (SHARE_LOOKAHEAD,),
             ).fetchall()
             if not rows:
                 return []
-            key = self.service.share_key(options_from_json(rows[0]["options"]))
             chosen = [rows[0]["id"]]
+            key = self._share_key(rows[0])
             if key is not None and self.shared_jobs > 1:
-                chosen += [
-                    row["id"] for row in rows[1:]
-                    if self.service.share_key(options_from_json(row["options"])) == key
-                ][: self.shared_jobs - 1]
+                chosen += [row["id"] for row in rows[1:] if self._share_key(row) == key][
+                    : self.shared_jobs - 1]
             claimed = []
             for job_id in chosen:
                 # the attempt counts when claimed, not when it fails: a job that takes the
@@ -453,6 +451,13 @@ class JobQueue:
                 )
                 claimed.append(self._job(db.execute(_SELECT + " WHERE id = ?", (job_id,)).fetchone()))
             return claimed
+
+    def _share_key(self, row: sqlite3.Row):
+        """The service's share_key for a queued job; None (alone) for a job tried before,
+        so that one which takes the server down cannot take the jobs beside it along."""
+        if row["attempts"] > 0:
+            return None
+        return self.service.share_key(options_from_json(row["options"]))
 
     def _run(self, jobs: List[Job], token: str) -> None:
         for job in jobs:
