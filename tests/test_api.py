@@ -476,3 +476,21 @@ def test_a_checkpoint_under_a_short_name_is_shown_asked_for_and_reported_by_it(
         assert refused.status_code == 400 and "meetings" in refused.get_json()["error"]["message"]
     finally:
         app.extensions["whisper_jobs"].stop()
+
+
+def test_language_detection_waits_for_a_busy_model_only_so_long(checkpoint, tmp_path, media):
+    app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.5")
+    try:
+        client = app.test_client()
+        loaded = app.extensions["whisper_service"].models.get(checkpoint)
+        with loaded.lock:  # a long transcription holds the model
+            started = time.monotonic()
+            busy = post(client, media["speech.wav"], url="/api/v1/detect-language")
+            waited = time.monotonic() - started
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
+        error = busy.get_json()["error"]
+        assert error["code"] == "model_busy" and "busy with a long transcription" in error["message"]
+        assert 0.4 < waited < 10
+        assert post(client, media["speech.wav"], url="/api/v1/detect-language").status_code == 200
+    finally:
+        app.extensions["whisper_jobs"].stop()

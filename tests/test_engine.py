@@ -314,3 +314,22 @@ def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, 
     ], batch_windows=1)
     assert isinstance(outcomes[0], RuntimeError) and "cancelled" in str(outcomes[0])
     assert _said(outcomes[1]) == _said(alone) and outcomes[1].segments
+
+
+def test_language_detection_runs_between_batches_of_a_transcription(service, long_speech):
+    """The batched engine holds the model a batch at a time, so a detection asked for
+    meanwhile waits for one batch, not for the whole file."""
+    loaded = service.models.get(service.settings.model)
+    audio = service.decode(str(long_speech))
+    detected = []
+
+    def between_batches(progress):
+        if not detected and progress.fraction < 1.0:
+            other = threading.Thread(
+                target=lambda: detected.append(engine.detect_language(loaded, audio, wait=5)))
+            other.start()
+            other.join()
+
+    options = TranscribeOptions(mode="batched", beam_size=None, language="en", **FAST)
+    engine.transcribe(loaded, audio, options, progress=between_batches, batch_windows=1)
+    assert len(detected) == 1 and sum(detected[0].values()) == pytest.approx(1.0, abs=1e-2)

@@ -24,6 +24,7 @@ STATUS_OF = {
     service_errors.MediaTooLong: 422,
     service_errors.DecodeTimeout: 422,
     service_errors.ModelUnavailable: 503,
+    service_errors.ModelBusy: 503,
     QueueFull: 503,
 }
 JSON_PREFIXES = ("/api/", "/invocations")
@@ -75,8 +76,9 @@ def register(app: Flask) -> None:
         response = app.make_response(
             error_response(status_of(error), error_code(error), str(error), error.field)
         )
-        if isinstance(error, QueueFull):
-            response.headers["Retry-After"] = str(int(error.retry_after))
+        retry_after = getattr(error, "retry_after", None)  # busy: a queue full, a model at work
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(int(retry_after))
         return response
 
     @app.errorhandler(HTTPException)

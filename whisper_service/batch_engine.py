@@ -85,12 +85,14 @@ def decode_files(
     ]
     for batch in _batches(_speech_windows(files), size):
         mels = _window_mels(loaded, [(state.request.audio, window) for state, window in batch])
-        results = _decode_with_fallback(model, mels, options, language,
-                                        [state.prompt for state, _ in batch], loaded.fp16)
-        for (state, window), mel, result in zip(batch, mels, results):
-            if not _is_silence(result, options):
-                state.segments.extend(_window_segments(
-                    model, tokenizer, window, mel, result, state.request.options, state.segments))
+        with loaded.lock:  # held a batch at a time: others wait for one batch, not the run
+            results = _decode_with_fallback(model, mels, options, language,
+                                            [state.prompt for state, _ in batch], loaded.fp16)
+            for (state, window), mel, result in zip(batch, mels, results):
+                if not _is_silence(result, options):
+                    state.segments.extend(_window_segments(
+                        model, tokenizer, window, mel, result, state.request.options,
+                        state.segments))
         done = {id(state): (state, window.end) for state, window in batch}
         for state, end in done.values():
             state.report(end / SAMPLE_RATE)

@@ -24,12 +24,14 @@ from whisper.audio import FRAMES_PER_SECOND, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
 from . import batch_engine
 from .batch_engine import FileRequest, windows_per_batch
-from .errors import BadOption
+from .errors import BadOption, ModelBusy
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .progress import Progress, ProgressCallback
 from .transcript import Segment, Transcript
 
+
+BUSY_RETRY_SECONDS = 60  # what a caller refused by a busy model is told to wait
 
 # The callback of the transcription running in this thread (each thread has its own).
 _progress_callback: contextvars.ContextVar[Optional[ProgressCallback]] = contextvars.ContextVar(
@@ -67,12 +69,22 @@ class _ProgressBars:
 importlib.import_module("whisper.transcribe").tqdm = _ProgressBars
 
 
-def detect_language(loaded: LoadedModel, audio: np.ndarray) -> Dict[str, float]:
-    """Probability of each language from the first 30 s, highest first."""
+def detect_language(
+    loaded: LoadedModel, audio: np.ndarray, wait: Optional[float] = None
+) -> Dict[str, float]:
+    """Probability of each language from the first 30 s, highest first. wait: seconds to
+    wait for the model while it works on something else (None: as long as it takes);
+    past that, ModelBusy."""
     if not loaded.is_multilingual:
         return {"en": 1.0}
-    with loaded.lock:
-        probabilities = _language_probabilities(loaded, _log_mel(loaded, audio))
+    mel = _log_mel(loaded, audio)
+    if not loaded.lock.acquire(timeout=-1 if wait is None else wait):
+        raise ModelBusy(f"model {loaded.name!r} is busy with a long transcription; try again "
+                        "in a minute", retry_after=BUSY_RETRY_SECONDS)
+    try:
+        probabilities = _language_probabilities(loaded, mel)
+    finally:
+        loaded.lock.release()
     return dict(sorted(probabilities.items(), key=lambda item: -item[1]))
 
 
@@ -116,26 +128,28 @@ def transcribe_together(
     outcomes: List[Union[Transcript, Exception, None]] = [None] * len(requests)
     by_language: Dict[str, List[int]] = defaultdict(list)
     probabilities: Dict[int, float] = {}
-    with loaded.lock:
-        for index, request in enumerate(requests):
-            try:
-                _check_language(loaded, request.options)
-            except BadOption as error:
-                outcomes[index] = error
-                continue
+    for index, request in enumerate(requests):
+        try:
+            _check_language(loaded, request.options)
+        except BadOption as error:
+            outcomes[index] = error
+            continue
+        with loaded.lock:
             language, probabilities[index] = _language(loaded, request.audio, request.options)
-            by_language[language].append(index)
-        for language, indexes in by_language.items():
-            group = [requests[i] for i in indexes]
-            size = batch_windows or windows_per_batch(loaded, group[0].options.beam_size)
-            decoded = batch_engine.decode_files(loaded, group, language, size)
-            for index, request, result in zip(indexes, group, decoded):
-                if isinstance(result, Exception):
-                    outcomes[index] = result
-                    continue
-                text, segments = result
-                outcomes[index] = _transcript(loaded, request.audio, request.options, language,
-                                              probabilities[index], text, segments)
+        by_language[language].append(index)
+    # the model's lock is taken batch by batch (batch_engine), so a language detection
+    # asked for meanwhile waits for one batch, not for the whole run
+    for language, indexes in by_language.items():
+        group = [requests[i] for i in indexes]
+        size = batch_windows or windows_per_batch(loaded, group[0].options.beam_size)
+        decoded = batch_engine.decode_files(loaded, group, language, size)
+        for index, request, result in zip(indexes, group, decoded):
+            if isinstance(result, Exception):
+                outcomes[index] = result
+                continue
+            text, segments = result
+            outcomes[index] = _transcript(loaded, request.audio, request.options, language,
+                                          probabilities[index], text, segments)
     for index, request in enumerate(requests):
         if isinstance(outcomes[index], Transcript) and request.progress is not None:
             seconds = len(request.audio) / SAMPLE_RATE

@@ -74,5 +74,13 @@ class ModelUnavailable(ServiceError):
         super().__init__(message, field="model")
 
 
+class ModelBusy(ServiceError):
+    """The model was busy with other work for longer than a caller may wait."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message, field="model")
+        self.retry_after = retry_after
+
+
 class ConfigError(Exception):
     """A WHISPER_* setting is invalid; raised at start-up, naming the variable."""

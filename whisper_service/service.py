@@ -156,4 +156,5 @@ class WhisperService:
     ) -> Dict[str, float]:
         name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
-        return engine.detect_language(self.models.get(name), audio)
+        # a caller waits for the model as long as for any synchronous answer
+        return engine.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
