@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import pytest
 
@@ -32,6 +33,34 @@ CONTAINERS = {
     "speech.mkv": ["-map", "1:v", "-map", "0:a", "-c:v", "libx264", "-pix_fmt", "yuv420p",
                    "-c:a", "libmp3lame", "-shortest"],
 }
+
+
+FINISHED_STATES = ("done", "failed", "cancelled")
+
+
+def wait_until(condition: Callable[[], object], seconds: float = 20.0, interval: float = 0.05,
+               what: str = "the condition") -> None:
+    """Poll until condition() is true; fail the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
+        time.sleep(interval)
+
+
+def wait_finished(read_status: Callable[[], dict], what: str, seconds: float = 60.0) -> dict:
+    """Read a job's status (any client: test client, requests, the queue's JSON) until the
+    job has finished; returns that status."""
+    last: dict = {}
+
+    def finished() -> bool:
+        last.update(read_status())
+        return last["state"] in FINISHED_STATES
+
+    try:
+        wait_until(finished, seconds)
+    except AssertionError:
+        raise AssertionError(f"{what} did not finish in {seconds} s: {last}") from None
+    return last
 
 
 def run_ffmpeg(*args: str) -> None:

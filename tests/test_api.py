@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import make_app
+from conftest import make_app, wait_finished
 from whisper_service.errors import ModelUnavailable
 from whisper_service.writers import FORMATS
 
@@ -38,13 +38,7 @@ def as_base64(path) -> str:
 
 
 def wait_until_finished(client, job_url, seconds=60):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        job = client.get(job_url).get_json()
-        if job["state"] in FINISHED:
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"{job_url} did not finish in {seconds} s: {job}")
+    return wait_finished(lambda: client.get(job_url).get_json(), job_url, seconds)
 
 
 def error_of(response, status):

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from conftest import wait_finished
+
 FAST = {"beam_size": "2", "patience": "2", "language": "en", "temperature": "0"}
 JOB_URL = re.compile(r"^/jobs/([A-Za-z0-9_-]{22})$")
 
@@ -26,13 +28,7 @@ def upload(client, path, name=None, token=None, **form):
 
 
 def wait_until_finished(client, job_url, seconds=60):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        status = client.get(job_url + "/status").get_json()
-        if status["state"] in ("done", "failed", "cancelled"):
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"{job_url} did not finish in {seconds} s: {status}")
+    return wait_finished(lambda: client.get(job_url + "/status").get_json(), job_url, seconds)
 
 
 def test_upload_page_offers_every_option(client, app):

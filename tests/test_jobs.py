@@ -12,30 +12,24 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Callable, List
+from typing import List
 
 import pytest
 
-from whisper_service.progress import Progress
+from conftest import wait_until
 from whisper_service.errors import ServiceError
 from whisper_service.errors import NotMedia
 from whisper_service.jobs import Job, JobQueue, JobState, QueueFull
 from whisper_service.options import SubtitleLayout, TranscribeOptions
+from whisper_service.progress import Progress
 from whisper_service.transcript import Transcript
 
 FAST = TranscribeOptions(temperature=(0.0,), beam_size=2)  # one short beam: a fast real run
 WAIT = 20.0  # generous: a slow CI machine must not fail a correct queue
 
 
-def wait_until(condition: Callable[[], object], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)
-
-
 def wait_finished(queue: JobQueue, job_id: str) -> Job:
-    wait_until(lambda: queue.get(job_id).finished)
+    wait_until(lambda: queue.get(job_id).finished, WAIT, what=f"job {job_id}")
     return queue.get(job_id)
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
 from werkzeug.serving import make_server
 
-from conftest import make_app
+from conftest import make_app, wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -30,14 +29,6 @@ document.addEventListener("DOMContentLoaded", () => {
 });
 """
 SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d\n.+", re.S)
-
-
-def until(condition, seconds=10.0):
-    """Poll from Python: the page's CSP (rightly) forbids the eval that wait_for_function uses."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -84,12 +75,12 @@ def test_upload_watch_progress_play_and_download(page, live_server, long_speech,
     expect(page.locator(".facts")).to_contain_text("beam size 3, patience 2.0")
 
     player = page.locator("#player")
-    until(lambda: player.evaluate("p => p.readyState") >= 1)
+    wait_until(lambda: player.evaluate("p => p.readyState") >= 1, 10)
     second = segments.nth(1)
     start = float(second.get_attribute("data-start"))
     assert start > 0
     second.click()
-    until(lambda: abs(player.evaluate("p => p.currentTime") - start) < 0.5)
+    wait_until(lambda: abs(player.evaluate("p => p.currentTime") - start) < 0.5, 10)
     expect(second).to_have_class(re.compile(r"\bcurrent\b"))
     page.screenshot(path=str(OUTPUT / "transcript-page.png"), full_page=True)
 
