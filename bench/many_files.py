@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from transcribe import (  # noqa: E402  (the end-to-end benchmark's helpers)
-    SAMPLE_RATE, _gpu_mib, _times, differs, peak_host_mib, serving, spoken_sentences, write_wav,
+    SAMPLE_RATE, differs, format_memory, format_speed, peak_host_mib, serving, spoken_sentences,
+    worker_gpu_mib, write_wav,
 )
 
 POLL_SECONDS = 0.05
@@ -91,7 +92,7 @@ def run_http(checkpoint: str, clips: list, device: str, beam: int, shared_jobs: 
                 time.sleep(POLL_SECONDS)
             texts.append(requests.get(job + "/transcript.json").json()["text"])
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "gpu_mib": _gpu_mib(pid) if device != "cpu" else None,
+        return {"seconds": seconds, "gpu_mib": worker_gpu_mib(pid, device),
                 "host_mib": peak_host_mib(pid), "texts": texts}
 
 
@@ -132,11 +133,9 @@ def main() -> None:
                      run_http(checkpoint, clips, args.device, args.beam, args.shared_jobs)))
         base = rows[0][1]
         for label, row in rows:
-            memory = f"{row['host_mib']:,.0f} MiB host"
-            if row["gpu_mib"] is not None:
-                memory = f"{row['gpu_mib']:,.0f} MiB GPU, " + memory
-            print(f"| {args.files} | {label} | {row['seconds']:.1f} | {_times(seconds / row['seconds'])} | "
-                  f"{base['seconds'] / row['seconds']:.2f} | {memory} | "
+            print(f"| {args.files} | {label} | {row['seconds']:.1f} | "
+                  f"{format_speed(seconds / row['seconds'])} | "
+                  f"{base['seconds'] / row['seconds']:.2f} | {format_memory(row)} | "
                   f"{differs(' '.join(base['texts']), ' '.join(row['texts']))} |")
             sys.stdout.flush()
 

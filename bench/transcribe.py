@@ -185,12 +185,15 @@ def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int
                                      files={"file": ("bench.wav", audio)})
         seconds = time.perf_counter() - started
         response.raise_for_status()
-        return {"seconds": seconds, "gpu_mib": _gpu_mib(pid) if device != "cpu" else None,
+        return {"seconds": seconds, "gpu_mib": worker_gpu_mib(pid, device),
                 "host_mib": peak_host_mib(pid), "text": response.json()["text"]}
 
 
-def _gpu_mib(pid: int):
-    """GPU memory the worker holds after the run (the caching allocator keeps its peak)."""
+def worker_gpu_mib(pid: int, device: str):
+    """GPU memory a server worker holds after a run (the caching allocator keeps its
+    peak), from nvidia-smi; None on the CPU."""
+    if device == "cpu":
+        return None
     try:
         out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
                               "--format=csv,noheader,nounits"], capture_output=True, text=True)
@@ -203,7 +206,14 @@ def _gpu_mib(pid: int):
     return None
 
 
-def _times(ratio: float) -> str:
+def format_memory(row: dict) -> str:
+    memory = f"{row['host_mib']:,.0f} MiB host"
+    if row["gpu_mib"] is not None:
+        memory = f"{row['gpu_mib']:,.0f} MiB GPU, " + memory
+    return memory
+
+
+def format_speed(ratio: float) -> str:
     return f"{ratio:.1f}" if ratio < 10 else f"{ratio:,.0f}"
 
 
@@ -276,14 +286,11 @@ def main() -> None:
 
 
 def print_row(engine: str, minutes: float, patience: float, row: dict, base: dict) -> None:
-    memory = f"{row['host_mib']:,.0f} MiB host"
-    if row["gpu_mib"] is not None:
-        memory = f"{row['gpu_mib']:,.0f} MiB GPU, " + memory
     ratio = f"{row['speed'] / base['speed']:.2f}" if base else "-"
     same_audio = base is not None and base["audio"] == row["audio"]
     difference = differs(base["text"], row["text"]) if same_audio else "-"
     print(f"| {minutes:g} min | {patience:g} | {LABELS[engine]} | {row['seconds']:.1f} | "
-          f"{_times(row['speed'])} | {ratio} | {memory} | {difference} |")
+          f"{format_speed(row['speed'])} | {ratio} | {format_memory(row)} | {difference} |")
     sys.stdout.flush()  # a row at a time: a run cut short keeps what it measured
 
 

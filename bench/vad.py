@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from transcribe import _times, make_audio  # noqa: E402  (the end-to-end benchmark's audio)
+from transcribe import format_speed, make_audio  # noqa: E402  (the end-to-end benchmark's audio)
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
         windows = list(vad.iter_speech_windows(audio, threads=threads))
         wall = time.perf_counter() - started
         baseline = baseline or (wall, windows)
-        print(f"| {threads} | {wall:.2f} | {_times(seconds / wall)} | {baseline[0] / wall:.2f} | "
+        print(f"| {threads} | {wall:.2f} | {format_speed(seconds / wall)} | {baseline[0] / wall:.2f} | "
               f"{len(windows)} | {'yes' if windows == baseline[1] else 'no'} |")
 
 
