@@ -52,9 +52,10 @@ PLAYLIST_SIGNATURES = {
     b"<?xml": "an XML document (such as a DASH manifest)",
 }
 CHECK_SECONDS = 2.0  # audio decoded to tell whether an upload is usable media at all
-# A container may round its declared duration; less than this missing is not truncation.
+PLAYLIST_HEAD_BYTES = 512  # a playlist's signature is at its start
 WAV_HEADER_SEARCH = 64 * 1024  # the data chunk's header lies within this many bytes
 WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what a writer that could not seek back leaves there
+# A container may round its declared duration; less than this missing is not truncation.
 TRUNCATION_TOLERANCE_S = 0.5
 TRUNCATION_TOLERANCE_FRACTION = 0.02
 
@@ -104,8 +105,7 @@ def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = No
 
 def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole: bool) -> np.ndarray:
     name = display_name or os.path.basename(path)
-    _refuse_empty_or_playlist(path, name)
-    _refuse_truncated_wav(path, name)
+    _refuse_by_head(path, name)
     run = _FfmpegRun(limits, limits.max_duration + 1 if whole else CHECK_SECONDS)
     with open(path, "rb") as media:
         pcm = run.decode(media)
@@ -114,35 +114,41 @@ def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole:
     return samples
 
 
-def _refuse_empty_or_playlist(path: str, name: str) -> None:
-    if os.path.getsize(path) == 0:
+def _refuse_by_head(path: str, name: str) -> None:
+    """What the file's first bytes give away: nothing at all, a playlist, a WAV cut short."""
+    size = os.path.getsize(path)
+    if size == 0:
         raise EmptyMedia(f"'{name}' is empty (0 bytes)")
     with open(path, "rb") as f:
-        head = f.read(512).lstrip(b"\xef\xbb\xbf \t\r\n")
+        head = f.read(WAV_HEADER_SEARCH)
+    _refuse_playlist(head, name)
+    _refuse_truncated_wav(head, size, name)
+
+
+def _refuse_playlist(head: bytes, name: str) -> None:
+    text = head[:PLAYLIST_HEAD_BYTES].lstrip(b"\xef\xbb\xbf \t\r\n")
     for signature, what in PLAYLIST_SIGNATURES.items():
-        if head.startswith(signature):
+        if text.startswith(signature):
             raise RefusedFormat(
                 f"'{name}' is {what}, not audio or video; playlists are refused, "
                 "upload the media file itself"
             )
 
 
-def _refuse_truncated_wav(path: str, name: str) -> None:
+def _refuse_truncated_wav(head: bytes, size: int, name: str) -> None:
     """ffmpeg decodes a WAV file cut short without a word (it trusts the bytes there are);
     its header's data size tells what is missing."""
-    with open(path, "rb") as f:
-        head = f.read(WAV_HEADER_SEARCH)
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return
     byte_rate, offset = 0, 12
     while offset + 8 <= len(head):
-        chunk, size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
+        chunk, chunk_size = head[offset:offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
         if chunk == b"fmt " and offset + 16 <= len(head):
             byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
         if chunk == b"data":
-            if byte_rate and size not in WAV_UNKNOWN_SIZES:
-                present = os.path.getsize(path) - (offset + 8)
-                declared, decodable = size / byte_rate, max(0, present) / byte_rate
+            if byte_rate and chunk_size not in WAV_UNKNOWN_SIZES:
+                present = size - (offset + 8)
+                declared, decodable = chunk_size / byte_rate, max(0, present) / byte_rate
                 missing = declared - decodable
                 if missing > max(TRUNCATION_TOLERANCE_S, TRUNCATION_TOLERANCE_FRACTION * declared):
                     raise TruncatedMedia(
@@ -150,7 +156,7 @@ def _refuse_truncated_wav(path: str, name: str) -> None:
                         f"audio, but only {format_duration(decodable)} could be decoded"
                     )
             return
-        offset += 8 + size + (size & 1)  # chunks are padded to an even size
+        offset += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
 
 
 def _ffmpeg_args(limits: DecodeLimits, output_seconds: float) -> list:
