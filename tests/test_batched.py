@@ -12,8 +12,7 @@ import whisper
 from whisper.audio import N_FRAMES, SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
-from whisper_service import batched
-from whisper_service.batched import decode_batch
+from whisper_service.decoding import decode_batch, runner
 from whisper_service.synthetic import make_checkpoint
 
 SECONDS = 30
@@ -200,7 +199,7 @@ def test_self_attention_cache_is_preallocated_and_written_in_place(
     (a beam reorder gathers into the other), sized n_text_ctx, and nothing is concatenated
     anywhere in the decode."""
     seen = []
-    original_step = batched._DecoderRunner.step
+    original_step = runner.EagerDecoder.step
 
     def recording_step(self, *args, **kwargs):
         seen.append((self.kv.data_ptr(), tuple(self.kv.shape)))
@@ -210,9 +209,9 @@ def test_self_attention_cache_is_preallocated_and_written_in_place(
         raise AssertionError("torch.cat called while decoding")
 
     model = models["plain"]
-    monkeypatch.setattr(batched._DecoderRunner, "step", recording_step)
+    monkeypatch.setattr(runner.EagerDecoder, "step", recording_step)
     monkeypatch.setattr(torch, "cat", forbidden_cat)
-    results = decode_batch(model, mels, CASES["beam5-patience2"], prompts)
+    results = decode_batch(model, mels, CASES["beam5-patience2"], prompts, static=False)
     monkeypatch.undo()
 
     assert len(seen) == max(len(r.tokens) for r in results) - 1 >= 10
@@ -226,3 +225,49 @@ def test_self_attention_cache_is_preallocated_and_written_in_place(
         model.dims.n_text_ctx,
         model.dims.n_text_state,
     )
+
+
+# -- the fixed-shape step (the one a CUDA graph captures), proven on the CPU ----------------
+
+STATIC_CASES = [
+    ("eot", "greedy"),
+    ("eot", "greedy-notimestamps"),
+    ("eot", "beam5"),
+    ("eot", "beam5-notimestamps"),
+    ("eot", "beam5-patience2"),
+    ("eot", "beam5-patience2-translate-notimestamps"),
+    ("eot", "beam3-lengthpenalty"),
+    ("eot", "beam5-patience0.6"),
+    ("plain", "greedy"),
+    ("plain", "beam5"),
+]
+
+
+def _assert_same_results(static, eager) -> None:
+    assert [r.tokens for r in static] == [r.tokens for r in eager]
+    for s, e in zip(static, eager):
+        assert s.text == e.text
+        assert s.avg_logprob == pytest.approx(e.avg_logprob, abs=FLOAT_TOLERANCE)
+        assert s.no_speech_prob == pytest.approx(e.no_speech_prob, abs=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize("model_name, case", STATIC_CASES)
+def test_static_step_gives_the_eager_tokens(models, mels, prompts, model_name, case):
+    """Six windows with mixed prompts: a fixed shape of 8 windows, two of them padding;
+    attention over the whole cache under a mask, beams followed through the history table."""
+    model = models[model_name]
+    eager = decode_batch(model, mels, CASES[case], prompts, static=False)
+    static = decode_batch(model, mels, CASES[case], prompts, static=True)
+    _assert_same_results(static, eager)
+
+
+def test_static_step_matches_whisper_decode_with_prompt_prefix_and_language_detection(
+    models, mels
+):
+    options = whisper.DecodingOptions(language=None, fp16=False, beam_size=5, patience=2.0,
+                                      prompt="previous words", prefix="and then")
+    results = decode_batch(models["eot"], mels[:3], options, static=True)
+    for i, result in enumerate(results):
+        expected = whisper.decode(models["eot"], mels[i], options)
+        assert (result.tokens, result.language) == (expected.tokens, expected.language)
+        assert result.avg_logprob == pytest.approx(expected.avg_logprob, abs=FLOAT_TOLERANCE)

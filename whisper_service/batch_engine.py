@@ -23,7 +23,7 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
-from .batched import decode_batch
+from .decoding import decode_batch
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .progress import Progress, ProgressCallback
