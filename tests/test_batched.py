@@ -12,7 +12,7 @@ import whisper
 from whisper.audio import N_FRAMES, SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
-from whisper_service.decoding import decode_batch, runner
+from whisper_service.decoding import decode_batch, runner, steps
 from whisper_service.synthetic import make_checkpoint
 
 SECONDS = 30
@@ -271,3 +271,17 @@ def test_static_step_matches_whisper_decode_with_prompt_prefix_and_language_dete
         expected = whisper.decode(models["eot"], mels[i], options)
         assert (result.tokens, result.language) == (expected.tokens, expected.language)
         assert result.avg_logprob == pytest.approx(expected.avg_logprob, abs=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize("case", ["greedy", "beam5-patience2"])
+def test_static_step_across_key_length_buckets(models, mels, prompts, monkeypatch, case):
+    """With buckets of 16 positions, sequences that run to the limit cross from one
+    captured key length to the next (initial lengths 3 to 35, up to 64 positions)."""
+    eager = decode_batch(models["plain"], mels, CASES[case], prompts, static=False)
+    monkeypatch.setattr(steps, "KEY_BUCKET", 16)
+    used = []
+    original = steps.key_bucket
+    monkeypatch.setattr(steps, "key_bucket", lambda *a: used.append(original(*a)) or used[-1])
+    static = decode_batch(models["plain"], mels, CASES[case], prompts, static=True)
+    _assert_same_results(static, eager)
+    assert sorted(set(used)) == [48, 64]  # the longest initial tokens are 35

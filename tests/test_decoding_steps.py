@@ -69,10 +69,11 @@ def test_static_step_compiles_as_one_graph_without_host_syncs(model, mels, case)
     torch._dynamo.reset()
     plain, compiled = (_started_session(model, mels, OPTIONS[case]) for _ in range(2))
     step = torch.compile(compiled.step, fullgraph=True, dynamic=False, backend="eager")
+    key_length = model.dims.n_text_ctx
     with torch.no_grad():
         for _ in range(3):
-            plain.step()
-            step()
+            plain.step(key_length)
+            step(key_length)
     assert int(plain.search.step) == 4
     before, after = _state(plain), _state(compiled)
     assert before.keys() == after.keys()

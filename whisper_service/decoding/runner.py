@@ -93,8 +93,18 @@ class DecoderRunner:
         self.cross_values = torch.zeros(cross, dtype=dtype, device=device)
         # zeros, not empty: masked positions are multiplied by zero weights, and garbage
         # (NaN) there would poison the attention output
-        shape = (len(self.blocks), 2, self.n_rows, self.n_ctx, model.dims.n_text_state)
-        self.kv = torch.zeros(shape, dtype=dtype, device=device)
+        self.kv = torch.zeros(self._cache_shape(model.dims.n_text_state), dtype=dtype,
+                              device=device)
+
+    def _cache_shape(self, width: int) -> Tuple[int, ...]:
+        """(layers, keys/values, rows, positions, width): a row's positions are contiguous."""
+        return (len(self.blocks), 2, self.n_rows, self.n_ctx, width)
+
+    def _store_initial(self, layer: int, cache_rows: Tensor, key: Tensor, value: Tensor) -> None:
+        """Keep the initial tokens' keys/values (windows, L, width) in rows `cache_rows`."""
+        length = key.shape[1]
+        self.kv[layer, 0, :, :length].index_copy_(0, cache_rows, key)
+        self.kv[layer, 1, :, :length].index_copy_(0, cache_rows, value)
 
     def load(self, audio_features: Tensor) -> None:
         """The cross-attention keys/values of a batch's windows (windows, frames, width);
@@ -141,8 +151,7 @@ class DecoderRunner:
         x = self._embed(tokens, torch.arange(length, device=self.device))
         for layer in range(len(self.blocks)):
             query, key, value = self._self_attention_input(layer, x)
-            self.kv[layer, 0, :, :length].index_copy_(0, cache_rows, key)
-            self.kv[layer, 1, :, :length].index_copy_(0, cache_rows, value)
+            self._store_initial(layer, cache_rows, key, value)
             out = F.scaled_dot_product_attention(
                 *(split_heads(t, self.n_head) for t in (query, key, value)), is_causal=length > 1
             )
@@ -200,40 +209,67 @@ class EagerDecoder(DecoderRunner):
 
 
 class StaticDecoder(DecoderRunner):
-    """The fixed-shape step: attention over the whole cache of a window under a mask."""
+    """The fixed-shape step: attention over a fixed length of its window's cache under a mask.
+
+    The cache is laid out window-major, (layers, 2, windows, positions, group, width), so
+    the first `key_length` positions of all of a window's rows are one contiguous block,
+    read as (windows, key_length * group, width) keys with no copy. `key_length` is a
+    constant of each captured step (a multiple of KEY_BUCKET): positions past it are never
+    read, so a step costs what the context used so far costs, not the whole context.
+    """
 
     def __init__(self, model: Whisper, windows: int, group: int, dtype: torch.dtype,
                  device: torch.device):
         super().__init__(model, windows, group, dtype, device)
         self.history = torch.zeros((self.n_rows, self.n_ctx), dtype=torch.long, device=device)
         self.context = torch.arange(self.n_ctx, device=device)
-        # for row r of window w, the physical rows it may read: w * group + (0 .. group-1)
-        self.window_rows = self.rows.view(windows, 1, group, 1)
+        self.row_windows = self.rows // group  # each row's window
+        self.row_beams = self.rows % group  # each row's place in its window
+        # for row q of window w, the physical rows it may read: w * group + (0 .. group-1)
+        self.window_rows = self.rows.view(windows, 1, 1, group)
+
+    def _cache_shape(self, width: int) -> Tuple[int, ...]:
+        return (len(self.blocks), 2, self.windows, self.n_ctx, self.group, width)
+
+    def _store_initial(self, layer: int, cache_rows: Tensor, key: Tensor, value: Tensor) -> None:
+        # cache_rows are the windows' first rows (place 0 in each window)
+        length = key.shape[1]
+        self.kv[layer, 0, :, :length, 0] = key
+        self.kv[layer, 1, :, :length, 0] = value
 
     def start(self) -> None:
         """Every row's sequence begins with its window's initial tokens, which the prefill
         writes in the window's first row."""
-        self.history.copy_((self.rows // self.group * self.group)[:, None].expand_as(self.history))
+        self.history.copy_((self.row_windows * self.group)[:, None].expand_as(self.history))
 
-    def step(self, tokens: Tensor, positions: Tensor) -> Tensor:
-        """One token per row (rows,) at its position (rows,); logits (rows, vocab)."""
-        windows, group, n_ctx = self.windows, self.group, self.n_ctx
+    def key_mask(self, positions: Tensor, key_length: int) -> Tensor:
+        """Additive mask (windows, 1, group, key_length * group): row q of window w reads
+        position p of physical row w * group + g when its sequence's key at p lives there,
+        for p up to its position."""
+        windows, group = self.windows, self.group
+        owner = self.history[:, :key_length].view(windows, group, key_length, 1) == self.window_rows
+        causal = self.context[None, :key_length] <= positions[:, None]
+        allowed = owner & causal.view(windows, group, key_length, 1)
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed, float("-inf"))
+        return mask.view(windows, 1, group, key_length * group)
+
+    def step(self, tokens: Tensor, positions: Tensor, key_length: int) -> Tensor:
+        """One token per row (rows,) at its position (rows,), attending to cache positions
+        [0, key_length) (every position must be below it); logits (rows, vocab)."""
+        windows, group = self.windows, self.group
         x = self._embed(tokens, positions)[:, None]
         self.history.scatter_(1, positions[:, None], self.rows[:, None])
-        # mask[w, 0, q, g * n_ctx + p]: row q of window w reads position p of physical row
-        # w * group + g when its sequence's key at p lives there, for p up to its position
-        owner = self.history.view(windows, group, 1, n_ctx) == self.window_rows
-        causal = (self.context[None, :] <= positions[:, None]).view(windows, group, 1, n_ctx)
-        mask = (owner & causal).view(windows, 1, group, group * n_ctx)
+        mask = self.key_mask(positions, key_length)
         for layer in range(len(self.blocks)):
             query, key, value = self._self_attention_input(layer, x)
             keys, values = self.kv[layer, 0], self.kv[layer, 1]
-            keys[self.rows, positions] = key[:, 0]
-            values[self.rows, positions] = value[:, 0]
+            keys[self.row_windows, positions, self.row_beams] = key[:, 0]
+            values[self.row_windows, positions, self.row_beams] = value[:, 0]
             out = F.scaled_dot_product_attention(
                 split_heads(query.view(windows, group, -1), self.n_head),
-                split_heads(keys.view(windows, group * n_ctx, -1), self.n_head),
-                split_heads(values.view(windows, group * n_ctx, -1), self.n_head),
+                split_heads(keys[:, :key_length].flatten(1, 2), self.n_head),
+                split_heads(values[:, :key_length].flatten(1, 2), self.n_head),
                 attn_mask=mask,
             )
             out = merge_heads(out).reshape(self.n_rows, 1, -1)

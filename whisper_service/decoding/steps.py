@@ -29,6 +29,7 @@ CHECK_EVERY_STEPS = 8  # fixed-shape steps between two looks at whether any wind
 WARMUP_STEPS = 2  # eager runs of a step before its capture (kernels chosen, memory pooled)
 WINDOW_BUCKET = 8  # fixed-shape batches hold a multiple of this many windows (or 1, 2, 4)
 SESSIONS_PER_MODEL = 2  # captured steps kept per model; each holds its cache and state
+KEY_BUCKET = 64  # a fixed-shape step attends to a multiple of this many cache positions
 
 
 def window_bucket(windows: int) -> int:
@@ -37,6 +38,11 @@ def window_bucket(windows: int) -> int:
     if windows <= WINDOW_BUCKET:
         return 1 << (windows - 1).bit_length()
     return -(-windows // WINDOW_BUCKET) * WINDOW_BUCKET
+
+
+def key_bucket(key_length: int, n_ctx: int) -> int:
+    """Cache positions a fixed-shape step attends to when `key_length` are in use."""
+    return min(-(-key_length // KEY_BUCKET) * KEY_BUCKET, n_ctx)
 
 
 def new_search(plan: DecodePlan, filters: VocabularyFilters, windows: int, max_steps: int,
@@ -112,39 +118,47 @@ class StepShape:
 
 
 class StaticSession:
-    """A fixed-shape step with its cache and search state, reused batch after batch; on
-    CUDA the step is captured once in a graph and each step is one replay."""
+    """Fixed-shape steps with their cache and search state, reused batch after batch; on
+    CUDA each key-length bucket's step is captured once in a graph (all sharing one memory
+    pool) and every step is one replay."""
 
     def __init__(self, model: Whisper, plan: DecodePlan, shape: StepShape,
                  device: torch.device):
         self.shape = shape
+        self.n_ctx = plan.n_ctx
         self.filters = VocabularyFilters(plan, model.dims.n_vocab, device)
         self.search = new_search(plan, self.filters, shape.windows, plan.n_ctx, device)
         self.runner = StaticDecoder(model, shape.windows, shape.group, shape.dtype, device)
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.graphs: Dict[int, torch.cuda.CUDAGraph] = {}
         if device.type == "cuda":
-            self.graph = self._capture(device)
+            self._capture(device)
 
-    def step(self) -> None:
+    def step(self, key_length: int) -> None:
         """One fixed-shape step: no host synchronisation, the same tensors every time."""
         search, runner = self.search, self.runner
-        logits = runner.step(search.last, search.positions())
+        logits = runner.step(search.last, search.positions(), key_length)
         source_rows = search.update(logits)
         if search.group > 1:
             runner.reorder(source_rows)
 
-    def _capture(self, device: torch.device) -> torch.cuda.CUDAGraph:
-        self.search.step.fill_(1)  # the state's contents are arbitrary until a batch starts
+    def _capture(self, device: torch.device) -> None:
+        """Capture every key bucket's step. The state's contents are arbitrary until a
+        batch starts, so the warm-up steps that precede the capture may change it freely."""
+        buckets = sorted({key_bucket(n, self.n_ctx) for n in range(1, self.n_ctx + 1)})
+        self.search.step.fill_(1)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_STEPS):
-                self.step()
+                self.step(buckets[-1])
         torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
-        return graph
+        pool = None
+        for key_length in reversed(buckets):  # the largest first: its pool serves the rest
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                self.step(key_length)
+            pool = graph.pool()
+            self.graphs[key_length] = graph
 
     def decode(self, plan: DecodePlan, audio_features: Tensor,
                no_speech: Optional[int]) -> SearchResults:
@@ -152,9 +166,17 @@ class StaticSession:
         self.runner.load(audio_features)
         self.runner.start()
         inputs = WindowInputs.create(plan, self.shape.windows, audio_features.device)
-        replay = self.graph.replay if self.graph is not None else self.step
-        return run_search(plan, self.runner, self.search, inputs, lambda _: replay(),
-                          CHECK_EVERY_STEPS, no_speech)
+        longest = max(len(tokens) for tokens in plan.initial_tokens)
+
+        def step(number: int) -> None:
+            key_length = key_bucket(longest + number, self.n_ctx)
+            if self.graphs:
+                self.graphs[key_length].replay()
+            else:
+                self.step(key_length)
+
+        return run_search(plan, self.runner, self.search, inputs, step, CHECK_EVERY_STEPS,
+                          no_speech)
 
 
 _sessions: "weakref.WeakKeyDictionary[Whisper, Dict[StepShape, StaticSession]]" = (
