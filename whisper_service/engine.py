@@ -201,10 +201,11 @@ def resolved_mode(options: TranscribeOptions, device: torch.device) -> str:
 
 
 def _log_mel(loaded: LoadedModel, audio: np.ndarray) -> torch.Tensor:
-    # padded and normalised over the whole file, exactly as whisper.transcribe() does
-    return whisper.log_mel_spectrogram(
-        audio, loaded.model.dims.n_mels, padding=N_SAMPLES, device=loaded.device
-    )
+    """The mel whisper.transcribe() detects the language from: padded and normalised over
+    the whole file, on the CPU whatever the model's device. A GPU's FFT rounds differently,
+    and where a model's language probabilities lie close together (random weights, short
+    or unclear speech) that is enough to pick another language, and with it another text."""
+    return whisper.log_mel_spectrogram(audio, loaded.model.dims.n_mels, padding=N_SAMPLES)
 
 
 def _language_probabilities(loaded: LoadedModel, mel: torch.Tensor) -> Dict[str, float]:
