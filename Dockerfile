@@ -19,8 +19,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
+# nginx stands in front of gunicorn, started by it (web/proxy.py): slow clients meet nginx
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+    && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates nginx \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv
 

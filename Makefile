@@ -3,13 +3,15 @@
 #   make test   install what the tests need and run them
 VENV ?= .venv
 PYTHON ?= python3
+# nginx stands in front of gunicorn (web/proxy.py), so slow clients cannot hold its threads
+APP_APT_PACKAGES = nginx
 # espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives
 TEST_APT_PACKAGES = espeak-ng chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup test-deps run test
+.PHONY: setup system-deps test-deps run test
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +22,15 @@ $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 	$(VENV)/bin/python -m pip install -r requirements-test.txt
 	touch $@
 
-setup: $(VENV)/.installed
+setup: system-deps $(VENV)/.installed
 
-test-deps: $(VENV)/.test-installed
+# installed once; nginx lives in /usr/sbin, which a user's PATH may lack
+system-deps:
+	@test -x /usr/sbin/nginx || command -v nginx >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) apt-get install -y -qq --no-install-recommends $(APP_APT_PACKAGES); }
+
+test-deps: system-deps $(VENV)/.test-installed
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
 

@@ -340,10 +340,10 @@ def test_detect_language_refuses_what_is_not_media(api, media):
 
 
 def test_models(api, shared_app, done):
-    settings = shared_app.extensions["whisper_settings"]
+    # a checkpoint goes by its file name: the server's paths stay private
     assert api.get("/api/v1/models").get_json() == {
-        "default": settings.model, "allowed": [settings.model, "large-v3"],
-        "loaded": [settings.model], "translate_model": "large-v3",
+        "default": "tiny-test", "allowed": ["tiny-test", "large-v3"],
+        "loaded": ["tiny-test"], "translate_model": "large-v3",
     }
 
 
@@ -365,11 +365,11 @@ def test_readyz_says_why_the_model_could_not_be_loaded(tmp_path):
         client = app.test_client()
         assert client.get("/readyz").get_json()["status"] == "loading"  # not tried yet
         with pytest.raises(ModelUnavailable):
-            app.extensions["whisper_service"].models.get(str(broken))
+            app.extensions["whisper_service"].models.get("broken")
         answer = client.get("/readyz")
         assert answer.status_code == 503
         assert answer.get_json()["status"] == "unavailable"
-        assert answer.get_json()["error"].startswith(f"model {str(broken)!r} could not be loaded: ")
+        assert answer.get_json()["error"].startswith("model 'broken' could not be loaded: ")
     finally:
         app.extensions["whisper_jobs"].stop()
 
@@ -476,7 +476,7 @@ def test_language_detection_waits_for_a_busy_model_only_so_long(checkpoint, tmp_
     app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.5")
     try:
         client = app.test_client()
-        loaded = app.extensions["whisper_service"].models.get(checkpoint)
+        loaded = app.extensions["whisper_service"].models.get("tiny-test")
         with loaded.lock:  # a long transcription holds the model
             started = time.monotonic()
             busy = post(client, media["speech.wav"], url="/api/v1/detect-language")

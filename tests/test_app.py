@@ -40,7 +40,7 @@ def test_upload_page_offers_every_option(client, app):
     assert 'id="beam_size" name="beam_size" type="number" min="1" max="16" step="1"\n           value="5"' in page
     assert 'value="1.0"' in page  # patience
     assert "up to 2 MB" in page
-    assert f'<option value="{app.extensions["whisper_settings"].model}" selected>' in page
+    assert '<option value="tiny-test" selected>' in page  # by its name, never its path
     assert '<option value="ko">Korean</option>' in page
 
 
@@ -216,7 +216,7 @@ def test_the_default_model_loads_in_the_background_at_start(checkpoint, tmp_path
     app = make_app(checkpoint, tmp_path, WHISPER_PRELOAD="true")
     try:
         app.extensions["whisper_preload"].join(timeout=60)
-        assert app.extensions["whisper_service"].models.loaded() == [checkpoint]
+        assert app.extensions["whisper_service"].models.loaded() == ["tiny-test"]
     finally:
         app.extensions["whisper_jobs"].stop()
 

@@ -66,7 +66,9 @@ def test_a_model_can_go_by_a_short_name(checkpoint):
     assert settings.models == (f"meetings={checkpoint}", "tiny", "fast=turbo")
     assert split_alias(settings.model) == ("meetings", checkpoint)
     assert split_alias("turbo") == ("turbo", "turbo")
-    assert split_alias("/models/a=b.pt") == ("/models/a=b.pt", "/models/a=b.pt")  # a path
+    assert split_alias("/models/a=b.pt") == ("a=b", "/models/a=b.pt")  # a path: its file name
+    assert split_alias("/models/whisper-small-ja/") == ("whisper-small-ja", "/models/whisper-small-ja/")
+    assert split_alias("openai/whisper-small") == ("openai/whisper-small", "openai/whisper-small")
 
 
 @pytest.mark.parametrize("entries, words", [

@@ -116,7 +116,7 @@ def test_auto_language_reports_its_probability(service, media):
 def test_named_language_has_probability_one(service, media):
     transcript = service.transcribe_file(str(media["speech.wav"]), TranscribeOptions(language="ko", **FAST))
     assert (transcript.language, transcript.language_probability) == ("ko", 1.0)
-    assert transcript.model == service.settings.model
+    assert transcript.model == service.models.default == "tiny-test"
     assert 3.0 < transcript.duration < 15.0
 
 

@@ -176,7 +176,7 @@ def test_verbose_json_has_openai_shape(client, app, media):
     assert body["text"] == "".join(s["text"] for s in body["segments"]).strip()
     # whisper-1 ran the default model, and the job is there to read again
     job = app.extensions["whisper_jobs"].get(response.headers["X-Job-Id"])
-    assert job.options.model == app.extensions["whisper_settings"].model
+    assert job.options.model == app.extensions["whisper_service"].models.default == "tiny-test"
 
 
 def test_word_granularity(client, media):
@@ -249,7 +249,7 @@ def test_failed_job_is_raised_again(english_checkpoint, tmp_path, media):
 
 
 def test_models(client, app):
-    default = app.extensions["whisper_settings"].model
+    default = app.extensions["whisper_service"].models.default
     listing = client.get("/v1/models").get_json()
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]][:2] == ["whisper-1", default]

@@ -57,7 +57,7 @@ def test_preload_loads_the_default_model_and_the_detector(service, monkeypatch):
 
     monkeypatch.setattr(vad, "_model", None)
     service.preload_in_background().join(60)
-    assert service.models.loaded() == [service.settings.model]
+    assert service.models.loaded() == [service.models.default]
     assert vad._model is not None
 
 

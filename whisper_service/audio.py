@@ -17,7 +17,7 @@ import subprocess
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import ffmpeg
 import numpy as np
@@ -59,6 +59,7 @@ WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what a writer that could not seek back le
 TRUNCATION_TOLERANCE_S = 0.5
 TRUNCATION_TOLERANCE_FRACTION = 0.02
 
+_INPUT_LINE = re.compile(r"^Input #0, (.+), from ")  # the demuxer(s) that read the file
 _DURATION_LINE = re.compile(r"^\s*Duration:\s*(\d+):(\d\d):(\d\d(?:\.\d+)?)")
 _VIDEO_STREAM_LINE = re.compile(r"^\s*Stream #\d+:\d+.*: Video: ")
 
@@ -73,6 +74,55 @@ class DecodeLimits:
     def max_output_bytes(self) -> int:
         # one second of slack past the cap tells "exactly at the cap" from "over it"
         return int((self.max_duration + 1) * SAMPLE_RATE) * BYTES_PER_SAMPLE
+
+
+# What a browser may be told an upload is, by the demuxer that read it (never by its name):
+# (audio type, video type). Served inline only when the type is one a player plays; anything
+# else is a download. Demuxers missing here are served as application/octet-stream.
+MEDIA_TYPES = {
+    "wav": ("audio/wav", "audio/wav"),
+    "mp3": ("audio/mpeg", "audio/mpeg"),
+    "flac": ("audio/flac", "audio/flac"),
+    "ogg": ("audio/ogg", "video/ogg"),
+    "mov": ("audio/mp4", "video/mp4"),
+    "matroska": ("audio/webm", "video/webm"),
+    "aac": ("audio/aac", "audio/aac"),
+    "aiff": ("audio/aiff", "audio/aiff"),
+    "amr": ("audio/amr", "audio/amr"),
+    "ac3": ("audio/ac3", "audio/ac3"),
+    "eac3": ("audio/eac3", "audio/eac3"),
+    "asf": ("audio/x-ms-wma", "video/x-ms-asf"),
+    "avi": ("video/x-msvideo", "video/x-msvideo"),
+    "flv": ("video/x-flv", "video/x-flv"),
+    "mpeg": ("audio/mpeg", "video/mpeg"),
+    "mpegts": ("video/mp2t", "video/mp2t"),
+    "caf": ("audio/x-caf", "audio/x-caf"),
+    "au": ("audio/basic", "audio/basic"),
+}
+PLAYABLE_TYPES = frozenset({
+    "audio/wav", "audio/mpeg", "audio/flac", "audio/ogg", "video/ogg", "audio/mp4",
+    "video/mp4", "audio/webm", "video/webm", "audio/aac",
+})
+UNKNOWN_MEDIA_TYPE = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffmpeg found in an upload's content."""
+
+    container: Optional[str]  # the demuxer that read it ("wav", "mov", "matroska"), if known
+    has_video: bool  # a picture track besides the audio (not a cover image)
+
+    @property
+    def media_type(self) -> str:
+        """The Content-Type to serve it with: from the content, never from a file name."""
+        types = MEDIA_TYPES.get(self.container or "")
+        return types[self.has_video] if types else UNKNOWN_MEDIA_TYPE
+
+    @property
+    def playable(self) -> bool:
+        """Whether a browser's player takes it inline; anything else is a download."""
+        return self.media_type in PLAYABLE_TYPES
 
 
 def format_duration(seconds: float) -> str:
@@ -93,17 +143,20 @@ def decode_file(path: str, limits: DecodeLimits, display_name: Optional[str] = N
     `path` is a server-side file (an upload saved under a random name); `display_name` is
     the client's file name, used only in error messages.
     """
-    return _decode(path, limits, display_name, whole=True)
+    return _decode(path, limits, display_name, whole=True)[0]
 
 
-def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> None:
+def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> MediaInfo:
     """Refuse at once what decode_file would refuse, decoding only the first seconds:
     for uploads, before they wait in a queue. (Truncation shows only at the end, except in
-    a WAV file, whose header says how long it should be.)"""
-    _decode(path, limits, display_name, whole=False)
+    a WAV file, whose header says how long it should be.) Returns what the content is."""
+    run = _decode(path, limits, display_name, whole=False)[1]
+    return MediaInfo(container=run.container, has_video=run.has_video)
 
 
-def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole: bool) -> np.ndarray:
+def _decode(
+    path: str, limits: DecodeLimits, display_name: Optional[str], whole: bool
+) -> Tuple[np.ndarray, "_FfmpegRun"]:
     name = display_name or os.path.basename(path)
     _refuse_by_head(path, name)
     run = _FfmpegRun(limits, limits.max_duration + 1 if whole else CHECK_SECONDS)
@@ -111,7 +164,7 @@ def _decode(path: str, limits: DecodeLimits, display_name: Optional[str], whole:
         pcm = run.decode(media)
     samples = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
     _check_outcome(run, samples, name, limits, whole)
-    return samples
+    return samples, run
 
 
 def _refuse_by_head(path: str, name: str) -> None:
@@ -189,6 +242,7 @@ class _FfmpegRun:
         self.stderr_tail: deque = deque(maxlen=STDERR_LINES_KEPT)
         self.declared_duration: Optional[float] = None
         self.has_video = False
+        self.container: Optional[str] = None  # the first name of the demuxer that read it
         self.timed_out = False
         self.too_long = False
         self.returncode: Optional[int] = None
@@ -230,7 +284,10 @@ class _FfmpegRun:
             line = raw.decode("utf-8", "replace").rstrip()
             self.stderr_tail.append(line)
             duration = _DURATION_LINE.match(line)
-            if duration and self.declared_duration is None:
+            source = _INPUT_LINE.match(line)
+            if source and self.container is None:
+                self.container = source.group(1).split(",")[0]
+            elif duration and self.declared_duration is None:
                 h, m, s = duration.groups()
                 self.declared_duration = int(h) * 3600 + int(m) * 60 + float(s)
                 # refuse at once from the header rather than decode hours of audio first
