@@ -13,8 +13,11 @@ files keep a GPU as busy as one long one.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
+import time
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from whisper.tokenizer import get_tokenizer
 from .decoding import decode_batch
 from .models import LoadedModel
 from .options import TranscribeOptions
+from .pipeline import Prefetcher, StageTimes
 from .progress import Progress, ProgressCallback
 from .vad import Window, iter_speech_windows
 
@@ -35,7 +39,7 @@ MAX_BATCH_WINDOWS = 64  # past this the GPU is busy anyway; bigger batches only 
 GPU_MEMORY_SHARE = 0.7  # of the free memory; the rest absorbs what the estimate leaves out
 ENCODER_ACTIVATIONS = 8  # encoder tensors alive at once, in (audio frames x width): MLP, q/k/v
 
-Item = TypeVar("Item")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,14 +72,19 @@ class _FileState:
 
 
 def decode_files(
-    loaded: LoadedModel, requests: Sequence[FileRequest], language: str, size: int
+    loaded: LoadedModel, requests: Sequence[FileRequest], language: str, size: int,
+    times: Optional[StageTimes] = None,
 ) -> List[Union[Tuple[str, List[dict]], Exception]]:
     """(text, segment dicts) for each file, or the exception its progress callback raised.
 
     Every request's options must agree on what decoding depends on (shared_options), and
-    `language` is the language of all of them. `size` windows are decoded at a time."""
+    `language` is the language of all of them. `size` windows are decoded at a time. The
+    windows and mels of the next batch are made in a background thread while this one
+    decodes. times: where each stage's seconds are added (they are logged either way)."""
     model = loaded.model
     options = requests[0].options
+    times = times if times is not None else StageTimes(loaded.device)
+    started = time.perf_counter()
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                               language=language, task=options.task)
     files = [
@@ -83,24 +92,57 @@ def decode_files(
                    if request.options.initial_prompt else None)
         for request in requests
     ]
-    for batch in _batches(_speech_windows(files), size):
-        mels = _window_mels(loaded, [(state.request.audio, window) for state, window in batch])
-        with loaded.lock:  # held a batch at a time: others wait for one batch, not the run
-            results = _decode_with_fallback(model, mels, options, language,
-                                            [state.prompt for state, _ in batch], loaded.fp16)
-            for (state, window), mel, result in zip(batch, mels, results):
-                if not _is_silence(result, options):
-                    state.segments.extend(_window_segments(
-                        model, tokenizer, window, mel, result, state.request.options,
-                        state.segments))
-        done = {id(state): (state, window.end) for state, window in batch}
-        for state, end in done.values():
-            state.report(end / SAMPLE_RATE)
+    batches = _prepared_batches(loaded, _speech_windows(files), size, times)
+    with Prefetcher(batches, name="batches") as prepared:
+        ahead = iter(prepared)
+        while True:
+            with times.stage("handover"):  # what the model waits for the next batch
+                item = next(ahead, None)
+            if item is None:
+                break
+            batch, mels = item
+            with loaded.lock, times.recording():  # held a batch at a time: others
+                # wait for one batch, not the run
+                results = _decode_with_fallback(model, mels, options, language,
+                                                [state.prompt for state, _ in batch],
+                                                loaded.fp16)
+                with times.stage("segments"):
+                    for (state, window), mel, result in zip(batch, mels, results):
+                        if not _is_silence(result, options):
+                            state.segments.extend(_window_segments(
+                                model, tokenizer, window, mel, result, state.request.options,
+                                state.segments))
+            done = {id(state): (state, window.end) for state, window in batch}
+            for state, end in done.values():
+                state.report(end / SAMPLE_RATE)
+    log.info("batched run of %d file(s) in %.2f s: %s", len(files),
+             time.perf_counter() - started, times.summary())
     return [
         state.error if state.error is not None
         else ("".join(s["text"] for s in state.segments), state.segments)
         for state in files
     ]
+
+
+def _prepared_batches(loaded: LoadedModel, windows: Iterator[Tuple[_FileState, Window]],
+                      size: int, times: StageTimes
+                      ) -> Iterator[Tuple[List[Tuple[_FileState, Window]], torch.Tensor]]:
+    """Batches of `size` windows with their mels; on a GPU the mels are made on a stream of
+    their own, so they overlap the decoding of the batch before."""
+    stream = torch.cuda.Stream(loaded.device) if loaded.device.type == "cuda" else None
+    with contextlib.closing(windows):
+        while True:
+            with times.stage("vad"):  # what the detector's threads had not yet delivered
+                batch = list(itertools.islice(windows, size))
+            if not batch:
+                return
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                with times.stage("mel"):
+                    mels = _window_mels(loaded, [(state.request.audio, window)
+                                                 for state, window in batch])
+            if stream is not None:  # used on the consumer's stream from now on
+                mels.record_stream(torch.cuda.current_stream(loaded.device))
+            yield batch, mels
 
 
 def _speech_windows(files: List[_FileState]) -> Iterator[Tuple[_FileState, Window]]:
@@ -147,18 +189,6 @@ def _bytes_per_window(loaded: LoadedModel, rows: int) -> int:
     cache = dims.n_text_layer * 2 * rows * dims.n_text_ctx * dims.n_text_state * 2
     encoder = ENCODER_ACTIVATIONS * dims.n_audio_ctx * dims.n_audio_state
     return (cross + cache + encoder) * item
-
-
-
-def _batches(items: Iterable[Item], size: int) -> Iterator[List[Item]]:
-    batch: List[Item] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 

@@ -27,6 +27,7 @@ from .batch_engine import FileRequest, windows_per_batch
 from .errors import BadOption, ModelBusy
 from .models import LoadedModel
 from .options import TranscribeOptions
+from .pipeline import StageTimes
 from .progress import Progress, ProgressCallback
 from .transcript import Segment, Transcript
 
@@ -94,12 +95,14 @@ def transcribe(
     options: TranscribeOptions,
     progress: Optional[ProgressCallback] = None,
     batch_windows: Optional[int] = None,
+    times: Optional[StageTimes] = None,
 ) -> Transcript:
     """Transcribe (or translate) 16 kHz mono audio. batch_windows: windows decoded together
-    in batched mode; None chooses from free GPU memory."""
+    in batched mode; None chooses from free GPU memory. times: where the batched engine
+    adds each stage's seconds."""
     if mode_of(loaded, options) == "batched":
         outcome = transcribe_together(loaded, [FileRequest(audio, options, progress)],
-                                      batch_windows)[0]
+                                      batch_windows, times)[0]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
@@ -120,7 +123,8 @@ def transcribe(
 
 
 def transcribe_together(
-    loaded: LoadedModel, requests: Sequence[FileRequest], batch_windows: Optional[int] = None
+    loaded: LoadedModel, requests: Sequence[FileRequest], batch_windows: Optional[int] = None,
+    times: Optional[StageTimes] = None,
 ) -> List[Union[Transcript, Exception]]:
     """Several files in batched mode, their windows sharing batches: for each, its
     Transcript or the error that stopped it alone (a language the model cannot do, its
@@ -142,7 +146,7 @@ def transcribe_together(
     for language, indexes in by_language.items():
         group = [requests[i] for i in indexes]
         size = batch_windows or windows_per_batch(loaded, group[0].options.beam_size)
-        decoded = batch_engine.decode_files(loaded, group, language, size)
+        decoded = batch_engine.decode_files(loaded, group, language, size, times)
         for index, request, result in zip(indexes, group, decoded):
             if isinstance(result, Exception):
                 outcomes[index] = result

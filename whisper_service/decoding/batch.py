@@ -14,7 +14,7 @@ from whisper.utils import compression_ratio
 
 from .plan import DecodePlan, Prompt, needs_stock_decoder, verify_options
 from .steps import decode_eager, decode_static
-from ..pipeline import StageTimes
+from ..pipeline import current_times
 
 
 @torch.no_grad()
@@ -24,7 +24,6 @@ def decode_batch(
     options: DecodingOptions = DecodingOptions(),
     prompts: Optional[Sequence[Prompt]] = None,
     static: Optional[bool] = None,
-    times: Optional[StageTimes] = None,
 ) -> List[DecodingResult]:
     """Decode every 30-second window of `mel` at once; one DecodingResult per window.
 
@@ -36,7 +35,9 @@ def decode_batch(
         options.prompt.
     static: fixed-shape steps (captured in a CUDA graph on a GPU) or the eager reference
         steps; None: fixed-shape on CUDA, eager elsewhere. Both give the same tokens.
-    times: where the encoder's and the decoder's time is added, if given.
+
+    The encoder's and the decoder's seconds go to the StageTimes this thread is recording
+    (pipeline.current_times), if any.
 
     Result i equals whisper.decode(model, mel[i], replace(options, prompt=prompts[i])) up to
     float rounding (on CPU compare with fp16=False; see the package docstring).
@@ -52,12 +53,13 @@ def decode_batch(
     verify_options(options)
     if n_audio == 0:
         return []
+    times = current_times(model.device)
     if needs_stock_decoder(options):
-        return [
-            whisper.decode(model, mel[i], replace(options, prompt=window_prompts[i]))
-            for i in range(n_audio)
-        ]
-    times = times or StageTimes(model.device)
+        with times.stage("decoder"):
+            return [
+                whisper.decode(model, mel[i], replace(options, prompt=window_prompts[i]))
+                for i in range(n_audio)
+            ]
 
     plan = DecodePlan.create(model, options, window_prompts)
     with times.stage("encoder"):

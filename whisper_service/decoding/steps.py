@@ -198,8 +198,9 @@ def decode_static(model: Whisper, plan: DecodePlan, audio_features: Tensor,
     with _sessions_lock:
         sessions = _sessions.setdefault(model, {})
         wanted = StepShape.create(plan, window_bucket(plan.n_windows), dtype)
-        fitting = [s for s in sessions
-                   if s.windows >= wanted.windows and s == replace(wanted, windows=s.windows)]
+        # a session for more windows serves, unless padding would be most of its work
+        fitting = [s for s in sessions if wanted.windows <= s.windows < 2 * wanted.windows
+                   and s == replace(wanted, windows=s.windows)]
         if fitting:
             shape = min(fitting, key=lambda s: s.windows)
             session = sessions.pop(shape)  # re-inserted last: most recently used

@@ -1,0 +1,101 @@
+"""The batched engine's pipeline: the next batch is prepared while this one decodes, and
+every stage's time is measured and logged."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from whisper_service import batch_engine, engine
+from whisper_service.options import TranscribeOptions
+from whisper_service.pipeline import STAGES, Prefetcher, StageTimes
+
+FAST = dict(temperature=(0.0,), beam_size=None, language="en", mode="batched")
+
+
+def test_batched_run_measures_every_engine_stage_and_logs_them(service, long_speech, caplog):
+    loaded = service.models.get(service.settings.model)
+    audio = service.decode(str(long_speech))
+    times = StageTimes(loaded.device)
+    with caplog.at_level(logging.INFO, logger="whisper_service.batch_engine"):
+        transcript = engine.transcribe(loaded, audio, TranscribeOptions(**FAST),
+                                       batch_windows=1, times=times)
+    assert transcript.segments
+    seconds = times.as_dict()
+    assert set(seconds) == {"vad", "mel", "encoder", "decoder", "handover", "segments"}
+    assert all(value >= 0 for value in seconds.values()) and seconds["decoder"] > 0
+    assert list(seconds) == [stage for stage in STAGES if stage in seconds]  # pipeline order
+    [message] = [r.getMessage() for r in caplog.records if "batched run" in r.getMessage()]
+    assert "decoder" in message and "vad" in message
+
+
+def test_next_batch_is_prepared_while_this_one_decodes(service, long_speech, monkeypatch):
+    loaded = service.models.get(service.settings.model)
+    audio = service.decode(str(long_speech))
+    events = []
+    make_mels, decode = batch_engine._window_mels, batch_engine.decode_batch
+
+    def recording_mels(*args):
+        events.append(("mel", threading.current_thread().name))
+        return make_mels(*args)
+
+    def slow_decode(*args):
+        events.append(("decode", threading.current_thread().name))
+        time.sleep(0.3)  # room for the producer to make the next batch meanwhile
+        result = decode(*args)
+        events.append(("decoded", threading.current_thread().name))
+        return result
+
+    monkeypatch.setattr(batch_engine, "_window_mels", recording_mels)
+    monkeypatch.setattr(batch_engine, "decode_batch", slow_decode)
+    engine.transcribe(loaded, audio, TranscribeOptions(**FAST), batch_windows=1)
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("decode") == kinds.count("mel") >= 2
+    # the second batch's mel was made before the first batch finished decoding
+    assert kinds.index("mel", kinds.index("mel") + 1) < kinds.index("decoded")
+    assert {thread for kind, thread in events if kind == "mel"} == {"batches"}
+    assert threading.current_thread().name in {t for k, t in events if k == "decode"}
+
+
+def test_prefetcher_hands_over_items_errors_and_stops_its_producer():
+    def items(closed):
+        try:
+            yield 1
+            yield 2
+            raise ValueError("broken media")
+        finally:
+            closed.append(threading.current_thread().name)
+
+    closed = []
+    with Prefetcher(items(closed), name="producer") as ahead:
+        got = []
+        with pytest.raises(ValueError, match="broken media"):
+            for item in ahead:
+                got.append(item)
+    assert got == [1, 2] and closed == ["producer"]
+
+    def endless(closed):
+        try:
+            count = 0
+            while True:
+                count += 1
+                yield count
+        finally:
+            closed.append("closed")
+
+    closed = []
+    with Prefetcher(endless(closed)) as ahead:
+        assert next(iter(ahead)) == 1
+    assert closed == ["closed"]  # leaving stopped the producer and closed its iterator
+
+
+def test_stage_times_refuse_unknown_stages():
+    times = StageTimes()
+    with times.stage("decoder"):
+        pass
+    with pytest.raises(ValueError, match="unknown stage"):
+        times.add("lunch", 1.0)
+    assert list(times.as_dict()) == ["decoder"] and "decoder" in times.summary()
