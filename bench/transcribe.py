@@ -26,6 +26,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -111,8 +112,12 @@ def run_engine(engine: str, checkpoint: str, audio_path: str, device: str, beam:
     from whisper_service.models import LoadedModel
     from whisper_service.options import TranscribeOptions
 
+    from whisper_service.pipeline import StageTimes
+
     model = whisper.load_model(checkpoint, device=device)
-    audio = decode_file(audio_path, DecodeLimits(24 * 3600, 3600, bundled_ffmpeg()))
+    times = StageTimes(torch.device(device))
+    with times.stage("ffmpeg"):  # before the clock starts, as in every row
+        audio = decode_file(audio_path, DecodeLimits(24 * 3600, 3600, bundled_ffmpeg()))
     fp16 = device.startswith("cuda")
     if fp16:
         torch.cuda.synchronize()
@@ -125,19 +130,21 @@ def run_engine(engine: str, checkpoint: str, audio_path: str, device: str, beam:
         loaded = LoadedModel("bench", model, torch.device(device), fp16, 0.0)
         options = TranscribeOptions(mode=engine, language="en", beam_size=beam,
                                     patience=patience, temperature=(0.0,))
-        text = transcribe(loaded, audio, options).text
+        text = transcribe(loaded, audio, options, times=times).text
     if fp16:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
     gpu = torch.cuda.max_memory_allocated() / 2**20 if fp16 else None
     host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": seconds, "gpu_mib": gpu, "host_mib": host, "text": text}
+    return {"seconds": seconds, "gpu_mib": gpu, "host_mib": host, "text": text,
+            "stages": times.as_dict()}
 
 
 @contextlib.contextmanager
-def serving(checkpoint: str, device: str, **settings: str) -> Iterator[Tuple[str, int]]:
+def serving(checkpoint: str, device: str, log_path: str = os.devnull,
+            **settings: str) -> Iterator[Tuple[str, int]]:
     """`gunicorn -c gunicorn.conf.py` with one worker on a free loopback port, until the
-    model is loaded: yields (base URL, worker pid)."""
+    model is loaded: yields (base URL, worker pid). Its log (JSON lines) goes to log_path."""
     import requests
 
     with socket.socket() as probe:
@@ -149,8 +156,9 @@ def serving(checkpoint: str, device: str, **settings: str) -> Iterator[Tuple[str
                "WHISPER_MAX_UPLOAD_MB": "4096", "WHISPER_MAX_DURATION": str(24 * 3600),
                "WHISPER_SYNC_TIMEOUT": "86400", "WHISPER_MAX_QUEUED": "1000",
                **{f"WHISPER_{name.upper()}": value for name, value in settings.items()}}
+        log = open(log_path, "w")
         server = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"],
-                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         try:
             while True:
@@ -164,6 +172,7 @@ def serving(checkpoint: str, device: str, **settings: str) -> Iterator[Tuple[str
         finally:
             server.terminate()
             server.wait()
+            log.close()
 
 
 def peak_host_mib(pid: int) -> float:
@@ -176,7 +185,8 @@ def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int
     """One synchronous upload through the native API: upload to finished transcript."""
     import requests
 
-    with serving(checkpoint, device) as (base, pid):
+    with tempfile.NamedTemporaryFile(suffix=".log") as log, \
+            serving(checkpoint, device, log.name) as (base, pid):
         form = {"mode": mode, "language": "en", "beam_size": beam, "patience": patience,
                 "temperature": "0"}
         started = time.perf_counter()
@@ -186,7 +196,34 @@ def run_http(mode: str, checkpoint: str, audio_path: str, device: str, beam: int
         seconds = time.perf_counter() - started
         response.raise_for_status()
         return {"seconds": seconds, "gpu_mib": worker_gpu_mib(pid, device),
-                "host_mib": peak_host_mib(pid), "text": response.json()["text"]}
+                "host_mib": peak_host_mib(pid), "text": response.json()["text"],
+                "stages": server_stages(log.name, seconds)}
+
+
+RUN_LOG = re.compile(r"batched run of \d+ file\(s\) in ([\d.]+) s: (.*)")
+STAGE = re.compile(r"(\w+) ([\d.]+) s")
+
+
+def server_stages(log_path: str, wall: float) -> dict:
+    """The engine's stage times from the server's log line of the run, and as `http`
+    whatever else the request took (upload, the server's ffmpeg, the job's bookkeeping,
+    the answer): wall less the engine's run. Empty for the sequential engine."""
+    for line in reversed(Path(log_path).read_text().splitlines()):
+        try:
+            message = json.loads(line).get("message", "")
+        except (ValueError, AttributeError):
+            continue
+        found = RUN_LOG.search(message)
+        if found:
+            stages = {name: float(value) for name, value in STAGE.findall(found.group(2))}
+            stages["http"] = wall - float(found.group(1))
+            return stages
+    return {}
+
+
+def format_stages(stages: dict) -> str:
+    """'ffmpeg 0.4, vad 1.2, ...' seconds per pipeline stage, as measured in the engine."""
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in stages.items()) or "-"
 
 
 def worker_gpu_mib(pid: int, device: str):
@@ -260,8 +297,9 @@ def main() -> None:
         print(f"{args.shape} on {args.device}, speech with pauses and {MUSIC_SECONDS} s tones + "
               f"{SILENCE_SECONDS} s silence per block, beam {args.beam}, temperature 0, every "
               "engine with the same token budget per window (n_text_ctx // 2)")
-        print("| audio | patience | engine | wall s | x real time | vs baseline | peak memory | text differs from baseline |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| audio | patience | engine | wall s | x real time | vs baseline | peak memory | "
+              "text differs from baseline | stage seconds |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for patience in args.patience:
             base = None
             for engine in engines:
@@ -290,7 +328,8 @@ def print_row(engine: str, minutes: float, patience: float, row: dict, base: dic
     same_audio = base is not None and base["audio"] == row["audio"]
     difference = differs(base["text"], row["text"]) if same_audio else "-"
     print(f"| {minutes:g} min | {patience:g} | {LABELS[engine]} | {row['seconds']:.1f} | "
-          f"{format_speed(row['speed'])} | {ratio} | {format_memory(row)} | {difference} |")
+          f"{format_speed(row['speed'])} | {ratio} | {format_memory(row)} | {difference} | "
+          f"{format_stages(row.get('stages', {}))} |")
     sys.stdout.flush()  # a row at a time: a run cut short keeps what it measured
 
 
