@@ -162,6 +162,9 @@ def serving(checkpoint: str, device: str, log_path: str = os.devnull,
         base = f"http://127.0.0.1:{port}"
         try:
             while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server stopped (exit {server.returncode}); its "
+                                       f"log: {log_path}")
                 try:
                     if requests.get(base + "/readyz", timeout=2).ok:
                         break

@@ -55,3 +55,40 @@ def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settin
         language="en", beam_size=5, patience=1.0, fp16=True))
     ours = [t for s in transcript.segments for t in s.tokens]
     assert ours and ours == alone.tokens[:len(ours)]
+
+
+@pytest.fixture(scope="module")
+def cuda_model(tmp_path_factory):
+    from whisper_service.models import half_precision_weights
+    from whisper_service.synthetic import make_checkpoint
+
+    path = make_checkpoint(str(tmp_path_factory.mktemp("gpu") / "tiny.pt"), seed=5)
+    return half_precision_weights(whisper.load_model(path, device="cpu")).cuda()
+
+
+def _window_mels(count: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    audio = torch.randn((count, whisper.audio.N_SAMPLES), generator=generator) * 0.1
+    return whisper.log_mel_spectrogram(audio).cuda().half()
+
+
+@pytest.mark.parametrize("beam_size, patience, timestamps", [
+    (None, None, True), (None, None, False), (5, 1.0, True), (5, 2.0, False),
+])
+def test_replayed_graph_gives_the_eager_tokens(cuda_model, beam_size, patience, timestamps):
+    from whisper_service.decoding import decode_batch, steps
+
+    options = whisper.DecodingOptions(language="en", fp16=True, beam_size=beam_size,
+                                      patience=patience, without_timestamps=not timestamps)
+    mels = _window_mels(6)
+    prompts = [None, [1, 2, 3], list(range(100, 140)), None, [7] * 5, None]
+    eager = decode_batch(cuda_model, mels, options, prompts, static=False)
+    replayed = decode_batch(cuda_model, mels, options, prompts, static=True)
+    assert [r.tokens for r in replayed] == [r.tokens for r in eager]
+    # a smaller batch of the same options replays the graphs already captured
+    sessions = dict(steps._sessions[cuda_model])
+    again = decode_batch(cuda_model, mels[:5], options, prompts[:5], static=True)
+    assert [r.tokens for r in again] == [r.tokens for r in eager[:5]]
+    assert steps._sessions[cuda_model].keys() == sessions.keys()
+    session = next(iter(sessions.values()))
+    assert session.graphs and session.shape.windows == 8  # six windows, two of padding

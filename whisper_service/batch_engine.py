@@ -100,10 +100,11 @@ def decode_files(
                 item = next(ahead, None)
             if item is None:
                 break
-            batch, mels = item
+            batch, mels, features = item
             with loaded.lock, times.recording():  # held a batch at a time: others
                 # wait for one batch, not the run
-                results = _decode_with_fallback(model, mels, options, language,
+                results = _decode_with_fallback(model, mels if features is None else features,
+                                                options, language,
                                                 [state.prompt for state, _ in batch],
                                                 loaded.fp16)
                 with times.stage("segments"):
@@ -124,11 +125,15 @@ def decode_files(
     ]
 
 
+PreparedBatch = Tuple[List[Tuple[_FileState, Window]], torch.Tensor, Optional[torch.Tensor]]
+
+
 def _prepared_batches(loaded: LoadedModel, windows: Iterator[Tuple[_FileState, Window]],
-                      size: int, times: StageTimes
-                      ) -> Iterator[Tuple[List[Tuple[_FileState, Window]], torch.Tensor]]:
-    """Batches of `size` windows with their mels; on a GPU the mels are made on a stream of
-    their own, so they overlap the decoding of the batch before."""
+                      size: int, times: StageTimes) -> Iterator[PreparedBatch]:
+    """Batches of `size` windows with their mels and, on a GPU, their encoded audio: there
+    mel and encoder run on a stream of their own, overlapping the decoding of the batch
+    before (the encoder only reads the model's weights, as the decoder does). On the CPU
+    the encoder would only take cores from the decoder: it runs in decode_batch."""
     stream = torch.cuda.Stream(loaded.device) if loaded.device.type == "cuda" else None
     with contextlib.closing(windows):
         while True:
@@ -136,13 +141,18 @@ def _prepared_batches(loaded: LoadedModel, windows: Iterator[Tuple[_FileState, W
                 batch = list(itertools.islice(windows, size))
             if not batch:
                 return
+            features = None
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
                 with times.stage("mel"):
                     mels = _window_mels(loaded, [(state.request.audio, window)
                                                  for state, window in batch])
+                if stream is not None:
+                    with times.stage("encoder"), torch.no_grad():
+                        features = loaded.model.encoder(mels)
             if stream is not None:  # used on the consumer's stream from now on
-                mels.record_stream(torch.cuda.current_stream(loaded.device))
-            yield batch, mels
+                for tensor in (mels, features):
+                    tensor.record_stream(torch.cuda.current_stream(loaded.device))
+            yield batch, mels, features
 
 
 def _speech_windows(files: List[_FileState]) -> Iterator[Tuple[_FileState, Window]]:
