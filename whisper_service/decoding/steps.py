@@ -159,6 +159,7 @@ class StaticSession:
                 self.step(key_length)
             pool = graph.pool()
             self.graphs[key_length] = graph
+        self.runner.kv.zero_()  # no warm-up value (inf, NaN) may linger in an unread slot
 
     def decode(self, plan: DecodePlan, audio_features: Tensor,
                no_speech: Optional[int]) -> SearchResults:
