@@ -15,6 +15,7 @@ import pytest
 import torch
 import whisper
 
+from whisper_service.checkpoints import DownloadFailed
 from whisper_service.errors import BadOption, ModelUnavailable
 from whisper_service.models import ModelRegistry, half_precision_weights, pick_device
 from whisper_service.options import TranscribeOptions
@@ -69,11 +70,15 @@ def test_named_model_downloads_into_the_model_dir_once(settings, model_server, t
     assert loaded.model.alignment_heads.to_dense().tolist() == [[False, False], [True, True]]
 
 
-def test_failed_download_is_a_clear_error(settings, monkeypatch):
+def test_failed_download_is_a_clear_error(settings, checkpoint, monkeypatch):
+    """Only the default model has a stand-in (test_real_model.py); another model that
+    cannot be downloaded says so."""
     monkeypatch.setitem(whisper._MODELS, "tiny", "http://127.0.0.1:9/0000/tiny.pt")
-    registry = ModelRegistry(replace(settings, model="tiny", models=("tiny",)))
-    with pytest.raises(ModelUnavailable, match="model 'tiny' could not be loaded"):
+    registry = ModelRegistry(replace(settings, models=(checkpoint, "tiny")))
+    with pytest.raises(DownloadFailed, match=r"^model 'tiny' could not be loaded: it is not in "
+                                             r".*/models and could not be downloaded \("):
         registry.get("tiny")
+    assert registry.loaded() == [] and registry.stand_in_notice is None
 
 
 def test_turbo_hands_translation_to_the_translation_model(settings, model_server, checkpoint, media):

@@ -1,6 +1,8 @@
-"""Command line: transcribe or translate files with the same core the server runs.
+"""Command line: transcribe or translate files with the same core the server runs, or
+compare models' error rates on a dataset.
 
     python -m whisper_service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
+    python -m whisper_service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from tqdm import tqdm
 
+from . import evaluate
 from .config import Settings
 from .progress import Progress
 from .errors import ConfigError, ServiceError
@@ -23,6 +26,8 @@ from .writers import FORMATS, write
 
 # options the command line sets through Settings rather than per file
 _SETTINGS_FLAGS = ("model",)
+EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
+DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,13 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m whisper_service",
         description="Transcribe or translate audio and video files with Whisper.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="audio or video files")
-    parser.add_argument("--model", help="model name or checkpoint path (default: WHISPER_MODEL or turbo)")
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
-    parser.add_argument("--model-dir", help="where named models are downloaded")
-    parser.add_argument("--batch-windows", type=_count, metavar="N",
-                        help="windows the batched mode decodes at once (default: "
-                             "WHISPER_BATCH_WINDOWS, or chosen from free GPU memory)")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help=f"audio or video files ('{EVALUATE} DATASET ...' compares models instead)")
+    parser.add_argument("--model", help="model name, checkpoint file or folder, Hugging Face id "
+                                        "(default: WHISPER_MODEL or turbo)")
+    _add_settings_flags(parser)
     parser.add_argument(
         "--format", "-f", default="txt,srt,vtt",
         help=f"comma-separated output formats: {','.join(FORMATS)} or all (default: txt,srt,vtt)",
@@ -44,7 +47,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", "-o", default=".", help="folder for the output files")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="log what happens")
-    for spec in (*fields(TranscribeOptions), *fields(SubtitleLayout)):
+    _add_option_flags(parser, (*fields(TranscribeOptions), *fields(SubtitleLayout)))
+    return parser
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m whisper_service {EVALUATE}",
+        description="Word and character error rates of models on a dataset, side by side.",
+    )
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="a Common Voice-style folder (a .tsv with path and sentence, clips/), "
+                             "or a .csv / .jsonl manifest with audio and text")
+    parser.add_argument("--model", required=True,
+                        help="comma-separated models to compare: names, checkpoints, name=path")
+    _add_settings_flags(parser)
+    parser.add_argument("--csv", default=DEFAULT_EVALUATION_CSV, metavar="PATH",
+                        help=f"per-utterance results (default: {DEFAULT_EVALUATION_CSV})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="log what happens")
+    _add_option_flags(parser, fields(TranscribeOptions))
+    return parser
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
+    parser.add_argument("--model-dir", help="where named models and Hugging Face ids are downloaded")
+    parser.add_argument("--batch-windows", type=_count, metavar="N",
+                        help="windows the batched mode decodes at once (default: "
+                             "WHISPER_BATCH_WINDOWS, or chosen from free GPU memory)")
+
+
+def _add_option_flags(parser: argparse.ArgumentParser, specs) -> None:
+    """A flag for every option that has help, under both spellings (--beam-size, --beam_size)."""
+    for spec in specs:
         if spec.name in _SETTINGS_FLAGS or "help" not in spec.metadata:
             continue
         flag = spec.name.replace("_", "-")
@@ -56,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
         dest="temperature_increment_on_fallback", metavar="VALUE",
         help="build the fallback schedule from --temperature up to 1.0 in these steps",
     )
-    return parser
 
 
 def _count(raw: str) -> int:
@@ -82,29 +117,14 @@ def parse_formats(value: str) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [EVALUATE]:
+        return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _log_setup(args.verbose)
     formats = parse_formats(args.format)
-    environ = dict(os.environ)
-    if args.model:
-        # on the command line any model may be used: it is the allow-list
-        environ.update(WHISPER_MODEL=args.model, WHISPER_MODELS=args.model)
-    if args.device:
-        environ["WHISPER_DEVICE"] = args.device
-    if args.model_dir:
-        environ["WHISPER_MODEL_DIR"] = args.model_dir
-    if args.batch_windows is not None:
-        environ["WHISPER_BATCH_WINDOWS"] = str(args.batch_windows)
-    option_values = {
-        name: value for name, value in vars(args).items()
-        if value is not None and name in OPTION_NAMES and name not in _SETTINGS_FLAGS
-    }
     try:
-        settings = Settings.from_env(environ)
-        options = TranscribeOptions.from_mapping(option_values)
+        settings, options = _settings_and_options(args, args.model)
     except (ConfigError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -121,6 +141,63 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             failures += 1
             print(f"error: {path}: {error.strerror or error}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """Every model over the dataset, one after the other; the table on stdout."""
+    args = build_evaluate_parser().parse_args(argv)
+    _log_setup(args.verbose)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    try:
+        settings, options = _settings_and_options(args, ",".join(models))
+        dataset = evaluate.read_dataset(args.dataset)
+    except (ConfigError, ServiceError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def bar(utterances, name):
+        return tqdm(utterances, desc=name, unit="clip", disable=args.quiet)
+
+    scores = []
+    for model in settings.models:
+        try:
+            scores.append(evaluate.evaluate_model(settings, model, dataset, options, bar))
+        except ServiceError as error:
+            print(f"error: {model}: {error}", file=sys.stderr)
+            return 1
+        for why in scores[-1].skipped:
+            print(f"skipped {why} ({scores[-1].model})", file=sys.stderr)
+    evaluate.write_csv(args.csv, scores)
+    print(evaluate.table(scores, options.language))
+    if not args.quiet:
+        print(f"wrote {args.csv}", file=sys.stderr)
+    return 0
+
+
+def _log_setup(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _settings_and_options(args: argparse.Namespace, models: Optional[str]):
+    """Settings from the environment and the flags, and the options of the flags given."""
+    environ = dict(os.environ)
+    if models:
+        # on the command line any model may be used: they are the allow-list
+        environ.update(WHISPER_MODEL=models.split(",")[0], WHISPER_MODELS=models)
+    if args.device:
+        environ["WHISPER_DEVICE"] = args.device
+    if args.model_dir:
+        environ["WHISPER_MODEL_DIR"] = args.model_dir
+    if args.batch_windows is not None:
+        environ["WHISPER_BATCH_WINDOWS"] = str(args.batch_windows)
+    option_values = {
+        name: value for name, value in vars(args).items()
+        if value is not None and name in OPTION_NAMES and name not in _SETTINGS_FLAGS
+    }
+    return Settings.from_env(environ), TranscribeOptions.from_mapping(option_values)
 
 
 def transcribe_one(

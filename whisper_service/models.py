@@ -1,9 +1,11 @@
 """The one owner of loaded Whisper models.
 
 Models load lazily, once, on the configured device (CUDA with fp16 when there is a GPU, the
-layers' weights stored in float16; CPU float32 otherwise). Named models are downloaded into
-the model directory on first use by openai-whisper's own loader; a checkpoint path loads
-through the same loader.
+layers' weights stored in float16; CPU float32 otherwise). checkpoints.py reads every format
+(official names, downloaded into the model directory on first use by openai-whisper's own
+loader; openai .pt files; Hugging Face and CTranslate2 folders; hub ids; the bundled tiny.en).
+When the default model cannot be downloaded (a host without internet), the bundled tiny.en
+stands in for it, and `stand_in_notice` says so.
 openai-whisper installs hooks on the model for every decode, so each model carries a lock
 and calls on one model never overlap.
 """
@@ -22,6 +24,7 @@ from typing import Dict, List, Optional
 import torch
 import whisper
 
+from .checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
 from .config import Settings, split_alias
 from .errors import BadOption, ModelUnavailable
 
@@ -84,7 +87,8 @@ class ModelRegistry:
         self._uses = itertools.count()
         self._last_use: Dict[str, int] = {}  # name -> when it was last handed out
         self._load_errors: Dict[str, str] = {}  # name -> why its last load failed
-        # name -> what whisper.load_model takes ('meetings' -> '/models/ft.pt')
+        self._stand_ins: Dict[str, str] = {}  # name that could not be had -> the model used instead
+        # name -> what load_checkpoint takes ('meetings' -> '/models/ft.pt')
         self._sources: Dict[str, str] = dict(split_alias(entry) for entry in settings.models)
 
     @property
@@ -123,6 +127,8 @@ class ModelRegistry:
 
     def get(self, name: str) -> LoadedModel:
         with self._registry_lock:
+            if name in self._stand_ins:
+                name = self._stand_ins[name]
             self._last_use[name] = next(self._uses)
             if name in self._models:
                 return self._models[name]
@@ -136,11 +142,50 @@ class ModelRegistry:
             except ModelUnavailable as error:
                 with self._registry_lock:
                     self._load_errors[name] = str(error)
+                if isinstance(error, DownloadFailed) and self._may_stand_in(name):
+                    return self._stand_in(name, error)
                 raise
             with self._registry_lock:
                 self._models[name] = loaded
                 self._load_errors.pop(name, None)
             return loaded
+
+    def _may_stand_in(self, name: str) -> bool:
+        """The bundled model stands in for the default model, when it is installed."""
+        return name == self.default and name != BUNDLED and bundled_folder() is not None
+
+    def _stand_in(self, name: str, error: ModelUnavailable) -> LoadedModel:
+        log.warning("%s; %s transcribes instead", error, describe(BUNDLED))
+        try:
+            loaded = self.get(BUNDLED)
+        except ModelUnavailable:
+            raise error from None
+        with self._registry_lock:
+            self._stand_ins[name] = BUNDLED
+        return loaded
+
+    def default_ready(self) -> bool:
+        """Whether a request for the default model is served without loading one: the
+        default itself, or the model standing in for it, is in memory."""
+        name = self.default
+        with self._registry_lock:
+            return self._stand_ins.get(name, name) in self._models
+
+    @property
+    def stand_in_notice(self) -> Optional[str]:
+        """A sentence for the upload page and /readyz while the bundled model stands in for
+        the default one; None otherwise."""
+        name = self.default
+        with self._registry_lock:
+            stand_in, why = self._stand_ins.get(name), self._load_errors.get(name)
+        if stand_in is None:
+            return None
+        return (f"{why}; {describe(stand_in)} transcribes instead, until the server restarts "
+                f"with internet access or with {name} in {self.settings.model_dir}")
+
+    def label(self, name: str) -> str:
+        """How a model is shown to people: the bundled model by its label, others by name."""
+        return describe(name)
 
     def load_error(self, name: str) -> Optional[str]:
         """Why the last attempt to load this model failed; None if it has not failed (or
@@ -155,11 +200,12 @@ class ModelRegistry:
         fp16 = device.type == "cuda"
         try:
             # built on the CPU, halved there, then moved: the GPU never holds a float32 copy
-            model = whisper.load_model(self._sources.get(name, name), device="cpu",
-                                       download_root=self.settings.model_dir)
+            model = load_checkpoint(self._sources.get(name, name), self.settings.model_dir)
             if fp16:
                 half_precision_weights(model)
             self._place(name, model, device)
+        except ModelUnavailable as error:  # a sentence from the checkpoint's reader
+            raise type(error)(f"model {name!r} could not be loaded: {error}") from error
         except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as error:
             # download failures (URLError is an OSError), checksum mismatches, files that
             # are no checkpoint or are cut short, a GPU without room for the model
