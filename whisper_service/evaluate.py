@@ -59,18 +59,14 @@ class Dataset:
 
 
 @dataclass(frozen=True)
-class Scored:
-    """One clip transcribed by one model, with its errors after normalisation."""
+class ErrorRates:
+    """Errors after normalisation, for a clip or summed over clips (jiwer's corpus rates)."""
 
-    model: str
-    audio: str
-    reference: str  # normalised
-    hypothesis: str  # normalised
     words: int  # in the reference
     substitutions: int
     deletions: int
     insertions: int
-    characters: int  # in the reference
+    characters: int  # in the reference (without spaces for unspaced languages)
     character_errors: int
     audio_seconds: float
     seconds: float  # decoding audio and transcribing it
@@ -85,29 +81,23 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class ModelScore:
+class Scored(ErrorRates):
+    """One clip transcribed by one model."""
+
+    model: str = ""
+    audio: str = ""
+    reference: str = ""  # normalised
+    hypothesis: str = ""  # normalised
+
+
+@dataclass(frozen=True)
+class ModelScore(ErrorRates):
     """A model's totals over the dataset: errors summed over clips, then divided."""
 
-    model: str
-    utterances: int  # transcribed and scored
-    skipped: Tuple[str, ...]  # clips that could not be read: "name: why"
-    words: int
-    substitutions: int
-    deletions: int
-    insertions: int
-    characters: int
-    character_errors: int
-    audio_seconds: float
-    seconds: float
+    model: str = ""
+    utterances: int = 0  # transcribed and scored
+    skipped: Tuple[str, ...] = ()  # clips that could not be read: "name: why"
     results: Tuple[Scored, ...] = field(default=(), repr=False)
-
-    @property
-    def wer(self) -> float:
-        return (self.substitutions + self.deletions + self.insertions) / max(self.words, 1)
-
-    @property
-    def cer(self) -> float:
-        return self.character_errors / max(self.characters, 1)
 
     @property
     def real_time_factor(self) -> float:
