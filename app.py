@@ -13,7 +13,8 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, errors, openai_compat, pages, security
+from web import api, errors, openai_compat, pages, security, signin
+from web.sync import SyncWaiters
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
 from whisper_service.service import WhisperService
@@ -46,9 +47,11 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         retention_seconds=settings.retention_hours * HOURS,
         shared_jobs=settings.shared_jobs,
     )
-    app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue)
+    app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
+                          whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
 
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(signin.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(api.invocations)
     app.register_blueprint(api.public)

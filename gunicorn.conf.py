@@ -42,7 +42,7 @@ try:
 except ConfigError as error:
     sys.exit(f"error: {error}")
 print(json.dumps({"gpus": torch.cuda.device_count(), "max_upload_mb": settings.max_upload_mb,
-                  "sync_timeout": settings.sync_timeout}))
+                  "sync_timeout": settings.sync_timeout, "sync_waiters": settings.sync_waiters}))
 """
 
 
@@ -84,6 +84,13 @@ else:
 workers = int(os.environ.get("WHISPER_WORKERS", str(len(DEVICES))))
 worker_class = "gthread"
 threads = int(os.environ.get("WHISPER_THREADS", "16"))
+# threads never taken by synchronous calls waiting for a transcript (WHISPER_SYNC_WAITERS):
+# health checks, status polls and uploads always find one
+MIN_FREE_THREADS = 4
+if threads < FACTS["sync_waiters"] + MIN_FREE_THREADS:
+    sys.exit(f"error: WHISPER_THREADS ({threads}) must be at least WHISPER_SYNC_WAITERS "
+             f"({FACTS['sync_waiters']}) + {MIN_FREE_THREADS}, so that health checks and "
+             "uploads find a thread while synchronous calls wait")
 # CUDA cannot be used across fork: each worker imports the app and loads its model after it
 preload_app = False
 # the model runs in the job consumer, not in a request, so a worker's heartbeat stays fresh;

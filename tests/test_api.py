@@ -423,7 +423,9 @@ def test_invocations_refuse_what_is_not_media(api):
 
 def test_concurrent_requests_end_in_200_or_503_with_the_serial_result(checkpoint, tmp_path, media):
     # a short queue: some requests are refused (503), the others wait for the one consumer
-    app = make_app(checkpoint, tmp_path, WHISPER_MAX_QUEUED="8")
+    # (each in a place of its own: test_sync_waiters covers calls past their number)
+    app = make_app(checkpoint, tmp_path, WHISPER_MAX_QUEUED="8",
+                   WHISPER_SYNC_WAITERS=str(CONCURRENT_POSTS))
     try:
         serial = post(app.test_client(), media["speech.mp3"], **FAST)
         assert serial.status_code == 200

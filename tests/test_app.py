@@ -193,7 +193,7 @@ def test_unknown_job_is_404_page(client):
 def test_unknown_download_format_is_400(client, media):
     job_url = upload(client, media["speech.wav"], **FAST).headers["Location"]
     wait_until_finished(client, job_url)
-    response = client.get(job_url + "/speech.docx")
+    response = client.get(job_url + "/transcript.docx")
     assert response.status_code == 400
     assert "must be one of txt, srt, vtt, tsv, json" in response.get_data(as_text=True)
 
@@ -207,7 +207,8 @@ def test_works_without_javascript(client, media):
     wait_until_finished(client, job_url)
     done = client.get(job_url).get_data(as_text=True)
     assert "http-equiv" not in done
-    assert re.search(r'href="/jobs/[^"]+/speech\.txt" download', done)
+    # the name is in the download's header, never in its URL
+    assert re.search(r'href="/jobs/[^"]+/transcript\.txt" download', done)
 
 
 def test_the_default_model_loads_in_the_background_at_start(checkpoint, tmp_path):

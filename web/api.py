@@ -34,12 +34,13 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMedia
 
 from web import openapi
 from web.auth import require_api_key
-from web.sync import answer_when_done
+from web.downloads import transcript_download
+from web.sync import answer_when_done, waiters
 from whisper_service.errors import BadOption
 from whisper_service.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
-from whisper_service.writers import FORMATS, MEDIA_TYPES, write
+from whisper_service.writers import FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +80,16 @@ JUMPSTART_IGNORED = frozenset({
 @blueprint.post("/transcriptions")
 def create_transcription():
     upload = read_upload(AUDIO_FIELD, _from_base64)
-    job = submit(upload, TranscribeOptions.from_mapping(upload.fields))
+    options = TranscribeOptions.from_mapping(upload.fields)
     if wants_async():
-        return accepted(job)
-    return answer_when_done(
-        job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id}, accepted
-    )
+        return accepted(submit(upload, options))
+    with waiters().place(required=False) as waiting:  # no place free: answered as async
+        job = submit(upload, options)
+        if not waiting:
+            return accepted(job)
+        return answer_when_done(
+            job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id}, accepted
+        )
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -95,8 +100,7 @@ def job_status(job_id: str):
 @blueprint.get(TRANSCRIPT_RULE)
 def transcript_file(job_id: str, fmt: str):
     job = find_job(job_id)
-    transcript = finished_transcript(job)
-    return Response(write(fmt, transcript, job.options.layout), content_type=MEDIA_TYPES[fmt])
+    return transcript_download(job, finished_transcript(job), fmt)
 
 
 @blueprint.delete("/jobs/<job_id>")
@@ -112,7 +116,8 @@ def delete_job(job_id: str):
 @blueprint.post("/detect-language")
 def detect_language():
     upload = read_upload(AUDIO_FIELD, _from_base64)
-    probabilities = detect(upload, detection_model(upload.fields))
+    with waiters().place():  # it may wait for the model as long as a transcription
+        probabilities = detect(upload, detection_model(upload.fields))
     top = next(iter(probabilities))
     return {
         "language": top,
@@ -138,8 +143,16 @@ def models():
 @invocations.post("/invocations")
 def invoke():
     upload = read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
-    job = submit(upload, TranscribeOptions.from_mapping(jumpstart_options(upload.fields)))
-    return answer_when_done(job, lambda job, transcript: {"text": transcript.text}, accepted)
+    options = TranscribeOptions.from_mapping(jumpstart_options(upload.fields))
+    with waiters().place():
+        job = submit(upload, options)
+        return answer_when_done(job, lambda job, transcript: {"text": transcript.text}, accepted)
+
+
+@public.get("/healthz")
+def healthz():
+    """Liveness: answers at once, never waits for a model; names the worker process."""
+    return {"status": "ok", "pid": os.getpid()}
 
 
 @public.get("/readyz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Sequence
 
 from flask import current_app, request
 from werkzeug.exceptions import Unauthorized
@@ -22,8 +23,12 @@ def require_api_key() -> None:
     if not keys:
         return
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    given_bytes = given.strip().encode()
-    # compare with every key, so the time taken says nothing about which one nearly matched
-    matches = [hmac.compare_digest(given_bytes, key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
+    if scheme.lower() != "bearer" or not key_matches(given.strip(), keys):
         raise ApiKeyRequired()
+
+
+def key_matches(given: str, keys: Sequence[str]) -> bool:
+    """Whether `given` is one of the keys, compared in constant time with every key, so the
+    time taken says nothing about which one nearly matched."""
+    given_bytes = given.encode()
+    return any([hmac.compare_digest(given_bytes, key.encode()) for key in keys])

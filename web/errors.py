@@ -12,6 +12,22 @@ from werkzeug.exceptions import HTTPException, NotFound
 from whisper_service import errors as service_errors
 from whisper_service.jobs import Job, QueueFull
 
+WAITERS_RETRY_SECONDS = 30  # what a caller refused for want of a waiting place is told
+
+
+class TooManyWaiting(service_errors.ServiceError):
+    """Every place for a synchronous call of this worker is taken."""
+
+    def __init__(self, limit: int):
+        super().__init__(
+            f"the server is already holding {limit} synchronous requests open; try again in "
+            f"{WAITERS_RETRY_SECONDS} s, or use the asynchronous API (POST /api/v1/transcriptions "
+            "with 'Prefer: respond-async', then poll the job)",
+            field=None,
+        )
+        self.retry_after = WAITERS_RETRY_SECONDS
+
+
 # the HTTP status of each kind of service error; the most specific class wins
 STATUS_OF = {
     service_errors.BadOption: 400,
@@ -26,6 +42,7 @@ STATUS_OF = {
     service_errors.ModelUnavailable: 503,
     service_errors.ModelBusy: 503,
     QueueFull: 503,
+    TooManyWaiting: 503,
 }
 JSON_PREFIXES = ("/api/", "/invocations")
 OPENAI_PREFIX = "/v1/"

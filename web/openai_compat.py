@@ -31,7 +31,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
 from web.auth import require_api_key
-from web.sync import answer_when_done
+from web.sync import answer_when_done, waiters
 from whisper_service.errors import BadOption
 from whisper_service.jobs import Job
 from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
@@ -187,8 +187,10 @@ def _transcribe(task: str) -> Response:
     if media is None:
         raise BadOption("file", "attach the audio or video as the multipart file field 'file'")
     asked = parse_request(request.form, task, models.default, models.allowed)
-    job = queue.submit(media.stream, media.filename or "", asked.options)
-    return answer_when_done(job, lambda job, transcript: render(asked, transcript), _still_working)
+    with waiters().place():
+        job = queue.submit(media.stream, media.filename or "", asked.options)
+        return answer_when_done(job, lambda job, transcript: render(asked, transcript),
+                                _still_working)
 
 
 def _still_working(job: Job) -> Response:

@@ -12,7 +12,10 @@ from dataclasses import MISSING, Field, fields, is_dataclass
 from typing import Any, Dict, Union, get_args, get_origin, get_type_hints
 
 from web import openai_compat
-from whisper_service.options import OPTION_NAMES, SubtitleLayout, TranscribeOptions
+from whisper_service.options import (
+    MAX_BEAM_SIZE, MAX_BEST_OF, MAX_PROMPT_CHARS, MAX_TEMPERATURES, OPTION_NAMES, SubtitleLayout,
+    TranscribeOptions,
+)
 from whisper_service.transcript import Segment, Transcript, Word
 from whisper_service.writers import FORMATS, MEDIA_TYPES
 
@@ -25,6 +28,13 @@ JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # not a field of TranscribeOptions: from_mapping turns it into the temperature schedule
 INCREMENT_HELP = "with one temperature: fall back from it up to 1.0 in steps of this size"
+# what options.py refuses beyond the types, stated where a schema can say it
+OPTION_BOUNDS = {
+    "beam_size": {"minimum": 0, "maximum": MAX_BEAM_SIZE},
+    "best_of": {"minimum": 1, "maximum": MAX_BEST_OF},
+    "temperature": {"maxItems": MAX_TEMPERATURES, "minimum": 0, "maximum": 1},
+    "initial_prompt": {"maxLength": MAX_PROMPT_CHARS},
+}
 ERROR_TEXT = {
     400: "A field is missing or wrong; `field` names it.",
     401: "An API key is configured and the request has none, or a wrong one.",
@@ -101,6 +111,7 @@ def option_properties() -> Dict[str, Any]:
             properties[name] = _described(_as_input(schema_of(hints[name])), known[name])
         else:
             properties[name] = {"type": ["number", "string", "null"], "description": INCREMENT_HELP}
+        properties[name].update(OPTION_BOUNDS.get(name, {}))
     return properties
 
 

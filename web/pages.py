@@ -5,10 +5,8 @@ Views only translate HTTP to and from the job queue; the model runs in its consu
 
 from __future__ import annotations
 
-import mimetypes
 import os
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 from flask import (
     Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request,
@@ -16,13 +14,16 @@ from flask import (
 )
 from whisper.tokenizer import LANGUAGES
 
-from whisper_service.audio import format_duration
+from whisper_service.audio import PLAYABLE_TYPES, UNKNOWN_MEDIA_TYPE, format_duration
 from whisper_service.errors import BadOption
+from web.downloads import attachment, transcript_download
+from web.signin import require_web_access
 from whisper_service.jobs import Job, JobQueue
 from whisper_service.options import OPTION_NAMES, TranscribeOptions, language_name
-from whisper_service.writers import FORMATS, MEDIA_TYPES, write
+from whisper_service.writers import FORMATS
 
 blueprint = Blueprint("pages", __name__)
+blueprint.before_request(require_web_access)
 RECENT_JOBS_KEPT = 20  # ids remembered in this browser's session cookie
 
 
@@ -63,9 +64,9 @@ def job_page(job_id: str):
     job = _job(job_id)
     transcript = jobs().transcript(job.id) if job.state == "done" else None
     return render_template(
-        "job.html", job=job, transcript=transcript, formats=FORMATS, stem=download_stem(job),
+        "job.html", job=job, transcript=transcript, formats=FORMATS,
         language=language_name(transcript.language) if transcript else None,
-        media_type=_media_type(job),
+        media_type=media_type(job), playable=media_type(job) in PLAYABLE_TYPES,
     )
 
 
@@ -93,27 +94,24 @@ def delete(job_id: str):
 
 @blueprint.get("/jobs/<job_id>/media")
 def media(job_id: str):
+    """The upload, typed by what ffmpeg found in it, never by its name: a file that is audio
+    and HTML at once is served as audio, sandboxed, so no script of it runs on this site."""
     job = _job(job_id)
+    kind = media_type(job)
     # conditional: range requests let the player seek without downloading everything
-    return send_file(job.media_path, mimetype=_media_type(job), conditional=True)
+    response = send_file(job.media_path, mimetype=kind, conditional=True)
+    if kind not in PLAYABLE_TYPES:  # not for a player: a download, never shown inline
+        response.headers["Content-Disposition"] = attachment(job.filename)
+    return response
 
 
-@blueprint.get("/jobs/<job_id>/<stem>.<fmt>")
-def download(job_id: str, stem: str, fmt: str):
+@blueprint.get("/jobs/<job_id>/transcript.<fmt>")  # an unknown format: 400 naming them
+def download(job_id: str, fmt: str):
     job = _job(job_id)
     transcript = jobs().transcript(job.id)
     if transcript is None:
         abort(404)
-    response = Response(write(fmt, transcript, job.options.layout))
-    response.headers["Content-Type"] = MEDIA_TYPES[fmt]
-    response.headers["Content-Disposition"] = attachment(f"{download_stem(job)}.{fmt}")
-    return response
-
-
-@blueprint.get("/healthz")
-def healthz():
-    """Liveness: answers at once, never waits for a model; names the worker process."""
-    return {"status": "ok", "pid": os.getpid()}
+    return transcript_download(job, transcript, fmt)
 
 
 @blueprint.app_template_filter("isotime")
@@ -132,20 +130,9 @@ def clock(seconds: float) -> str:
 blueprint.add_app_template_filter(format_duration, "duration")
 
 
-def download_stem(job: Job) -> str:
-    """'talk' for 'talk.mp3': downloads are named after the upload."""
-    stem = job.filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
-    return (stem.rsplit(".", 1)[0] if "." in stem else stem) or "transcript"
-
-
-def attachment(name: str) -> str:
-    """Content-Disposition with an ASCII fallback and the UTF-8 name (RFC 6266 / 5987)."""
-    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-def _media_type(job: Job) -> str:
-    return mimetypes.guess_type(job.filename)[0] or "application/octet-stream"
+def media_type(job: Job) -> str:
+    """What the upload's content is; jobs from before content types were kept are unknown."""
+    return job.media_type or UNKNOWN_MEDIA_TYPE
 
 
 def _job(job_id: str) -> Job:

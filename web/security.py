@@ -6,9 +6,12 @@ import hmac
 import os
 import secrets
 
-from flask import Flask, abort, request, session
+from flask import Flask, Request, abort, request, session
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 CSRF_FIELD = "csrf_token"
+FORM_BLUEPRINTS = ("pages", "signin")  # the parts of the site that take browser forms
 CSRF_HEADER = "X-CSRF-Token"
 SECRET_FILE = "secret_key"
 # no inline script or style, media only from here; the pages need nothing else
@@ -17,6 +20,35 @@ CONTENT_SECURITY_POLICY = (
     "media-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
     "form-action 'self'"
 )
+# everything that is not one of our pages (media, downloads, JSON, text): nothing in it may
+# run or load anything, even if a browser is made to open it as a document
+SANDBOX_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
+
+
+class JsonProvider(DefaultJSONProvider):
+    """JSON bodies nested past Python's recursion limit are a bad request, not a crash."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("it is nested too deeply") from None
+
+
+class JsonRequest(Request):
+    def get_data(self, cache=True, as_text=False, parse_form_data=False):
+        """A chunked body (no Content-Length) is cut at the size limit by werkzeug without a
+        word, and would then read as broken JSON: it is 413, as a declared size would be."""
+        data = super().get_data(cache=cache, as_text=False, parse_form_data=parse_form_data)
+        limit = self.max_content_length
+        if limit is not None and self.content_length is None and len(data) >= limit:
+            raise RequestEntityTooLarge()
+        return data.decode("utf-8", "replace") if as_text else data
+
+    def on_json_loading_failed(self, e):
+        if e is None:  # not sent as application/json
+            return super().on_json_loading_failed(e)
+        raise BadRequest(f"The body is not valid JSON: {str(e)[:200]}")
 
 
 def persistent_secret_key(instance_path: str) -> str:
@@ -45,10 +77,12 @@ def csrf_token() -> str:
 
 def register(app: Flask) -> None:
     app.jinja_env.globals["csrf_token"] = csrf_token
+    app.json = JsonProvider(app)
+    app.request_class = JsonRequest
 
     @app.before_request
     def check_csrf():
-        if request.method != "POST" or request.blueprint != "pages":
+        if request.method != "POST" or request.blueprint not in FORM_BLUEPRINTS:
             return
         sent = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER, "")
         expected = session.get(CSRF_FIELD, "")
@@ -58,7 +92,8 @@ def register(app: Flask) -> None:
 
     @app.after_request
     def security_headers(response):
-        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        policy = CONTENT_SECURITY_POLICY if response.mimetype == "text/html" else SANDBOX_POLICY
+        response.headers.setdefault("Content-Security-Policy", policy)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"
         return response

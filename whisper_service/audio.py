@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import ffmpeg
 import numpy as np
 
+from . import cancel
 from .errors import (
     DecodeTimeout,
     EmptyMedia,
@@ -258,6 +259,7 @@ class _FfmpegRun:
         pcm = bytearray()
         try:
             while True:
+                cancel.checkpoint()  # a cancelled job's ffmpeg is killed, not waited for
                 chunk = proc.stdout.read(READ_CHUNK)
                 if not chunk:
                     break
@@ -266,6 +268,9 @@ class _FfmpegRun:
                     self.too_long = True
                     proc.kill()
                     break
+        except BaseException:
+            proc.kill()
+            raise
         finally:
             timer.cancel()
             if self.too_long or self.timed_out:

@@ -15,6 +15,7 @@ from typing import Callable, Mapping, Optional, Tuple
 from .checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
 from .errors import ConfigError
 
+WEB_UI_CHOICES = ("auto", "open", "key", "off")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a short name for a model
 
@@ -26,7 +27,15 @@ def split_alias(entry: str) -> Tuple[str, str]:
     name, sep, source = entry.partition("=")
     if sep and ALIAS_PATTERN.match(name.strip()) and source.strip():
         return name.strip(), source.strip()
+    if _is_path(entry):  # shown by its file or folder name: server paths stay private
+        stem = os.path.basename(entry.rstrip("/" + os.sep))
+        return (stem if os.path.isdir(entry) else os.path.splitext(stem)[0]) or entry, entry
     return entry, entry
+
+
+def _is_path(entry: str) -> bool:
+    """A checkpoint on this machine, as opposed to an official name or a hub id."""
+    return entry.startswith(("/", "./", "../", "~")) or os.path.exists(entry)
 
 
 def default_model_dir() -> str:
@@ -63,6 +72,8 @@ class Settings:
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
     batch_windows: int = 0  # WHISPER_BATCH_WINDOWS: windows the batched engine decodes at once; 0 = from free GPU memory
     shared_jobs: int = 8  # WHISPER_SHARED_JOBS: queued batched jobs with the same options transcribed together; 1 = each alone
+    sync_waiters: int = 8  # WHISPER_SYNC_WAITERS: synchronous API calls a worker holds at once; more get 202 (native) or 503
+    web_ui: str = "auto"  # WHISPER_WEB_UI: open, key (sign in with an API key) or off; auto = key when API keys are set
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -86,6 +97,14 @@ class Settings:
             )
         if self.api_key_file:
             object.__setattr__(self, "api_keys", _unique((*self.api_keys, *_read_keys(self.api_key_file))))
+        if self.web_ui not in WEB_UI_CHOICES:
+            raise ConfigError(f"WHISPER_WEB_UI must be one of {', '.join(WEB_UI_CHOICES)}; "
+                              f"got {self.web_ui!r}")
+        if self.web_ui == "auto":  # safe by default: keys for the API mean keys for the pages
+            object.__setattr__(self, "web_ui", "key" if self.api_keys else "open")
+        if self.web_ui == "key" and not self.api_keys:
+            raise ConfigError("WHISPER_WEB_UI=key needs API keys to sign in with: set "
+                              "WHISPER_API_KEYS or WHISPER_API_KEY_FILE")
         if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
             raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
 
@@ -203,4 +222,6 @@ _PARSERS = {
     "api_key_file": _text,
     "batch_windows": _count,
     "shared_jobs": _positive(int),
+    "sync_waiters": _positive(int),
+    "web_ui": _lower,
 }

@@ -22,11 +22,13 @@ import shutil
 import sqlite3
 import threading
 import time
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
-from typing import BinaryIO, Callable, Iterator, List, Optional, Sequence
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence
 
+from . import cancel
 from .progress import Progress
 from .errors import ServiceError
 from .options import SubtitleLayout, TranscribeOptions
@@ -49,7 +51,13 @@ HOUSEKEEPING_SECONDS = 300.0  # recover orphans and purge expired jobs this ofte
 STRAY_SECONDS = 24 * 3600.0  # a folder without a row this old is debris of a crash
 RETRY_AFTER_SECONDS = 120  # what a refused client is told to wait
 SHARE_LOOKAHEAD = 64  # queued jobs looked at for ones that can share a run
+CANCEL_POLL_SECONDS = 0.25  # how often a running job looks for a cancel from another process
 ORPHAN_REASON = "the server stopped while transcribing it"
+MAX_FILENAME_CHARS = 255  # the longest name kept of an upload (a file system's limit)
+MAX_ERROR_CHARS = 1000  # the longest reason kept for a failed job
+# Unicode categories never kept in a name: controls (CR, LF, NUL), format characters (the
+# bidi overrides that make 'exe.mp3' read 'mp3.exe'), line and paragraph separators
+_UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -68,6 +76,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_field TEXT,                       -- ... and the field it blamed
     attempts INTEGER NOT NULL DEFAULT 0,
     model TEXT,
+    media_type TEXT,                        -- the upload's type, from its content (audio.MediaInfo)
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     claim_pid INTEGER,                      -- the process running it ...
     claim_token TEXT                        -- ... and which start() of that process
@@ -111,6 +120,7 @@ class Job:
     error_field: Optional[str]  # the option or "file" that error blamed
     attempts: int
     model: Optional[str]  # the model that produced the transcript
+    media_type: Optional[str]  # what the upload's content is (never guessed from its name)
     cancel_requested: bool  # a running job stops at its next progress report
     media_path: str
 
@@ -168,6 +178,20 @@ def valid_id(job_id: object) -> bool:
     return isinstance(job_id, str) and _ID_PATTERN.fullmatch(job_id) is not None
 
 
+def clean_filename(name: Optional[str]) -> str:
+    """The client's file name as it may be shown and sent back: without control, format
+    (bidi) or separator characters, at most MAX_FILENAME_CHARS, keeping its extension."""
+    kept = "".join(
+        c for c in (name or "") if unicodedata.category(c) not in _UNSAFE_CATEGORIES
+    ).strip()
+    if len(kept) > MAX_FILENAME_CHARS:
+        stem, dot, extension = kept.rpartition(".")
+        extension = extension[:16] if dot and stem else ""
+        room = MAX_FILENAME_CHARS - len(extension) - 1
+        kept = kept[:room].rstrip() + ("." + extension if extension else "")
+    return kept or DEFAULT_FILENAME
+
+
 def options_to_json(options: TranscribeOptions) -> str:
     return json.dumps(asdict(options))
 
@@ -213,9 +237,14 @@ class JobQueue:
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
         os.makedirs(root, exist_ok=True)
+        self._cancels: Dict[str, threading.Event] = {}  # running here: id -> asked to stop
+        self._cancels_lock = threading.Lock()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+            if "media_type" not in columns:  # a database written by an older version
+                db.execute("ALTER TABLE jobs ADD COLUMN media_type TEXT")
 
     # --- what HTTP threads call ----------------------------------------------------------
 
@@ -227,6 +256,7 @@ class JobQueue:
         if waiting >= self.max_queued:
             raise QueueFull(waiting)
         job_id = secrets.token_urlsafe(ID_BYTES)
+        filename = clean_filename(filename)
         folder = self._folder(job_id)
         os.makedirs(folder)
         try:
@@ -235,15 +265,16 @@ class JobQueue:
                 shutil.copyfileobj(stream, media, COPY_CHUNK)
             # refuse an unlisted model or what is not media now, with the reason, rather
             # than fail the job later
-            self.service.check_upload(media_path, options, filename or DEFAULT_FILENAME)
+            info = self.service.check_upload(media_path, options, filename)
+            media_type = getattr(info, "media_type", None)
             with self._connect(write=True) as db:
                 # checked again in the insert itself: others may have submitted meanwhile
                 inserted = db.execute(
-                    "INSERT INTO jobs (id, state, filename, options, created_at) "
-                    "SELECT ?, 'queued', ?, ?, ? "
+                    "INSERT INTO jobs (id, state, filename, options, created_at, media_type) "
+                    "SELECT ?, 'queued', ?, ?, ?, ? "
                     "WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < ?",
-                    (job_id, filename or DEFAULT_FILENAME, options_to_json(options),
-                     time.time(), self.max_queued),
+                    (job_id, filename, options_to_json(options), time.time(), media_type,
+                     self.max_queued),
                 ).rowcount
                 if not inserted:
                     raise QueueFull(self.max_queued)
@@ -295,7 +326,8 @@ class JobQueue:
             return None
 
     def cancel(self, job_id: str) -> Optional[Job]:
-        """A queued job is cancelled at once; a running one at its next progress report."""
+        """A queued job is cancelled at once; a running one within a model step or so (at
+        once when it runs in this process, within CANCEL_POLL_SECONDS in another)."""
         if not valid_id(job_id):
             return None
         with self._connect(write=True) as db:
@@ -308,6 +340,7 @@ class JobQueue:
                 "UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND state = 'running'",
                 (job_id,),
             )
+        self._stop_running(job_id)
         return self.get(job_id)
 
     def delete(self, job_id: str) -> bool:
@@ -318,6 +351,7 @@ class JobQueue:
         with self._connect() as db:
             deleted = db.execute("DELETE FROM jobs WHERE id = ?", (job_id,)).rowcount
         if deleted:
+            self._stop_running(job_id)
             shutil.rmtree(self._folder(job_id), ignore_errors=True)
             log.info("job %s deleted", job_id)
         return bool(deleted)
@@ -463,6 +497,10 @@ class JobQueue:
         for job in jobs:
             log.info("job %s: transcribing %r (attempt %d)", job.id, job.filename, job.attempts)
         self._prefetch_next()
+        with self._cancel_watch(jobs, token) as stop, cancel.stop_when(stop):
+            self._transcribe(jobs, token)
+
+    def _transcribe(self, jobs: List[Job], token: str) -> None:
         if len(jobs) == 1:
             job = jobs[0]
             try:
@@ -491,14 +529,15 @@ class JobQueue:
                 return
             except Exception as error:
                 outcome = error
-        if isinstance(outcome, _Aborted):
+        if isinstance(outcome, (_Aborted, cancel.Cancelled)):
             state = self._give_back(job, token, "cancelled")
             log.info("job %s stopped: %s", job.id,
                      state.value if state else "deleted or taken over")
         elif isinstance(outcome, ServiceError):  # the media or options are at fault
             with self._owned(job.id, token) as (db, row):
                 if row is not None:
-                    _update(db, job.id, state=JobState.FAILED.value, error=str(outcome),
+                    _update(db, job.id, state=JobState.FAILED.value,
+                            error=str(outcome)[:MAX_ERROR_CHARS],
                             error_kind=type(outcome).__name__, error_field=outcome.field,
                             eta_seconds=None, finished_at=time.time())
             log.info("job %s failed: %s", job.id, outcome)
@@ -506,6 +545,47 @@ class JobQueue:
             state = self._give_back(job, token, str(outcome) or type(outcome).__name__)
             log.warning("job %s: attempt %d failed (now %s)", job.id, job.attempts,
                         state.value if state else "deleted or taken over", exc_info=outcome)
+
+    @contextmanager
+    def _cancel_watch(self, jobs: List[Job], token: str) -> Iterator[Callable[[], bool]]:
+        """A check for the engines (cancel.stop_when): true once every job of this run was
+        cancelled, deleted or taken over. cancel() and delete() in this process set it at
+        once; a thread looks in the database for those of other processes."""
+        events = {job.id: threading.Event() for job in jobs}
+        with self._cancels_lock:
+            self._cancels.update(events)
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(CANCEL_POLL_SECONDS):
+                try:
+                    with self._connect() as db:
+                        wanted = {row["id"] for row in db.execute(
+                            "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?)) "
+                            "AND state = 'running' AND claim_token = ? AND NOT cancel_requested",
+                            (json.dumps(list(events)), token))}
+                except sqlite3.Error:
+                    continue  # looked at again in a moment
+                for job_id, event in events.items():
+                    if job_id not in wanted:
+                        event.set()
+
+        watcher = threading.Thread(target=watch, name="cancel-watch", daemon=True)
+        watcher.start()
+        try:
+            yield lambda: all(event.is_set() for event in events.values())
+        finally:
+            done.set()
+            watcher.join()
+            with self._cancels_lock:
+                for job_id in events:
+                    self._cancels.pop(job_id, None)
+
+    def _stop_running(self, job_id: str) -> None:
+        with self._cancels_lock:
+            event = self._cancels.get(job_id)
+        if event is not None:
+            event.set()
 
     def _prefetch_next(self) -> None:
         """Let the service decode the next queued job's audio while this one runs."""
@@ -646,6 +726,7 @@ class JobQueue:
             error_field=row["error_field"],
             attempts=row["attempts"],
             model=row["model"],
+            media_type=row["media_type"],
             cancel_requested=bool(row["cancel_requested"]),
             media_path=os.path.join(self._folder(row["id"]), MEDIA_FILE),
         )

@@ -25,6 +25,7 @@ import torch
 import whisper
 
 from .checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
+from . import cancel
 from .config import Settings, split_alias
 from .errors import BadOption, ModelUnavailable
 
@@ -90,6 +91,9 @@ class ModelRegistry:
         self._stand_ins: Dict[str, str] = {}  # name that could not be had -> the model used instead
         # name -> what load_checkpoint takes ('meetings' -> '/models/ft.pt')
         self._sources: Dict[str, str] = dict(split_alias(entry) for entry in settings.models)
+        # what each loadable name loads: the allowed models and the translation model
+        self._loadable: Dict[str, str] = {
+            **dict([split_alias(settings.translate_model)]), **self._sources}
 
     @property
     def default(self) -> str:
@@ -200,7 +204,7 @@ class ModelRegistry:
         fp16 = device.type == "cuda"
         try:
             # built on the CPU, halved there, then moved: the GPU never holds a float32 copy
-            model = load_checkpoint(self._sources.get(name, name), self.settings.model_dir)
+            model = load_checkpoint(self._loadable.get(name, name), self.settings.model_dir)
             if fp16:
                 half_precision_weights(model)
             self._place(name, model, device)
@@ -211,10 +215,11 @@ class ModelRegistry:
             # are no checkpoint or are cut short, a GPU without room for the model
             raise ModelUnavailable(f"model {name!r} could not be loaded: {error}") from error
         model.eval()
+        cancel.install(model)  # a cancelled job stops within one encoder or decoder step
         seconds = time.monotonic() - started
         log.info("loaded model %s on %s in %.1f s", name, device, seconds)
         return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds,
-                           source=self._sources.get(name, name))
+                           source=self._loadable.get(name, name))
 
     def _place(self, name: str, model: whisper.Whisper, device: torch.device) -> None:
         """Move the model to its device; while the GPU has no room for it, unload the other

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Tuple
 
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_tokenizer
 
 from .errors import BadOption
 
@@ -19,7 +19,15 @@ TASKS = ("transcribe", "translate")
 MODES = ("batched", "sequential")
 MAX_BEAM_SIZE = 16  # beyond this, decoding cost grows with no gain in accuracy
 MAX_BEST_OF = 16
-MAX_PROMPT_CHARS = 2000  # whisper keeps at most 223 prompt tokens anyway
+# whisper gives a window at most n_text_ctx // 2 - 1 = 223 tokens of context before it;
+# a longer prompt would only be cut, so it is refused (characters are checked first, cheaply)
+MAX_PROMPT_TOKENS = 223
+MAX_PROMPT_CHARS = 2000
+# a fallback schedule: at most every tenth from 0.0 to 1.0; each temperature can cost a
+# window another best_of decodes, so a longer schedule only buys GPU time
+MAX_TEMPERATURES = 11
+MIN_TEMPERATURE_STEP = 0.1
+SHOWN_CHARS = 40  # of a bad value, quoted in its error
 # the command line's schedule: 0.0, then 0.2 more on each fallback, up to 1.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 AUTO_LANGUAGE = ("", "auto", "detect", "none")
@@ -44,7 +52,7 @@ def language_code(value: Optional[str]) -> Optional[str]:
         return TO_LANGUAGE_CODE[key]
     raise BadOption(
         "language",
-        f"unknown language {value!r}; use 'auto', a code such as 'en' or 'ko', "
+        f"unknown language {_shown(value)}; use 'auto', a code such as 'en' or 'ko', "
         "or an English name such as 'Korean'",
     )
 
@@ -86,12 +94,15 @@ class TranscribeOptions:
     patience: float = option(1.0, "beam search waits for patience x beam_size finished candidates")
     best_of: int = option(5, "candidates sampled at each temperature above 0")
     temperature: Tuple[float, ...] = option(
-        DEFAULT_TEMPERATURES, "one temperature, or a comma-separated fallback schedule"
+        DEFAULT_TEMPERATURES, "one temperature, or a comma-separated fallback schedule of at "
+        "most 11, each 0-1, not decreasing"
     )
     length_penalty: Optional[float] = option(
         None, "0-1 (GNMT alpha); empty ranks by mean log-probability per token"
     )
-    initial_prompt: Optional[str] = option(None, "text that steers vocabulary, spelling and style")
+    initial_prompt: Optional[str] = option(
+        None, "text that steers vocabulary, spelling and style (at most 223 tokens, 2000 characters)"
+    )
     condition_on_previous_text: bool = option(True, "give each 30 s window the text before it")
     no_speech_threshold: Optional[float] = option(
         0.6, "a window is silent above this no-speech probability (when logprob is low too)"
@@ -132,15 +143,19 @@ class TranscribeOptions:
         _check_range("best_of", self.best_of, 1, MAX_BEST_OF)
         if not self.temperature:
             raise BadOption("temperature", "give at least one temperature")
+        if len(self.temperature) > MAX_TEMPERATURES:
+            raise BadOption(
+                "temperature", f"a fallback schedule has at most {MAX_TEMPERATURES} "
+                f"temperatures (0.0 to 1.0 in steps of {MIN_TEMPERATURE_STEP:g}); "
+                f"got {len(self.temperature)}",
+            )
         for t in self.temperature:
             _check_range("temperature", t, 0.0, 1.0)
         if list(self.temperature) != sorted(self.temperature):
             raise BadOption("temperature", "a fallback schedule must not decrease")
         _check_range("length_penalty", self.length_penalty, 0.0, 1.0, optional=True)
-        if self.initial_prompt is not None and len(self.initial_prompt) > MAX_PROMPT_CHARS:
-            raise BadOption(
-                "initial_prompt", f"is {len(self.initial_prompt)} characters; at most {MAX_PROMPT_CHARS}"
-            )
+        if self.initial_prompt is not None:
+            _check_prompt(self.initial_prompt)
         _check_range("no_speech_threshold", self.no_speech_threshold, 0.0, 1.0, optional=True)
         _check_range("logprob_threshold", self.logprob_threshold, -100.0, 0.0, optional=True)
         _check_range(
@@ -219,13 +234,31 @@ OPTION_NAMES = (
 def _schedule(start: float, step: float) -> Tuple[float, ...]:
     if step <= 0:
         return (start,)
-    count = int(math.floor((1.0 - start) / step + 1e-6)) + 1
+    count = int(math.floor((1.0 - start) / step + 1e-6)) + 1  # counted before it is built
+    if count > MAX_TEMPERATURES:
+        raise BadOption(
+            "temperature_increment_on_fallback",
+            f"gives {min(count, 10**9)} temperatures from {start:g} to 1; a schedule has at most "
+            f"{MAX_TEMPERATURES}: use an increment of at least {MIN_TEMPERATURE_STEP:g}",
+        )
     return tuple(round(start + i * step, 6) for i in range(count))
+
+
+def _check_prompt(prompt: str) -> None:
+    """At most MAX_PROMPT_TOKENS tokens, as whisper counts them (its multilingual vocabulary;
+    the English-only one gives the same count or more for English text)."""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BadOption("initial_prompt", f"is {len(prompt)} characters; at most "
+                        f"{MAX_PROMPT_CHARS} (and {MAX_PROMPT_TOKENS} tokens)")
+    tokens = len(get_tokenizer(multilingual=True).encode(" " + prompt.strip()))
+    if tokens > MAX_PROMPT_TOKENS:
+        raise BadOption("initial_prompt", f"is {tokens} tokens; whisper uses at most "
+                        f"{MAX_PROMPT_TOKENS} tokens of context, so shorten it")
 
 
 def _check_choice(name: str, value: Any, choices: Tuple[str, ...]) -> None:
     if value not in choices:
-        raise BadOption(name, f"must be one of {', '.join(choices)}; got {value!r}")
+        raise BadOption(name, f"must be one of {', '.join(choices)}; got {_shown(value)}")
 
 
 def _check_range(
@@ -239,7 +272,7 @@ def _check_range(
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (
         isinstance(value, float) and math.isnan(value)
     ):
-        raise BadOption(name, f"must be a number; got {value!r}")
+        raise BadOption(name, f"must be a number; got {_shown(value)}")
     below = value <= low if low_open else value < low
     if below or value > high:
         bracket = "(" if low_open else "["
@@ -249,28 +282,61 @@ def _check_range(
 
 
 # --- parsing strings into typed values, one parser per field -----------------------------
+# A form or the command line gives strings; a JSON body may give the value's own type. Any
+# other type (an object, a list, true for a number) is refused, never coerced.
+
+
+def _shown(value: Any) -> str:
+    """A value quoted in an error, cut short: a message never grows with the request."""
+    text = str(value)
+    return repr(text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "...")
+
+
+def _kind(value: Any) -> str:
+    """How a value of the wrong type is named in an error: as JSON names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _wrong_type(name: str, wanted: str, value: Any) -> BadOption:
+    return BadOption(name, f"must be {wanted}; got {_kind(value)}")
+
+
+def _string(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _wrong_type(name, "a string", value)
+    return value
 
 
 def _parse_int(name: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise BadOption(name, f"must be a whole number; got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if not isinstance(value, str):
+        raise _wrong_type(name, "a whole number", value)
     try:
         return int(str(value).strip())
     except ValueError:
-        raise BadOption(name, f"must be a whole number; got {value!r}") from None
+        raise BadOption(name, f"must be a whole number; got {_shown(value)}") from None
 
 
 def _parse_float(name: str, value: Any) -> float:
-    if isinstance(value, bool):
-        raise BadOption(name, f"must be a number; got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise _wrong_type(name, "a number", value)
     try:
         number = float(value if isinstance(value, (int, float)) else str(value).strip())
     except (ValueError, OverflowError):
         raise BadOption(name, f"must be a number; got {str(value)[:40]!r}") from None
     if not math.isfinite(number):
-        raise BadOption(name, f"must be a finite number; got {value!r}")
+        raise BadOption(name, f"must be a finite number; got {_shown(value)}")
     return number
 
 
@@ -289,44 +355,50 @@ def _parse_optional_int(name: str, value: Any) -> Optional[int]:
 def _parse_beam_size(name: str, value: Any) -> Optional[int]:
     if isinstance(value, str) and value.strip().lower() in GREEDY:
         return None
-    if value == 0:
-        return None
-    return _parse_int(name, value)
+    number = _parse_int(name, value)
+    return None if number == 0 else number
 
 
 def _parse_bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    word = str(value).strip().lower()
+    if not isinstance(value, str):
+        raise _wrong_type(name, "true or false", value)
+    word = value.strip().lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
         return False
-    raise BadOption(name, f"must be true or false; got {value!r}")
+    raise BadOption(name, f"must be true or false; got {_shown(value)}")
 
 
 def _parse_temperatures(name: str, value: Any) -> Tuple[float, ...]:
     if isinstance(value, (list, tuple)):
         items = list(value)
+    elif isinstance(value, str):
+        items = [part for part in value.split(",") if part.strip()]
     else:
-        items = [part for part in str(value).split(",") if part.strip()]
+        items = [value]
+    if len(items) > MAX_TEMPERATURES:  # refused before each is parsed
+        raise BadOption(name, f"a fallback schedule has at most {MAX_TEMPERATURES} "
+                        f"temperatures; got {len(items)}")
     return tuple(_parse_float(name, item) for item in items)
 
 
 def _parse_text(name: str, value: Any) -> str:
-    return str(value)
+    return _string(name, value)
 
 
 def _parse_word(name: str, value: Any) -> str:
-    return str(value).strip().lower()
+    return _string(name, value).strip().lower()
 
 
 def _parse_language(name: str, value: Any) -> Optional[str]:
-    return language_code(str(value))
+    return language_code(_string(name, value))
 
 
 def _parse_model(name: str, value: Any) -> Optional[str]:
-    return str(value).strip() or None
+    return _string(name, value).strip() or None
 
 
 _PARSERS = {

@@ -12,7 +12,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import batch_engine, engine, vad
-from .audio import DecodeLimits, check_file, decode_file
+from .audio import DecodeLimits, MediaInfo, check_file, decode_file
 from .config import Settings
 from .progress import ProgressCallback
 from .errors import ModelUnavailable, ServiceError
@@ -83,11 +83,11 @@ class WhisperService:
 
     def check_upload(
         self, path: str, options: TranscribeOptions, display_name: Optional[str] = None
-    ) -> None:
+    ) -> MediaInfo:
         """Raise what transcribing this file with these options would (a model outside the
-        allow-list, a MediaError), reading only the file's start."""
+        allow-list, a MediaError), reading only the file's start; else say what it is."""
         self.models.check_allowed(options.model)
-        check_file(path, self.limits, display_name)
+        return check_file(path, self.limits, display_name)
 
     def transcribe_file(
         self,

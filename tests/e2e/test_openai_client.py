@@ -95,12 +95,12 @@ def test_our_decoding_options_reach_the_job(client, server, media):
     job = server[0].extensions["whisper_jobs"].get(raw.headers["X-Job-Id"])
     assert (job.options.beam_size, job.options.patience) == (2, 2.0)
     assert job.options.temperature == (0.0,)
-    assert job.options.model == server[0].extensions["whisper_settings"].model
+    assert job.options.model == server[0].extensions["whisper_service"].models.default
 
 
 def test_models(client, server):
     ids = [model.id for model in client.models.list()]
-    assert ids[:2] == ["whisper-1", server[0].extensions["whisper_settings"].model]
+    assert ids[:2] == ["whisper-1", server[0].extensions["whisper_service"].models.default]
     assert client.models.retrieve("whisper-1").owned_by == "whisper-service"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4o-transcribe")
