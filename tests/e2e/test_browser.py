@@ -93,3 +93,24 @@ def test_upload_watch_progress_play_and_download(page, live_server, long_speech,
     assert len(cues) >= 2
     assert all(SRT_CUE.match(cue) for cue in cues)
     assert [int(cue.split("\n", 1)[0]) for cue in cues] == list(range(1, len(cues) + 1))
+
+
+def test_an_upload_that_is_also_a_page_runs_no_script_here(page, live_server, media, tmp_path):
+    """A WAV with an HTML document inside, uploaded as x.html: opened in the browser at its
+    media URL it is audio, sandboxed; its script never runs on this site's origin."""
+    from test_hardening import polyglot_wav
+
+    polyglot = tmp_path / "x.html"
+    polyglot.write_bytes(polyglot_wav(media["speech.wav"]))
+    page.goto(live_server + "/")
+    page.set_input_files("#file", str(polyglot))
+    page.fill("#beam_size", "1")
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"), timeout=30_000)
+    expect(page.locator("#player")).to_be_attached(timeout=120_000)
+    media_url = page.url + "/media"
+    response = page.goto(media_url)
+    assert response.headers["content-type"] == "audio/wav"
+    page.wait_for_timeout(500)  # what a script would need to run
+    assert "pwned" not in page.title()
+    assert page.evaluate("document.contentType") != "text/html"
