@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, errors, openai_compat, pages, security, signin
+from web import api, docs, errors, openai_compat, pages, security, signin
 from web.sync import SyncWaiters
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
@@ -52,6 +52,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(signin.blueprint)
+    app.register_blueprint(docs.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(api.invocations)
     app.register_blueprint(api.public)

@@ -42,7 +42,8 @@ try:
 except ConfigError as error:
     sys.exit(f"error: {error}")
 print(json.dumps({"gpus": torch.cuda.device_count(), "max_upload_mb": settings.max_upload_mb,
-                  "sync_timeout": settings.sync_timeout, "sync_waiters": settings.sync_waiters}))
+                  "sync_wait": max(settings.sync_timeout, settings.sync_limit),
+                  "sync_waiters": settings.sync_waiters}))
 """
 
 
@@ -163,7 +164,7 @@ def on_starting(server):
         proxy.ProxyConfig(
             host=HOST, port=PORT, upstream_socket=bind[0][len("unix:"):], folder=PROXY_FOLDER,
             max_upload_mb=FACTS["max_upload_mb"],
-            read_timeout=FACTS["sync_timeout"] + PROXY_READ_SLACK,
+            read_timeout=FACTS["sync_wait"] + PROXY_READ_SLACK,
         ),
         # nginx gone means no client can reach us: stop, so a supervisor restarts us whole
         on_death=lambda code: os.kill(os.getpid(), signal.SIGTERM),

@@ -167,7 +167,11 @@ def test_delete_cancels_a_queued_job_then_deletes_it(stopped, media):
     response = post(stopped, media["speech.wav"], query=ASYNC, **FAST)
     job_url = response.headers["Location"]
     assert response.get_json()["position"] == 1
-    assert error_of(stopped.get(job_url + "/transcript.txt"), 404)  # not done yet
+    not_yet = stopped.get(job_url + "/transcript.txt")
+    assert error_of(not_yet, 404)["message"] == (
+        f"The transcript is not ready yet: the job is number 1 in the queue. Poll {job_url} "
+        "and try again.")
+    assert not_yet.headers["Retry-After"] == "5"
 
     assert stopped.delete(job_url).status_code == 204
     assert stopped.get(job_url).get_json()["state"] == "cancelled"

@@ -398,3 +398,16 @@ def test_no_answer_shows_where_models_live(app, client, checkpoint):
         answer = client.get(url)
         assert folder not in answer.get_data(as_text=True), url
     assert json.loads(client.get("/api/v1/models").get_data())["default"] == "tiny-test"
+
+
+def test_readyz_is_ready_with_a_notice_while_the_bundled_model_stands_in(app, client,
+                                                                        monkeypatch):
+    from whisper_service.models import ModelRegistry
+
+    registry = app.extensions["whisper_service"].models
+    assert client.get("/readyz").status_code == 503  # nothing loaded yet
+    monkeypatch.setattr(ModelRegistry, "default_ready", lambda self: True)
+    monkeypatch.setattr(ModelRegistry, "stand_in_notice", property(lambda self: "a sentence"))
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["notice"] == "a sentence"
+    assert registry.default_ready()

@@ -3,13 +3,19 @@ from OpenAI's fields to TranscribeOptions."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import socket
+import threading
 
 import pytest
 from werkzeug.datastructures import MultiDict
 
-from conftest import make_app
+from werkzeug.serving import make_server
+
+from conftest import make_app, wait_until
+from web import sync
 from web.openai_compat import GRANULARITY_FIELD, parse_request
 from whisper_service.errors import BadOption
 from whisper_service.options import DEFAULT_TEMPERATURES
@@ -232,7 +238,7 @@ def test_errors_that_a_retry_cannot_mend_tell_the_client_not_to(app, client, med
 
 
 def test_media_errors_in_openai_shape(client, media):
-    error = openai_error(post(client, media["notes.mp3"]), 415, "file")
+    error = openai_error(post(client, media["notes.mp3"]), 400, "file")  # as OpenAI answers
     assert error["code"] == "not_media"
     assert "'notes.mp3' is not an audio or video file" in error["message"]
     assert openai_error(post(client, media["empty.wav"]), 422, "file")["code"] == "empty_media"
@@ -277,18 +283,79 @@ def test_api_keys(checkpoint, tmp_path, media):
         app.extensions["whisper_jobs"].stop()
 
 
-def test_slow_job_answers_202_and_finishes_later(checkpoint, tmp_path, long_speech):
+def test_a_slow_json_answer_is_kept_alive_with_spaces_and_stays_json(
+        checkpoint, tmp_path, long_speech, monkeypatch):
+    monkeypatch.setattr(sync, "HEARTBEAT_SECONDS", 0.05)
     app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.05", WHISPER_MAX_UPLOAD_MB="50")
     try:
-        response = post(app.test_client(), long_speech)
-        assert response.status_code == 202
-        body = response.get_json()
-        assert body["status"] in ("queued", "running")
-        assert response.headers["Location"] == body["status_url"] == f"/api/v1/jobs/{body['id']}"
-        assert response.headers["X-Job-Id"] == body["id"]
-        # nothing is lost: the job runs on and its transcript can be fetched
-        queue = app.extensions["whisper_jobs"]
-        assert queue.wait(body["id"], 60).state == "done"
-        assert queue.transcript(body["id"]).duration > 50
+        response = post(app.test_client(), long_speech, response_format="verbose_json")
+        assert response.status_code == 200 and response.mimetype == "application/json"
+        raw = response.get_data()
+        assert raw.startswith(b" ") and raw.lstrip().startswith(b"{")  # spaces, then JSON
+        body = json.loads(raw)
+        assert body["duration"] > 50 and body["segments"]
+        assert response.headers["X-Accel-Buffering"] == "no"  # nginx passes the spaces on
+        job = app.extensions["whisper_jobs"].get(response.headers["X-Job-Id"])
+        assert job.state == "done"
     finally:
         app.extensions["whisper_jobs"].stop()
+
+
+def test_a_slow_text_answer_waits_without_spaces(checkpoint, tmp_path, long_speech):
+    app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.05", WHISPER_MAX_UPLOAD_MB="50")
+    try:
+        response = post(app.test_client(), long_speech, response_format="srt")
+        assert response.status_code == 200
+        assert SRT_CUE.match(response.get_data(as_text=True))  # the SRT, from its first byte
+    finally:
+        app.extensions["whisper_jobs"].stop()
+
+
+@pytest.mark.parametrize("response_format", ["json", "srt"])
+def test_past_the_sync_limit_the_answer_is_504_and_the_job_is_cancelled(
+        checkpoint, tmp_path, long_speech, response_format):
+    app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.05", WHISPER_SYNC_LIMIT="0.3",
+                   WHISPER_MAX_UPLOAD_MB="50")
+    queue = app.extensions["whisper_jobs"]
+    queue.stop()  # the job cannot finish in time
+    try:
+        response = post(app.test_client(), long_speech, response_format=response_format)
+        if response_format == "json":  # committed to 200 already: the error is the body
+            assert response.status_code == 200
+            error = json.loads(response.get_data())["error"]
+        else:
+            assert response.status_code == 504 and response.headers["x-should-retry"] == "false"
+            error = response.get_json()["error"]
+        assert error["code"] == "gateway_timeout" and "WHISPER_SYNC_LIMIT" in error["message"]
+        job = queue.get(response.headers["X-Job-Id"]) if "X-Job-Id" in response.headers else None
+        assert queue.queued_count() == 0  # nobody waits for it any more: cancelled
+        assert job is None or job.state == "cancelled"
+    finally:
+        queue.stop()
+
+
+def test_a_caller_that_leaves_cancels_its_job(checkpoint, tmp_path, long_speech):
+    app = make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50")
+    queue = app.extensions["whisper_jobs"]
+    queue.stop()  # the job waits in the queue while its caller leaves
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body, boundary = encode_multipart(long_speech)
+        with socket.create_connection(("127.0.0.1", server.server_port)) as sock:
+            sock.sendall(b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: multipart/form-data; boundary=" + boundary +
+                         b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            wait_until(lambda: queue.queued_count() == 1, what="the job to be queued")
+        # the caller is gone: within a look or two its job is cancelled
+        wait_until(lambda: queue.queued_count() == 0, 10, what="the job to be cancelled")
+    finally:
+        server.shutdown()
+
+
+def encode_multipart(path):
+    boundary = b"----test-boundary"
+    body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; "
+            b"filename=\"a.wav\"\r\nContent-Type: audio/wav\r\n\r\n" + path.read_bytes() +
+            b"\r\n--" + boundary + b"--\r\n")
+    return body, boundary

@@ -8,6 +8,7 @@ import re
 import jsonschema_rs
 import pytest
 import schemathesis
+from openapi_spec_validator import validate
 
 from web import openai_compat
 from web.openapi import document
@@ -31,6 +32,26 @@ def test_document_is_valid_openapi():
     schemathesis.openapi.from_dict(document()).validate()  # the OpenAPI 3.1 meta-schema
     for name, schema in document()["components"]["schemas"].items():
         jsonschema_rs.meta.validate({"$schema": DRAFT_2020_12, **schema})
+
+
+def test_document_passes_openapi_spec_validator():
+    # the validator client generators use; it reported OpenAIUpload.prompt (a string with a
+    # null default) before
+    validate(document())
+
+
+def test_interactive_docs_are_served_from_the_package_without_inline_script(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert scripts and all('src="/' in attributes and not body.strip()
+                           for attributes, body in scripts)  # files of this server, no inline
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert "//" not in "".join(re.findall(r'(?:src|href)="([^"]+)"', html))  # no CDN
+    for asset in re.findall(r'(?:src|href)="(/[^"]+)"', html):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/docs/assets/index.html").status_code == 404  # only what the page uses
 
 
 def test_document_is_served_without_a_key(checkpoint, tmp_path):

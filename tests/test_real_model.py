@@ -119,9 +119,10 @@ def test_the_bundled_model_stands_in_for_a_default_that_cannot_be_downloaded(
     assert word_error_rate(SPEECH, transcript.text) <= WER_BOUND[1], transcript.text
     assert registry.default_ready() and registry.loaded() == [BUNDLED]
     notice = registry.stand_in_notice
-    assert notice.startswith("model 'tiny' could not be loaded: it is not in ")
-    assert "could not be downloaded (" in notice
+    assert notice.startswith("The model tiny could not be downloaded, so ")
     assert f"{BUNDLED_LABEL} transcribes instead" in notice
+    assert settings.model_dir not in notice  # shown to anyone: no server path in it
+    assert registry.load_error("tiny").startswith("model 'tiny' could not be loaded: it is not in ")
     assert registry.label(BUNDLED) == BUNDLED_LABEL
     assert registry.get("tiny") is registry.get(BUNDLED)  # no second download attempt
 

@@ -35,7 +35,7 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMedia
 from web import openapi
 from web.auth import require_api_key
 from web.downloads import transcript_download
-from web.sync import answer_when_done, waiters
+from web.sync import answer_when_done, hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
@@ -59,6 +59,7 @@ FILENAME_FIELD = "filename"  # its name in a JSON request (display only)
 JUMPSTART_AUDIO_FIELD = "audio_input"  # the upload, hexadecimal, in a JumpStart request
 RESPOND_ASYNC = "respond-async"  # the RFC 7240 preference that asks for 202 at once
 DETECT_FIELDS = ("model",)  # the only option language detection takes
+NOT_READY_RETRY_SECONDS = 5  # what a poller of an unfinished transcript is told to wait
 TRANSCRIPT_RULE = f"/jobs/<job_id>/transcript.<any({', '.join(FORMATS)}):fmt>"
 
 # JumpStart's Hugging Face Whisper endpoints take transformers' generate() arguments.
@@ -81,15 +82,13 @@ JUMPSTART_IGNORED = frozenset({
 def create_transcription():
     upload = read_upload(AUDIO_FIELD, _from_base64)
     options = TranscribeOptions.from_mapping(upload.fields)
-    if wants_async():
+    place = None if wants_async() else waiters().take(required=False)
+    if place is None:  # asked for, or no place free to wait in: answered as async
         return accepted(submit(upload, options))
-    with waiters().place(required=False) as waiting:  # no place free: answered as async
-        job = submit(upload, options)
-        if not waiting:
-            return accepted(job)
-        return answer_when_done(
-            job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id}, accepted
-        )
+    job = submitted(place, lambda: submit(upload, options))
+    return answer_when_done(
+        job, lambda job, transcript: {**transcript.to_dict(), "job_id": job.id}, accepted, place
+    )
 
 
 @blueprint.get("/jobs/<job_id>")
@@ -116,8 +115,11 @@ def delete_job(job_id: str):
 @blueprint.post("/detect-language")
 def detect_language():
     upload = read_upload(AUDIO_FIELD, _from_base64)
-    with waiters().place():  # it may wait for the model as long as a transcription
+    place = waiters().take()  # it may wait for the model as long as a transcription
+    try:
         probabilities = detect(upload, detection_model(upload.fields))
+    finally:
+        place.release()
     top = next(iter(probabilities))
     return {
         "language": top,
@@ -144,9 +146,10 @@ def models():
 def invoke():
     upload = read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
     options = TranscribeOptions.from_mapping(jumpstart_options(upload.fields))
-    with waiters().place():
-        job = submit(upload, options)
-        return answer_when_done(job, lambda job, transcript: {"text": transcript.text}, accepted)
+    place = waiters().take()
+    job = submitted(place, lambda: submit(upload, options))
+    return hold_until_done(job, lambda job, transcript: {"text": transcript.text}, place,
+                           heartbeat=True)
 
 
 @public.get("/healthz")
@@ -157,19 +160,22 @@ def healthz():
 
 @public.get("/readyz")
 def readyz():
-    """Ready when the default model is loaded and uploads are accepted; never loads it.
-    A model that failed to load says why (it is tried again with the next job)."""
+    """Ready when the default model (or the bundled one standing in for it, with a notice) is
+    loaded and uploads are accepted; never loads it. A model that failed to load says why
+    (it is tried again with the next job)."""
     queue = jobs()
     waiting = queue.queued_count()
     body = {"queued": waiting, "max_queued": queue.max_queued}
     registry = current_app.extensions["whisper_service"].models
-    if registry.default not in registry.loaded():
+    if not registry.default_ready():  # neither the default nor a model standing in for it
         error = registry.load_error(registry.default)
         if error:
             return {"status": "unavailable", "error": error, **body}, 503
         return {"status": "loading", **body}, 503
     if waiting >= queue.max_queued:
         return {"status": "busy", **body}, 503
+    if registry.stand_in_notice:  # ready, with the bundled model: say so, never look normal
+        body["notice"] = registry.stand_in_notice
     return {"status": "ready", **body}
 
 
@@ -292,8 +298,22 @@ def finished_transcript(job: Job) -> Transcript:
         raise Conflict(f"Job {job.id} is {job.state.value}{reason}; it has no transcript.")
     transcript = jobs().transcript(job.id)
     if transcript is None:
-        raise NotFound()  # queued or running: poll the job
+        raise NotReady(job)  # queued or running: poll the job
     return transcript
+
+
+class NotReady(NotFound):
+    """404 for a transcript still to come, saying where its job is and when to look again."""
+
+    def __init__(self, job: Job):
+        where = (f"number {job.position} in the queue" if job.state is JobState.QUEUED
+                 else f"{job.state.value}, {round(job.progress * 100)} % done")
+        super().__init__(f"The transcript is not ready yet: the job is {where}. "
+                         f"Poll {url_for('api.job_status', job_id=job.id)} and try again.")
+        self.retry_after = NOT_READY_RETRY_SECONDS
+
+    def get_headers(self, environ=None, scope=None):
+        return [*super().get_headers(environ, scope), ("Retry-After", str(self.retry_after))]
 
 
 # --- answers out ---------------------------------------------------------------------------

@@ -3,8 +3,9 @@ a page in the browser, JSON under /api and /invocations, OpenAI's error shape un
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Optional
+from typing import Optional, Tuple
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, NotFound
@@ -50,6 +51,9 @@ OPENAI_PREFIX = "/v1/"
 # header, which they obey, says when that cannot help (a cancelled job, a bad request)
 RETRY_HEADER = "x-should-retry"
 WORTH_RETRYING = (408, 429)
+# OpenAI's API answers a file it cannot use with 400 (its clients raise BadRequestError);
+# 413 and 415 are not among the codes its clients know
+OPENAI_STATUS = {413: 400, 415: 400}
 
 
 class JobFailed(service_errors.ServiceError):
@@ -78,21 +82,44 @@ def error_code(error: Exception) -> str:
 def error_response(status: int, code: str, message: str, field: Optional[str] = None):
     """The error in the shape the caller's part of the site speaks."""
     if request.path.startswith(OPENAI_PREFIX):
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        body = {"error": {"message": message, "type": kind, "param": field, "code": code}}
-        hopeless = 400 <= status < 500 and status not in WORTH_RETRYING
-        return jsonify(body), status, {RETRY_HEADER: "false"} if hopeless else {}
+        status = OPENAI_STATUS.get(status, status)
+        # a retry cannot help a bad request, nor a wait that already took WHISPER_SYNC_LIMIT
+        hopeless = (400 <= status < 500 and status not in WORTH_RETRYING) or status == 504
+        return (jsonify(_shaped(status, code, message, field)), status,
+                {RETRY_HEADER: "false"} if hopeless else {})
     if request.path.startswith(JSON_PREFIXES):
-        return jsonify({"error": {"code": code, "message": message, "field": field}}), status
+        return jsonify(_shaped(status, code, message, field)), status
     return render_template("error.html", status=status, message=message), status
+
+
+def _shaped(status: int, code: str, message: str, field: Optional[str]) -> dict:
+    """The JSON body of an error: OpenAI's shape under /v1, ours elsewhere."""
+    if request.path.startswith(OPENAI_PREFIX):
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return {"error": {"message": message, "type": kind, "param": field, "code": code}}
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def describe(error: Exception) -> Tuple[int, str, str, Optional[str]]:
+    """(status, code, message, field) of any error a request can end in."""
+    if isinstance(error, service_errors.ServiceError):
+        return status_of(error), error_code(error), str(error), error.field
+    if isinstance(error, HTTPException):
+        return error.code or 500, error_code(error), error.description or "", None
+    return 500, "server_error", "The transcription failed on the server.", None
+
+
+def error_body(error: Exception) -> str:
+    """The error as the JSON text its caller's API speaks, for an answer whose status was
+    sent already (a synchronous answer kept alive with white space)."""
+    status, code, message, field = describe(error)
+    return json.dumps(_shaped(status, code, message, field))
 
 
 def register(app: Flask) -> None:
     @app.errorhandler(service_errors.ServiceError)
     def service_error(error: service_errors.ServiceError):
-        response = app.make_response(
-            error_response(status_of(error), error_code(error), str(error), error.field)
-        )
+        response = app.make_response(error_response(*describe(error)))
         retry_after = getattr(error, "retry_after", None)  # busy: a queue full, a model at work
         if retry_after is not None:
             response.headers["Retry-After"] = str(int(retry_after))

@@ -1,9 +1,8 @@
 """OpenAI-compatible endpoints under /v1, so OpenAI's own clients work unchanged.
 
 POST /v1/audio/transcriptions and /v1/audio/translations take OpenAI's multipart fields,
-plus this service's own decoding options, queue the upload as a job and wait for it up to
-WHISPER_SYNC_TIMEOUT seconds. A job still unfinished then is answered 202 with the native
-API's URL for it: OpenAI clients cannot follow that, but nothing hangs and nothing is lost.
+plus this service's own decoding options, queue the upload as a job and answer when it is
+done (up to WHISPER_SYNC_LIMIT, then 504; never a 202, which OpenAI's clients cannot read).
 GET /v1/models lists the allowed models and the alias whisper-1.
 
 Views only raise errors; web/errors.py renders them in OpenAI's error shape.
@@ -31,9 +30,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
 from web.auth import require_api_key
-from web.sync import answer_when_done, waiters
+from web.sync import hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
-from whisper_service.jobs import Job
 from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
 from whisper_service.writers import MEDIA_TYPES, write
@@ -46,13 +44,13 @@ blueprint.before_request(require_api_key)
 OPENAI_MODEL = "whisper-1"  # OpenAI's name for its Whisper; here it means the default model
 MODEL_OWNER = "whisper-service"
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+JSON_FORMATS = ("json", "verbose_json")  # answers that may begin with white space
 GRANULARITIES = ("segment", "word")
 GRANULARITY_FIELD = "timestamp_granularities[]"  # how OpenAI's clients name the list
 DEFAULT_GRANULARITIES = ("segment",)  # OpenAI's default: segments, no words
 INCREMENT_FIELD = "temperature_increment_on_fallback"
 TEXT_TYPE = "text/plain; charset=utf-8"
 TRANSLATION_LANGUAGE = "english"  # a translation's language, as OpenAI reports it
-NATIVE_JOB_URL = "/api/v1/jobs/{}"  # served by the native API (web/api.py)
 
 OPENAI_FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature",
                  GRANULARITY_FIELD, "stream")
@@ -187,21 +185,11 @@ def _transcribe(task: str) -> Response:
     if media is None:
         raise BadOption("file", "attach the audio or video as the multipart file field 'file'")
     asked = parse_request(request.form, task, models.default, models.allowed)
-    with waiters().place():
-        job = queue.submit(media.stream, media.filename or "", asked.options)
-        return answer_when_done(job, lambda job, transcript: render(asked, transcript),
-                                _still_working)
-
-
-def _still_working(job: Job) -> Response:
-    """202 pointing at the native API: nothing hangs, nothing is lost (OpenAI clients cannot
-    follow it)."""
-    log.info("job %s still %s at the sync timeout; answering 202", job.id, job.state.value)
-    url = NATIVE_JOB_URL.format(job.id)
-    response = jsonify(id=job.id, status=job.state.value, status_url=url)
-    response.status_code = 202
-    response.headers["Location"] = url
-    return response
+    place = waiters().take()
+    job = submitted(place, lambda: queue.submit(media.stream, media.filename or "", asked.options))
+    # OpenAI's clients read nothing but the answer: held until it is there (web/sync.py)
+    return hold_until_done(job, lambda job, transcript: render(asked, transcript), place,
+                           heartbeat=asked.response_format in JSON_FORMATS)
 
 
 # --- answers -------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ ERROR_TEXT = {
     415: "Not audio or video, a refused format, or a body that is neither multipart nor JSON.",
     422: "Media that cannot be used: empty, truncated, too long, or without an audio stream.",
     500: "The transcription failed repeatedly on the server.",
-    503: "The queue is full (see Retry-After) or the model cannot be loaded.",
+    503: "The queue is full or every place for a synchronous call is taken (see "
+         "Retry-After), or the model cannot be loaded.",
+    504: "Not finished within WHISPER_SYNC_LIMIT; the job is cancelled.",
 }
 
 
@@ -57,8 +59,10 @@ def document() -> Dict[str, Any]:
             "version": API_VERSION,
             "description": (
                 "Speech to text with openai-whisper. Every transcription is a job in a queue; "
-                "synchronous calls wait up to WHISPER_SYNC_TIMEOUT seconds, then answer 202 "
-                "with the job. The bearer key is needed only when WHISPER_API_KEYS is set."
+                "the native synchronous call waits up to WHISPER_SYNC_TIMEOUT seconds, then "
+                "answers 202 with the job; /v1 and /invocations answer only with the result or "
+                "an error (504 after WHISPER_SYNC_LIMIT), JSON kept alive with leading spaces. "
+                "The bearer key is needed only when WHISPER_API_KEYS is set."
             ),
         },
         "security": [{"bearer": []}],
@@ -171,6 +175,8 @@ def _schemas() -> Dict[str, Any]:
                 "status": {"enum": ["ready", "loading", "unavailable", "busy"]},
                 "queued": {"type": "integer"}, "max_queued": {"type": "integer"},
                 "error": {"type": "string", "description": "unavailable: why the model did not load"},
+                "notice": {"type": "string", "description": "ready, but the bundled model "
+                           "stands in for a default that could not be downloaded"},
             },
         },
         "JumpStartRequest": _jumpstart_schema(options),
@@ -256,7 +262,9 @@ def _openai_upload_schema(options: Dict[str, Any]) -> Dict[str, Any]:
         "model": {"type": "string", "default": oa.OPENAI_MODEL,
                   "description": f"{oa.OPENAI_MODEL} (the default model) or an allowed model"},
         "language": options["language"],
-        "prompt": {**options["initial_prompt"], "type": "string"},
+        # a string (not null, which a form cannot send), bounded like initial_prompt
+        "prompt": {**{k: v for k, v in options["initial_prompt"].items() if k != "default"},
+                   "type": "string"},
         "response_format": {"enum": list(oa.RESPONSE_FORMATS), "default": "json"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1,
                         "description": "0 (default): the fallback schedule 0.0, 0.2 ... 1.0"},
@@ -345,8 +353,7 @@ def _root_paths() -> Dict[str, Any]:
                 JSON: {"schema": _ref("JumpStartRequest")}}},
             "responses": {
                 "200": _json_response("The text.", _object(text={"type": "string"})),
-                "202": _accepted(),
-                **_errors(400, 401, 409, 413, 415, 422, 500, 503),
+                **_errors(400, 401, 409, 413, 415, 422, 500, 503, 504),
             },
         }},
         "/readyz": {"get": {
@@ -382,11 +389,7 @@ def _openai_paths() -> Dict[str, Any]:
                                     **{MEDIA_TYPES[f]: {"schema": {"type": "string"}}
                                        for f in ("srt", "vtt")},
                                     TEXT: {"schema": {"type": "string"}}}},
-                "202": _json_response(
-                    "Still running after WHISPER_SYNC_TIMEOUT: follow Location (native API).",
-                    _object(id=JOB_ID, status={"type": "string"}, status_url={"type": "string"}),
-                ),
-                **_errors(400, 401, 409, 413, 415, 422, 500, 503, schema="OpenAIError"),
+                **_errors(400, 401, 409, 422, 500, 503, 504, schema="OpenAIError"),
             },
         }}
 

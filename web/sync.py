@@ -1,26 +1,60 @@
 """Synchronous answers: wait for a submitted job, then answer with it, whichever API asked.
 
+Two kinds of caller:
+- the native API (`answer_when_done`): waits up to WHISPER_SYNC_TIMEOUT, then answers 202
+  with the job, which its clients poll;
+- OpenAI's and SageMaker's clients (`hold_until_done`), which understand nothing but the
+  answer or an error: the line is held until the transcript is there, up to
+  WHISPER_SYNC_LIMIT, then 504. After WHISPER_SYNC_TIMEOUT a JSON answer is committed (200)
+  and a space is sent every HEARTBEAT_SECONDS before the JSON itself (JSON allows leading
+  white space), so that no proxy closes the connection as idle; text formats (text, srt,
+  vtt) wait silently, since white space would change them.
+A caller that goes away while waiting cancels its job: nobody else knows the job's id yet.
+
 A waiting call holds one of the worker's HTTP threads, so at most WHISPER_SYNC_WAITERS calls
 wait at once (SyncWaiters); the rest of the threads stay free for health checks, status
-polls and uploads. A call that finds no free place is told so before its job is queued: the
-native API answers 202 with the job (its clients poll), OpenAI's and SageMaker's clients,
-which understand nothing but the answer, get 503 with Retry-After.
+polls and uploads. A call that finds no free place is told so before its job is queued.
 """
 
 from __future__ import annotations
 
+import logging
+import select
+import socket
 import threading
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+import time
+from typing import Any, Callable, Iterator, Optional
 
-from flask import current_app, make_response
-from werkzeug.exceptions import Conflict
+from flask import Response, current_app, make_response, request, stream_with_context
+from werkzeug.exceptions import Conflict, GatewayTimeout
 
-from web.errors import JobFailed, TooManyWaiting
-from whisper_service.jobs import Job, JobState
+from web.errors import JobFailed, TooManyWaiting, error_body
+from whisper_service.jobs import Job, JobQueue, JobState
 from whisper_service.transcript import Transcript
 
+log = logging.getLogger(__name__)
+
 JOB_ID_HEADER = "X-Job-Id"  # so a caller can find the job behind an answer in the native API
+HEARTBEAT_SECONDS = 15.0  # a space this often keeps proxies from closing a waiting answer
+LOOK_SECONDS = 0.5  # how often a waiting call looks at its job and its client
+CLIENT_GONE_STATUS = 499  # what the access log shows for a caller that left (nginx's code)
+
+Render = Callable[[Job, Transcript], Any]
+
+
+class Place:
+    """One place of SyncWaiters, given back once, by whoever holds it last."""
+
+    def __init__(self, places: threading.BoundedSemaphore):
+        self._places = places
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._held:
+                self._held = False
+                self._places.release()
 
 
 class SyncWaiters:
@@ -30,39 +64,151 @@ class SyncWaiters:
         self.limit = limit
         self._places = threading.BoundedSemaphore(limit)
 
-    @contextmanager
-    def place(self, required: bool = True) -> Iterator[bool]:
-        """Within the block the call holds a place (True), or none is free (False; with
-        `required`, TooManyWaiting is raised instead)."""
-        held = self._places.acquire(blocking=False)
-        if not held and required:
+    def take(self, required: bool = True) -> Optional[Place]:
+        """A free place, or None (with `required`: TooManyWaiting) when all are taken."""
+        if self._places.acquire(blocking=False):
+            return Place(self._places)
+        if required:
             raise TooManyWaiting(self.limit)
-        try:
-            yield held
-        finally:
-            if held:
-                self._places.release()
+        return None
+
+
+def submitted(place: Place, submit: Callable[[], Job]) -> Job:
+    """submit() the job for a call holding `place`; the place is given back if it fails."""
+    try:
+        return submit()
+    except BaseException:
+        place.release()
+        raise
 
 
 def waiters() -> SyncWaiters:
     return current_app.extensions["whisper_sync_waiters"]
 
 
-def answer_when_done(
-    job: Job, render: Callable[[Job, Transcript], Any], accepted: Callable[[Job], Any]
-):
-    """Wait up to WHISPER_SYNC_TIMEOUT (in a place of SyncWaiters the caller holds): `render`
-    the transcript of a done job, raise a failed job's error, 409 for one cancelled or deleted
-    meanwhile, `accepted` (a 202) otherwise."""
-    queue = current_app.extensions["whisper_jobs"]
-    waited = queue.wait(job.id, current_app.extensions["whisper_settings"].sync_timeout)
-    if waited is None or waited.state is JobState.CANCELLED:
-        raise Conflict("The job was cancelled before it finished; it has no transcript.")
-    if waited.state is JobState.FAILED:
-        raise JobFailed(waited)
-    if waited.state is JobState.DONE:
-        response = make_response(render(waited, queue.transcript(waited.id)))
-    else:  # still queued or running: the caller polls instead of holding the line
-        response = make_response(accepted(waited))
+def _queue() -> JobQueue:
+    return current_app.extensions["whisper_jobs"]
+
+
+def answer_when_done(job: Job, render: Render, accepted: Callable[[Job], Any], place: Place):
+    """Native API: wait up to WHISPER_SYNC_TIMEOUT, then `render` a done job, raise a failed
+    job's error, 409 for one cancelled or deleted meanwhile, `accepted` (a 202) otherwise."""
+    try:
+        waited = _wait(job, current_app.extensions["whisper_settings"].sync_timeout)
+    finally:
+        place.release()
+    if waited is None:
+        return Response(status=CLIENT_GONE_STATUS)
+    if waited.finished:
+        return _finished(waited, render)
+    response = make_response(accepted(waited))  # the caller polls instead of holding the line
     response.headers[JOB_ID_HEADER] = waited.id
     return response
+
+
+def hold_until_done(job: Job, render: Render, place: Place, heartbeat: bool) -> Response:
+    """OpenAI and SageMaker: the answer, or an error, never a 202. `heartbeat`: the answer
+    is JSON, so white space may be sent while waiting."""
+    settings = current_app.extensions["whisper_settings"]
+    quiet = settings.sync_timeout if heartbeat else settings.sync_limit
+    try:
+        waited = _wait(job, min(quiet, settings.sync_limit))
+    except BaseException:
+        place.release()
+        raise
+    if waited is None:
+        place.release()
+        return Response(status=CLIENT_GONE_STATUS)
+    if waited.finished or not heartbeat or settings.sync_limit <= quiet:
+        place.release()
+        if not waited.finished:
+            _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
+            raise GatewayTimeout(_too_long(settings.sync_limit))
+        return _finished(waited, render)
+    return _heartbeat_answer(waited, render, place, settings.sync_limit - quiet)
+
+
+def _heartbeat_answer(job: Job, render: Render, place: Place, remaining: float) -> Response:
+    """200 at once; spaces while the job runs; then its JSON, or an error object."""
+    deadline = time.monotonic() + remaining
+
+    def body() -> Iterator[bytes]:
+        answered = False
+        try:
+            while True:
+                waited = _queue().wait(job.id, min(HEARTBEAT_SECONDS, deadline - time.monotonic()))
+                if waited is not None and not waited.finished and time.monotonic() < deadline:
+                    yield b" "  # a write to a caller that left raises here: see finally
+                    continue
+                answered = True
+                if waited is not None and not waited.finished:
+                    _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
+                    yield _error_bytes(GatewayTimeout(_too_long(remaining)))
+                    return
+                try:
+                    yield _finished(waited, render).get_data()
+                except Exception as error:  # failed, cancelled: as an error object
+                    yield _error_bytes(error)
+                return
+        finally:
+            place.release()
+            if not answered:  # the caller went away (GeneratorExit) mid-wait
+                _cancel_unanswered(job, "lost its caller")
+
+    response = Response(stream_with_context(body()), content_type="application/json")
+    response.headers[JOB_ID_HEADER] = job.id
+    response.headers["X-Accel-Buffering"] = "no"  # nginx passes the spaces on at once
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _wait(job: Job, seconds: float) -> Optional[Job]:
+    """The job once finished or after `seconds`; None when the caller went away meanwhile
+    (its job is then cancelled)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        waited = _queue().wait(job.id, min(LOOK_SECONDS, max(0.0, deadline - time.monotonic())))
+        if waited is None or waited.finished or time.monotonic() >= deadline:
+            return waited
+        if _client_gone():
+            _cancel_unanswered(waited, "lost its caller")
+            return None
+
+
+def _finished(job: Optional[Job], render: Render):
+    """The answer for a finished job, or the error it ends in."""
+    if job is None or job.state is JobState.CANCELLED:
+        raise Conflict("The job was cancelled before it finished; it has no transcript.")
+    if job.state is JobState.FAILED:
+        raise JobFailed(job)
+    response = make_response(render(job, _queue().transcript(job.id)))
+    response.headers[JOB_ID_HEADER] = job.id
+    return response
+
+
+def _cancel_unanswered(job: Job, why: str) -> None:
+    log.info("job %s %s; cancelling it", job.id, why)
+    _queue().cancel(job.id)
+
+
+def _too_long(seconds: float) -> str:
+    return (f"The transcription did not finish within {seconds:g} s (WHISPER_SYNC_LIMIT); "
+            "for long files use the asynchronous API: POST /api/v1/transcriptions with "
+            "'Prefer: respond-async', then poll the job.")
+
+
+def _error_bytes(error: Exception) -> bytes:
+    return error_body(error).encode("utf-8")
+
+
+def _client_gone() -> bool:
+    """Whether the caller closed its connection: its socket reads as end of file. (nginx
+    closes its connection to us when its client leaves.) False when it cannot be told."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (OSError, ValueError):
+        return True

@@ -67,7 +67,8 @@ class Settings:
     max_attempts: int = 3  # WHISPER_MAX_ATTEMPTS: runs of a job that keeps crashing before it fails
     retention_hours: float = 168.0  # WHISPER_RETENTION_HOURS: finished jobs and media are kept this long
     preload: bool = True  # WHISPER_PRELOAD: load the default model when the server starts
-    sync_timeout: float = 60.0  # WHISPER_SYNC_TIMEOUT: a synchronous API call waits this long, then 202
+    sync_timeout: float = 60.0  # WHISPER_SYNC_TIMEOUT: a native synchronous call waits this long, then 202
+    sync_limit: float = 3600.0  # WHISPER_SYNC_LIMIT: /v1 and /invocations hold the line this long, then 504
     api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
     batch_windows: int = 0  # WHISPER_BATCH_WINDOWS: windows the batched engine decodes at once; 0 = from free GPU memory
@@ -131,7 +132,9 @@ def env_name(field_name: str) -> str:
 
 def _check_model(variable: str, entry: str) -> None:
     name, source = split_alias(entry)
-    if name != source and name in (*OFFICIAL_MODELS, BUNDLED):
+    # a short name given (name=path) may not be an official one; a file named like one
+    # ('/models/tiny.pt', whisper's own download) goes by that name
+    if name != source and name in (*OFFICIAL_MODELS, BUNDLED) and not _is_path(entry):
         raise ConfigError(f"{variable}: {name!r} names an official model; choose another name "
                           f"for {source!r}")
     if kind_of(source) is not None:
@@ -218,6 +221,7 @@ _PARSERS = {
     "retention_hours": _positive(float),
     "preload": _flag,
     "sync_timeout": _positive(float),
+    "sync_limit": _positive(float),
     "api_keys": _name_list,
     "api_key_file": _text,
     "batch_windows": _count,

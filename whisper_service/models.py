@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import pickle
 import threading
 import time
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 
 # Distilled for transcription only: their decoders were not trained on the translate task.
 TRANSCRIBE_ONLY_MODELS = ("turbo", "large-v3-turbo")
+# what the first use of an official model downloads, in GB (its .pt file, rounded)
+OFFICIAL_DOWNLOAD_GB = {
+    "tiny": 0.08, "tiny.en": 0.08, "base": 0.15, "base.en": 0.15, "small": 0.48,
+    "small.en": 0.48, "medium": 1.5, "medium.en": 1.5, "large-v1": 3.1, "large-v2": 3.1,
+    "large-v3": 3.1, "large": 3.1, "large-v3-turbo": 1.6, "turbo": 1.6,
+}
 
 
 @dataclass
@@ -181,15 +188,26 @@ class ModelRegistry:
         the default one; None otherwise."""
         name = self.default
         with self._registry_lock:
-            stand_in, why = self._stand_ins.get(name), self._load_errors.get(name)
+            stand_in = self._stand_ins.get(name)
         if stand_in is None:
             return None
-        return (f"{why}; {describe(stand_in)} transcribes instead, until the server restarts "
-                f"with internet access or with {name} in {self.settings.model_dir}")
+        # no server path and no raw error in it: pages show it to anyone (the log has both)
+        return (f"The model {name} could not be downloaded, so {describe(stand_in)} "
+                "transcribes instead, until the server restarts with internet access or with "
+                f"{name}'s weights in its model directory.")
 
     def label(self, name: str) -> str:
         """How a model is shown to people: the bundled model by its label, others by name."""
         return describe(name)
+
+    def download_gb(self, name: str) -> Optional[float]:
+        """The GB the first use of this model downloads: an official model whose file is
+        not yet in the model directory (whisper names it after its URL); None otherwise."""
+        source = self._loadable.get(name, name)
+        url = whisper._MODELS.get(source)
+        if url is None or os.path.exists(os.path.join(self.settings.model_dir, os.path.basename(url))):
+            return None
+        return OFFICIAL_DOWNLOAD_GB.get(source)
 
     def load_error(self, name: str) -> Optional[str]:
         """Why the last attempt to load this model failed; None if it has not failed (or
