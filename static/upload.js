@@ -1,37 +1,120 @@
-// Upload with a real progress bar (bytes sent), a size check before sending, drag and drop.
-// Without JavaScript the form posts normally.
+// The upload form: presets fill the expert fields' hints; several files are checked in the
+// browser first (size, emptiness, text that is no media), then sent one by one with a
+// progress bar, each becoming its own job. A refused file is explained next to the file
+// field. Without JavaScript the form posts every file at once and the server answers alike.
 (function () {
   "use strict";
+  var HEAD_BYTES = 512;  // enough of a file's start to tell text from audio or video
   var form = document.getElementById("upload-form");
   if (!form) return;
   var input = document.getElementById("file");
   var drop = document.getElementById("drop-zone");
+  var list = document.getElementById("file-list");
+  var errors = document.getElementById("file-errors");
   var box = document.getElementById("upload-progress");
+  var label = document.getElementById("upload-label");
   var bar = document.getElementById("upload-bar");
   var percent = document.getElementById("upload-percent");
-  var errorBox = document.getElementById("upload-error");
+  var submit = document.getElementById("submit");
   var maxBytes = Number(form.dataset.maxBytes);
 
-  function showError(message) {
-    errorBox.textContent = message;
-    errorBox.hidden = false;
+  // --- presets: the expert fields show what the chosen quality will use ---------------
+  var hints = { beamSize: "beam_size", patience: "patience", temperature: "temperature" };
+  form.querySelectorAll("input[name=preset]").forEach(function (radio) {
+    radio.addEventListener("change", function () {
+      Object.keys(hints).forEach(function (key) {
+        document.getElementById(hints[key]).placeholder = radio.dataset[key];
+      });
+    });
+  });
+
+  // --- messages next to the file field -------------------------------------------------
+  function clearErrors() {
+    errors.textContent = "";
+    drop.classList.remove("invalid");
+    input.removeAttribute("aria-invalid");
   }
 
-  function tooLarge(file) {
-    return file && file.size > maxBytes;
+  function addError(sentence, detail) {
+    var item = document.createElement("div");
+    item.className = "field-error";
+    var text = document.createElement("p");
+    text.textContent = sentence;
+    item.appendChild(text);
+    if (detail) {
+      var more = document.createElement("details");
+      var summary = document.createElement("summary");
+      summary.textContent = "Details";
+      var body = document.createElement("p");
+      body.className = "detail";
+      body.textContent = detail;
+      more.appendChild(summary);
+      more.appendChild(body);
+      item.appendChild(more);
+    }
+    errors.appendChild(item);
+    drop.classList.add("invalid");
+    input.setAttribute("aria-invalid", "true");
+  }
+
+  function addNode(node) {
+    errors.appendChild(document.importNode(node, true));
+    drop.classList.add("invalid");
   }
 
   function megabytes(bytes) {
     return (bytes / 1048576).toFixed(1) + " MB";
   }
 
-  input.addEventListener("change", function () {
-    errorBox.hidden = true;
-    var file = input.files[0];
-    if (tooLarge(file)) {
-      showError("“" + file.name + "” is " + megabytes(file.size) + "; this server accepts up to " +
-        megabytes(maxBytes) + ".");
+  // --- checks in the browser, before anything is sent -----------------------------------
+  function looksLikeText(bytes) {
+    for (var i = 0; i < bytes.length; i++) {
+      var b = bytes[i];
+      if (b === 0 || (b < 32 && b !== 9 && b !== 10 && b !== 13 && b !== 12)) return false;
     }
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+      return true;
+    } catch (error) {
+      return false;  // cut in the middle of a character, or binary: media, perhaps
+    }
+  }
+
+  function check(file) {
+    if (file.size === 0) return Promise.resolve(file.name + " is empty.");
+    if (file.size > maxBytes) {
+      return Promise.resolve(file.name + " is " + megabytes(file.size) + "; this server accepts up to " +
+        megabytes(maxBytes) + " per file.");
+    }
+    return file.slice(0, HEAD_BYTES).arrayBuffer().then(function (head) {
+      return looksLikeText(new Uint8Array(head)) ? file.name + " is not audio or video we can read." : null;
+    }, function () { return null; });
+  }
+
+  function checkAll(files) {
+    return Promise.all(files.map(check)).then(function (problems) {
+      return files.filter(function (file, i) {
+        if (problems[i]) addError(problems[i]);
+        return !problems[i];
+      });
+    });
+  }
+
+  function showChosen(files) {
+    list.textContent = "";
+    files.forEach(function (file) {
+      var item = document.createElement("li");
+      item.textContent = file.name + " (" + megabytes(file.size) + ")";
+      list.appendChild(item);
+    });
+    list.hidden = files.length === 0;
+  }
+
+  input.addEventListener("change", function () {
+    clearErrors();
+    var files = Array.prototype.slice.call(input.files);
+    showChosen(files);
+    checkAll(files);
   });
 
   ["dragover", "dragenter"].forEach(function (type) {
@@ -51,42 +134,95 @@
     }
   });
 
-  form.addEventListener("submit", function (event) {
-    var file = input.files[0];
-    if (!file) return;  // the browser's own "required" message
-    event.preventDefault();
-    if (tooLarge(file)) {
-      showError("“" + file.name + "” is " + megabytes(file.size) + "; this server accepts up to " +
-        megabytes(maxBytes) + ".");
-      return;
-    }
-    errorBox.hidden = true;
-    box.hidden = false;
-    form.querySelector("button[type=submit]").disabled = true;
-    var request = new XMLHttpRequest();
-    request.open("POST", form.action);
-    request.upload.addEventListener("progress", function (e) {
-      if (!e.lengthComputable) return;
-      var done = Math.round((e.loaded / e.total) * 100);
-      bar.value = done;
-      percent.textContent = done + " %";
+  // --- sending, one file per request ------------------------------------------------------
+  function send(file, index, count) {
+    return new Promise(function (resolve) {
+      var data = new FormData(form);
+      data.delete("file");
+      data.append("file", file, file.name);
+      var request = new XMLHttpRequest();
+      request.open("POST", form.action);
+      label.textContent = count > 1 ? "Uploading " + (index + 1) + " of " + count + ": " + file.name : "Uploading " + file.name;
+      bar.value = 0;
+      percent.textContent = "0 %";
+      request.upload.addEventListener("progress", function (e) {
+        if (!e.lengthComputable) return;
+        var done = Math.round((e.loaded / e.total) * 100);
+        bar.value = done;
+        percent.textContent = done + " %";
+      });
+      request.addEventListener("load", function () {
+        var job = /\/jobs\/([A-Za-z0-9_-]{22})$/.exec(new URL(request.responseURL).pathname);
+        if (request.status < 400 && job) {
+          resolve({ id: job[1], url: request.responseURL });
+          return;
+        }
+        var page = new DOMParser().parseFromString(request.responseText, "text/html");
+        var refusals = page.querySelectorAll("#file-errors .field-error");
+        if (refusals.length) {
+          refusals.forEach(addNode);
+        } else {
+          var message = page.querySelector(".error");
+          addError(file.name + ": " + (message ? message.textContent : "the upload failed (" + request.status + ")."));
+        }
+        resolve(null);
+      });
+      request.addEventListener("error", function () {
+        addError(file.name + ": the connection broke during the upload; please try again.");
+        resolve(null);
+      });
+      request.send(data);
     });
-    request.addEventListener("load", function () {
-      if (request.status < 400) {
-        window.location.assign(request.responseURL);  // the job page, after the 303
+  }
+
+  function sendAll(files) {
+    var jobs = [];
+    return files.reduce(function (previous, file, index) {
+      return previous.then(function () {
+        return send(file, index, files.length).then(function (job) { if (job) jobs.push(job); });
+      });
+    }, Promise.resolve()).then(function () { return jobs; });
+  }
+
+  function batchUrl(jobs) {
+    var query = jobs.map(function (job) { return "job=" + encodeURIComponent(job.id); }).join("&");
+    return form.dataset.batchUrl + "?" + query;
+  }
+
+  function finish(jobs, refusedAny) {
+    box.hidden = true;
+    submit.disabled = false;
+    if (!refusedAny && jobs.length === 1) return window.location.assign(jobs[0].url);
+    if (!refusedAny && jobs.length > 1) return window.location.assign(batchUrl(jobs));
+    if (jobs.length) {
+      var note = document.createElement("p");
+      note.className = "queued-note";
+      var link = document.createElement("a");
+      link.href = jobs.length === 1 ? jobs[0].url : batchUrl(jobs);
+      link.textContent = jobs.length === 1 ? "Follow its job" : "See them together";
+      note.appendChild(document.createTextNode((jobs.length === 1 ? "1 file was" : jobs.length + " files were") +
+        " queued. "));
+      note.appendChild(link);
+      errors.appendChild(note);
+    }
+  }
+
+  form.addEventListener("submit", function (event) {
+    var files = Array.prototype.slice.call(input.files);
+    if (!files.length) return;  // the browser's own "required" message
+    event.preventDefault();
+    clearErrors();
+    submit.disabled = true;
+    checkAll(files).then(function (good) {
+      var refusedAny = good.length < files.length;
+      if (!good.length) {
+        submit.disabled = false;
         return;
       }
-      var page = new DOMParser().parseFromString(request.responseText, "text/html");
-      var message = page.querySelector(".error");
-      showError(message ? message.textContent : "The upload failed (" + request.status + ").");
-      box.hidden = true;
-      form.querySelector("button[type=submit]").disabled = false;
+      box.hidden = false;
+      return sendAll(good).then(function (jobs) {
+        finish(jobs, refusedAny || jobs.length < good.length);
+      });
     });
-    request.addEventListener("error", function () {
-      showError("The connection broke during the upload; please try again.");
-      box.hidden = true;
-      form.querySelector("button[type=submit]").disabled = false;
-    });
-    request.send(new FormData(form));
   });
 })();

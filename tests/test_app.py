@@ -37,10 +37,10 @@ def test_upload_page_offers_every_option(client, app):
                   "best_of", "initial_prompt", "condition_on_previous_text", "word_timestamps",
                   "max_line_width", "max_line_count", "csrf_token"):
         assert f'name="{field}"' in page
-    assert 'id="beam_size" name="beam_size" type="number" min="1" max="16" step="1"\n           value="5"' in page
-    assert 'value="1.0"' in page  # patience
-    assert "up to 2 MB" in page
-    assert '<option value="tiny-test" selected>' in page  # by its name, never its path
+    assert 'id="beam_size" name="beam_size" type="number" min="1" max="16" step="1"\n           placeholder="5"' in page
+    assert 'placeholder="1"' in page  # patience, from the Balanced preset
+    assert "Up to 2 MB" in page
+    assert '<option value="tiny-test" selected>tiny-test</option>' in page  # by its name, never its path
     assert '<option value="ko">Korean</option>' in page
 
 
@@ -83,7 +83,8 @@ def test_status_json(client, media):
     job_url = upload(client, media["speech.wav"], **FAST).headers["Location"]
     status = client.get(job_url + "/status").get_json()
     assert status["state"] in ("queued", "running", "done")
-    assert set(status) == {"state", "progress", "eta_seconds", "position", "error"}
+    assert set(status) == {"state", "label", "progress", "eta_seconds", "position", "error",
+                           "cancelling", "wait_seconds"}
     assert wait_until_finished(client, job_url)["progress"] == 1.0
 
 
@@ -116,9 +117,9 @@ def test_filename_is_escaped_everywhere(client, media):
 
 
 @pytest.mark.parametrize("name, status, words", [
-    ("notes.mp3", 415, "is not an audio or video file"),
-    ("talk.mp4", 422, "no audio stream found in &#39;talk.mp4&#39;"),
-    ("empty.wav", 422, "is empty"),
+    ("notes.mp3", 415, "notes.mp3 is not audio or video we can read."),
+    ("talk.mp4", 422, "talk.mp4 has no sound to transcribe."),
+    ("empty.wav", 422, "empty.wav is empty."),
 ])
 def test_bad_media_is_refused_at_upload(client, media, name, status, words):
     response = upload(client, media[name], **FAST)

@@ -1,11 +1,17 @@
-"""A real browser (headless Debian Chromium driven by Playwright) against the app on loopback."""
+"""A real browser (headless Debian Chromium driven by Playwright) against the app on loopback:
+the upload form, a job's progress and cancel, the transcript's player, keyboard, find and
+copy, several files at once, and how each page looks on a desktop and a phone, light and
+dark (screenshots in test-output/)."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -17,9 +23,17 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
 ]
 OUTPUT = Path(__file__).resolve().parents[2] / "test-output"
-PERCENT_WATCHER = """
+TIME_ZONE = "Asia/Seoul"  # the browser's, so local times differ from the server's UTC
+DESKTOP = {"viewport": {"width": 1280, "height": 900}}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
+         "has_touch": True}
+CANCEL_LANDS_SECONDS = 2.0
+JOB_PAGE = re.compile(r"/jobs/[A-Za-z0-9_-]{22}$")
+# every text the job page's progress label shows, as it changes
+WATCHER = """
 document.addEventListener("DOMContentLoaded", () => {
   const label = document.getElementById("job-percent");
   if (!label) return;
@@ -43,37 +57,71 @@ def live_server(checkpoint, tmp_path):
 
 
 @pytest.fixture
-def page():
+def idle_server(checkpoint, tmp_path):
+    """A server whose job consumer is stopped: uploads stay queued."""
+    app = make_app(checkpoint, tmp_path)
+    app.extensions["whisper_jobs"].stop()
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(accept_downloads=True, viewport={"width": 1000, "height": 900})
-        yield context.new_page()
+        yield browser
         browser.close()
 
 
-def test_upload_watch_progress_play_and_download(page, live_server, long_speech, tmp_path):
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(accept_downloads=True, timezone_id=TIME_ZONE, locale="en-US",
+                                  **DESKTOP)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    return context.new_page()
+
+
+def shoot(page, name):
+    """Light and dark screenshots of what the page shows now."""
     OUTPUT.mkdir(exist_ok=True)
-    percents = []  # every text the job page's progress label shows, as it changes
+    page.evaluate("window.scrollTo(0, 0)")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        page.screenshot(path=str(OUTPUT / f"{name}-{scheme}.png"), full_page=True)
+    page.emulate_media(color_scheme="light")
+
+
+def choose_preset(page, label):
+    page.get_by_label(label, exact=True).check()
+
+
+def test_upload_watch_progress_then_use_the_transcript(browser, page, live_server, long_speech):
+    percents = []
     page.expose_function("reportPercent", lambda text: percents.append(text))
-    page.add_init_script(PERCENT_WATCHER)
+    page.add_init_script(WATCHER)
     page.goto(live_server + "/")
     expect(page.get_by_role("heading", name="Transcribe audio or video")).to_be_visible()
+    expect(page.get_by_role("link", name="Transcribe", exact=True)).to_have_attribute("aria-current", "page")
     page.set_input_files("#file", str(long_speech))
-    page.fill("#beam_size", "3")
-    page.fill("#patience", "2")
-    page.screenshot(path=str(OUTPUT / "upload-page.png"), full_page=True)
-    page.click("button[type=submit]")
+    choose_preset(page, "Fast")
+    expect(page.locator("#beam_size")).to_have_attribute("placeholder", "1")  # the preset's value shows
+    shoot(page, "desktop-upload")
+    page.click("#submit")
 
-    page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"), timeout=30_000)
+    page.wait_for_url(JOB_PAGE, timeout=30_000)
+    job_url = page.url
+    expect(page.get_by_text("You can close this tab")).to_be_visible()
     segments = page.locator(".segment")
     expect(segments.first).to_be_visible(timeout=120_000)
-    # the bar filled up to 100 % before the page turned into the transcript
+    # the bar rose to 100 % before the page turned into the transcript
     shown = [int(text.split()[0]) for text in percents]
-    assert shown[-1] == 100, shown
-    assert shown == sorted(shown)
+    assert shown[-1] == 100 and shown == sorted(shown), shown
     assert segments.count() >= 2
-    expect(page.locator(".facts")).to_contain_text("beam size 3, patience 2.0")
+    expect(page.locator(".facts")).to_contain_text("beam size 1, patience 1.0, temperatures 0.0")
 
+    # the player follows a click, and the keyboard: one tab stop, arrows, Enter, Space
     player = page.locator("#player")
     wait_until(lambda: player.evaluate("p => p.readyState") >= 1, 10)
     second = segments.nth(1)
@@ -82,17 +130,169 @@ def test_upload_watch_progress_play_and_download(page, live_server, long_speech,
     second.click()
     wait_until(lambda: abs(player.evaluate("p => p.currentTime") - start) < 0.5, 10)
     expect(second).to_have_class(re.compile(r"\bcurrent\b"))
-    page.screenshot(path=str(OUTPUT / "transcript-page.png"), full_page=True)
+    player.evaluate("p => p.pause()")
+    assert page.locator(".segment[tabindex='0']").count() == 1
+    segments.first.focus()
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate("document.activeElement === document.querySelectorAll('.segment')[1]")
+    page.keyboard.press("End")
+    last = segments.count() - 1
+    assert page.evaluate(f"document.activeElement === document.querySelectorAll('.segment')[{last}]")
+    page.keyboard.press("Home")
+    page.keyboard.press("Tab")  # out of the transcript in one step
+    assert not page.evaluate("document.activeElement.classList.contains('segment')")
+    page.keyboard.press("Shift+Tab")  # back to the line it left
+    assert page.evaluate("document.activeElement === document.querySelectorAll('.segment')[0]")
+    page.keyboard.press(" ")
+    wait_until(lambda: not player.evaluate("p => p.paused"), 5, what="Space to play")
+    page.keyboard.press(" ")
+    wait_until(lambda: player.evaluate("p => p.paused"), 5, what="Space to pause")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")  # plays from that line
+    wait_until(lambda: abs(player.evaluate("p => p.currentTime") - start) < 0.5, 10)
+    player.evaluate("p => p.pause()")
+
+    # find a word, jump to it
+    word = segments.last.locator(".text").inner_text().split()[0]
+    page.fill("#find", word)
+    expect(page.locator("#find-count")).to_have_text(re.compile(r"^\d+ lines?$"))
+    page.press("#find", "Enter")
+    found = page.locator(".segment.found")
+    expect(found).to_have_count(1)
+    expect(found).to_contain_text(word)
+    expect(page.locator("#find-count")).to_have_text(re.compile(r"^1 of \d+$"))
+    page.fill("#find", "")
+
+    # copy with timestamps
+    page.click("#copy-timed")
+    expect(page.locator("#copy-done")).to_have_text("Copied.")
+    copied = page.evaluate("navigator.clipboard.readText()").split("\n")
+    assert len(copied) == segments.count()
+    assert re.match(r"^\[0:00\] \S", copied[0]), copied[:2]
+    shoot(page, "desktop-transcript")
 
     with page.expect_download() as download_info:
         page.get_by_role("link", name="SRT").click()
     download = download_info.value
     assert download.suggested_filename == "lecture.srt"
-    srt = Path(download.path()).read_text(encoding="utf-8")
-    cues = srt.strip().split("\n\n")
-    assert len(cues) >= 2
-    assert all(SRT_CUE.match(cue) for cue in cues)
-    assert [int(cue.split("\n", 1)[0]) for cue in cues] == list(range(1, len(cues) + 1))
+    cues = Path(download.path()).read_text(encoding="utf-8").strip().split("\n\n")
+    assert len(cues) >= 2 and all(SRT_CUE.match(cue) for cue in cues)
+
+    # the jobs list: local time, a human state, the retention
+    page.goto(live_server + "/jobs")
+    expect(page.get_by_role("link", name="Recent jobs")).to_have_attribute("aria-current", "page")
+    expect(page.locator(".badge").first).to_have_text("Done")
+    expect(page.locator("#retention")).to_contain_text("deleted after 7 days")
+    time_node = page.locator("time.local").first
+    submitted = datetime.fromisoformat(time_node.get_attribute("datetime")).astimezone(ZoneInfo(TIME_ZONE))
+    local = f"{submitted.hour % 12 or 12}:{submitted.minute:02d}"
+    expect(time_node).to_contain_text(local)
+    expect(time_node).not_to_contain_text("UTC")
+    shoot(page, "desktop-jobs")
+
+    # a phone: the transcript starts on the first screen, the player stays at hand
+    phone = browser.new_context(timezone_id=TIME_ZONE, **PHONE).new_page()
+    phone.goto(job_url)
+    screen = PHONE["viewport"]["height"]
+    assert phone.locator(".segment").first.bounding_box()["y"] < screen * 0.6
+    shoot(phone, "phone-transcript")
+    phone.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    wait_until(lambda: phone.evaluate("window.scrollY") > 0, 5)
+    box = phone.locator("#player").bounding_box()
+    assert 0 <= box["y"] < 20, box  # stuck to the top while the transcript scrolls under it
+    tap = phone.locator(".segment").first.bounding_box()
+    assert tap["height"] >= 44, tap
+    phone.goto(live_server + "/")
+    shoot(phone, "phone-upload")
+
+
+def reported(job):
+    """A status answer, as /jobs/<id>/status gives it."""
+    return {"error": None, "position": None, "eta_seconds": None, "wait_seconds": None,
+            "cancelling": False, "progress": 0.0, **job}
+
+
+def test_the_page_shows_what_the_status_reports_smoothly_and_counts_down(page, idle_server, media):
+    """Whatever fraction and estimate the status reports: the bar eases toward it, the time
+    left counts down between reports, a queued job shows its place and its wait."""
+    answers = [reported({"state": "queued", "label": "Waiting: number 2 in the queue", "position": 2,
+                         "wait_seconds": 90})]
+    page.route(re.compile(r"/status$"), lambda route: route.fulfill(json=answers[-1]))
+    page.goto(idle_server + "/")
+    page.set_input_files("#file", str(media["speech.wav"]))
+    page.click("#submit")
+    page.wait_for_url(JOB_PAGE, timeout=30_000)
+    expect(page.locator("#job-state")).to_have_text("Waiting: number 2 in the queue")
+    expect(page.locator("#job-eta")).to_have_text("About 1 min 30 s until it is done.")
+    expect(page.get_by_text("You can close this tab")).to_be_visible()
+
+    answers.append(reported({"state": "running", "label": "Transcribing: 40 %", "progress": 0.4,
+                             "eta_seconds": 30}))
+    seen = set()
+    wait_until(lambda: seen.add(page.locator("#job-progress").evaluate("p => p.value")) or 40 in seen,
+               10, interval=0.02, what="the bar to reach 40 %")
+    assert any(0 < value < 40 for value in seen), seen  # on its way, not in one jump
+    expect(page.locator("#job-state")).to_have_text("Transcribing: 40 %")
+    eta = page.locator("#job-eta")
+    expect(eta).to_have_text(re.compile(r"^About \d+ s left\.$"))
+    before = int(re.search(r"\d+", eta.inner_text()).group())
+    page.wait_for_timeout(2_000)  # the status repeats the same estimate: it counts down
+    after = int(re.search(r"\d+", eta.inner_text()).group())
+    assert before <= 30 and 1 <= before - after <= 3, (before, after)
+    shoot(page, "desktop-job-running")
+
+    # deleting a job that is not finished asks first
+    page.unroute(re.compile(r"/status$"))
+    page.get_by_role("button", name="Delete…").click()
+    expect(page.get_by_role("heading", name="Delete speech.wav?")).to_be_visible()
+    page.get_by_role("button", name="Yes, stop and delete it").click()
+    expect(page.get_by_role("heading", name="Recent jobs")).to_be_visible()
+    expect(page.get_by_text("No jobs from this browser yet.")).to_be_visible()
+
+
+def test_cancel_lands_within_two_seconds(page, live_server, long_speech):
+    page.goto(live_server + "/")
+    page.set_input_files("#file", str(long_speech))
+    choose_preset(page, "Most accurate")  # slow enough to be running for a while
+    page.click("#submit")
+    page.wait_for_url(JOB_PAGE, timeout=30_000)
+    state = page.locator("#job-state")
+    expect(state).to_have_text(re.compile(r"^Transcribing"), timeout=60_000)
+    cancel = page.get_by_role("button", name="Cancel")
+    assert "secondary" in cancel.get_attribute("class")
+    clicked = time.monotonic()
+    cancel.click()
+    expect(state).to_have_text("Cancelling…", timeout=500)
+    expect(page.get_by_text(re.compile("cancelled", re.I)).first).to_be_visible(timeout=CANCEL_LANDS_SECONDS * 1000)
+    landed = time.monotonic() - clicked
+    assert landed < CANCEL_LANDS_SECONDS, landed
+    expect(page.get_by_text("This job was cancelled.")).to_be_visible(timeout=5_000)
+
+
+def test_several_files_and_the_ones_refused(page, live_server, media, tmp_path):
+    junk = tmp_path / "junk.mp3"
+    junk.write_bytes(bytes(range(256)) * 8)  # binary, so only ffmpeg can tell
+    page.goto(live_server + "/")
+    page.set_input_files("#file", [str(media["speech.wav"]), str(media["notes.mp3"]),
+                                   str(media["speech.flac"]), str(junk)])
+    errors = page.locator("#file-errors")
+    # checked in the browser, before anything is sent
+    expect(errors).to_contain_text("notes.mp3 is not audio or video we can read.")
+    expect(page.locator("#file-list li")).to_have_count(4)
+    choose_preset(page, "Fast")
+    page.click("#submit")
+    expect(errors).to_contain_text("2 files were queued.", timeout=30_000)
+    expect(errors).to_contain_text("junk.mp3 is not audio or video we can read.")
+    detail = errors.locator(".field-error", has_text="junk.mp3").locator("details")
+    expect(detail.locator(".detail")).to_be_hidden()
+    detail.locator("summary").click()
+    expect(detail.locator(".detail")).to_contain_text("ffmpeg")
+    shoot(page, "desktop-upload-refused")
+    page.get_by_role("link", name="See them together").click()
+    expect(page.get_by_role("heading", name="2 files queued")).to_be_visible()
+    expect(page.locator("table.jobs tbody tr")).to_have_count(2)
+    expect(page.locator("table.jobs")).to_contain_text("speech.wav")
+    expect(page.locator("table.jobs")).to_contain_text("speech.flac")
 
 
 def test_an_upload_that_is_also_a_page_runs_no_script_here(page, live_server, media, tmp_path):
@@ -104,9 +304,9 @@ def test_an_upload_that_is_also_a_page_runs_no_script_here(page, live_server, me
     polyglot.write_bytes(polyglot_wav(media["speech.wav"]))
     page.goto(live_server + "/")
     page.set_input_files("#file", str(polyglot))
-    page.fill("#beam_size", "1")
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(r"/jobs/[A-Za-z0-9_-]{22}$"), timeout=30_000)
+    choose_preset(page, "Fast")
+    page.click("#submit")
+    page.wait_for_url(JOB_PAGE, timeout=30_000)
     expect(page.locator("#player")).to_be_attached(timeout=120_000)
     media_url = page.url + "/media"
     response = page.goto(media_url)
