@@ -7,6 +7,9 @@ PYTHON ?= python3
 APP_APT_PACKAGES = nginx
 # espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives
 TEST_APT_PACKAGES = espeak-ng chromium
+# Node runs the official OpenAI Node SDK (tests/node, installed with npm ci); Debian's
+# packages only where the machine has no Node of its own
+NODE_APT_PACKAGES = nodejs npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -33,6 +36,8 @@ system-deps:
 test-deps: system-deps $(VENV)/.test-installed
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
+	@command -v npm >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq --no-install-recommends $(NODE_APT_PACKAGES)
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
 run: setup
 	WHISPER_HOST=$(HOST) WHISPER_PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py

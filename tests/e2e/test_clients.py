@@ -1,0 +1,98 @@
+"""Clients nobody here wrote, against a job that outlasts WHISPER_SYNC_TIMEOUT: the official
+OpenAI Node SDK and a SageMaker-style caller get their answer, never a 202 they cannot read;
+and the README's curl lines, run as a user pastes them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from conftest import make_app, run_ffmpeg, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE_TESTS = ROOT / "tests" / "node"
+README = ROOT / "README.md"
+README_BASE = "http://127.0.0.1:8000"
+SRT_START = re.compile(r"^1\n00:00:\d\d,\d\d\d --> ")
+
+
+def serve(app):
+    running = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    yield app, f"http://127.0.0.1:{running.server_port}"
+    running.shutdown()
+    app.extensions["whisper_jobs"].stop()
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, tmp_path_factory):
+    """A server whose sync wait is short: every transcription here outlasts it."""
+    yield from serve(make_app(checkpoint, tmp_path_factory.mktemp("clients"),
+                              WHISPER_SYNC_TIMEOUT="0.2", WHISPER_MAX_UPLOAD_MB="50"))
+
+
+@pytest.fixture
+def default_server(checkpoint, tmp_path):
+    """A server as the README's user has it: the default waits."""
+    yield from serve(make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50"))
+
+
+def test_the_official_node_sdk_gets_text_and_srt(server, media):
+    assert (NODE_TESTS / "node_modules" / "openai").is_dir(), "make test installs it (npm ci)"
+    done = subprocess.run(["node", "transcribe.mjs", server[1] + "/v1", str(media["speech.wav"])],
+                          cwd=NODE_TESTS, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert isinstance(answer["text"], str) and answer["text"].strip()
+    assert answer["srtType"] == "string" and SRT_START.match(answer["srt"])
+    # a file that is not media: the SDK's BadRequestError, naming the field
+    assert answer["notMedia"] == {"name": "BadRequestError", "status": 400, "param": "file"}
+
+
+def test_a_sagemaker_style_caller_reads_text(server, media):
+    response = requests.post(server[1] + "/invocations", timeout=300, json={
+        "audio_input": media["speech.wav"].read_bytes().hex(), "num_beams": 1})
+    assert response.status_code == 200
+    assert isinstance(response.json()["text"], str)  # KeyError: 'text' before
+
+
+def readme_curl_lines() -> list:
+    """The curl lines of the README's native API example, as written."""
+    block = README.read_text(encoding="utf-8").split("**Native** (`/api/v1`)", 1)[1]
+    block = block.split("```sh", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if "curl" in line and not line.startswith("#")]
+    return [re.sub(r"\s+#\s.*$", "", line) for line in lines]  # a comment after the command
+
+
+def test_the_readmes_curl_lines_work_as_written(default_server, media, tmp_path):
+    server = default_server
+    lines = readme_curl_lines()
+    assert len(lines) >= 8
+    # over 128 KB: the base64 line once failed above ~96 KB (argument list too long)
+    run_ffmpeg("-i", str(media["speech.wav"]), "-af", "apad=pad_dur=20", "-c:a", "libmp3lame",
+               "-b:a", "128k", str(tmp_path / "talk.mp3"))
+    assert (tmp_path / "talk.mp3").stat().st_size > 128 * 1024
+    shutil.copy(media["speech.mp4"], tmp_path / "lecture.mp4")
+    queue = server[0].extensions["whisper_jobs"]
+    job_id = None
+    for line in lines:
+        command = line.replace(README_BASE, server[1])
+        if "<id>" in command:
+            if "transcript" in command:
+                wait_until(lambda: queue.get(job_id).finished, 120, what="the job")
+            command = command.replace("<id>", job_id)
+        done = subprocess.run(["bash", "-c", command + " -sS -w '\\n%{http_code}'"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (line, done.stderr)
+        body, status = done.stdout.rsplit("\n", 1)
+        assert status in ("200", "202", "204"), (line, status, body[:500])
+        if "respond-async" in line:
+            job_id = json.loads(body)["id"]
