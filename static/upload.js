@@ -126,9 +126,51 @@
   ["dragleave", "drop"].forEach(function (type) {
     drop.addEventListener(type, function () { drop.classList.remove("dragging"); });
   });
+  // a dropped folder gives its files (and its folders' files), leaving out what is plainly
+  // no media: hidden files, pictures, text
+  function skipped(file) {
+    return file.name.charAt(0) === "." || /^(image|text)\//.test(file.type);
+  }
+
+  function filesIn(entry) {
+    if (entry.isFile) {
+      return new Promise(function (resolve) { entry.file(resolve, function () { resolve(null); }); });
+    }
+    return new Promise(function (resolve) {
+      var reader = entry.createReader();
+      var found = [];
+      var more = function () {  // readEntries gives a folder's entries a batch at a time
+        reader.readEntries(function (batch) {
+          if (!batch.length) return resolve(Promise.all(found).then(flatten));
+          batch.forEach(function (child) { found.push(filesIn(child)); });
+          more();
+        }, function () { resolve([]); });
+      };
+      more();
+    });
+  }
+
+  function flatten(lists) {
+    return lists.reduce(function (all, item) { return all.concat(item || []); }, []);
+  }
+
+  function choose(files) {
+    var chosen = new DataTransfer();
+    files.forEach(function (file) { chosen.items.add(file); });
+    input.files = chosen.files;
+    input.dispatchEvent(new Event("change"));
+  }
+
   drop.addEventListener("drop", function (event) {
     event.preventDefault();
-    if (event.dataTransfer.files.length) {
+    var entries = Array.prototype.map.call(event.dataTransfer.items || [], function (item) {
+      return item.webkitGetAsEntry ? item.webkitGetAsEntry() : null;
+    });
+    if (entries.some(function (entry) { return entry && entry.isDirectory; })) {
+      Promise.all(entries.filter(Boolean).map(filesIn)).then(flatten).then(function (files) {
+        choose(files.filter(function (file) { return !skipped(file); }));
+      });
+    } else if (event.dataTransfer.files.length) {
       input.files = event.dataTransfer.files;
       input.dispatchEvent(new Event("change"));
     }

@@ -273,9 +273,19 @@ def test_several_files_and_the_ones_refused(page, live_server, media, tmp_path):
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(bytes(range(256)) * 8)  # binary, so only ffmpeg can tell
     page.goto(live_server + "/")
+    errors = page.locator("#file-errors")
+    page.evaluate("""() => {
+      const data = new DataTransfer();
+      data.items.add(new File(["just words"], "memo.mp3", { type: "audio/mpeg" }));
+      data.items.add(new File([new Uint8Array([0, 1, 2, 255])], "b.wav", { type: "audio/wav" }));
+      document.getElementById("drop-zone").dispatchEvent(
+        new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+    }""")
+    expect(page.locator("#file-list li")).to_have_count(2)  # dropped files are all taken
+    expect(errors).to_contain_text("memo.mp3 is not audio or video we can read.")
     page.set_input_files("#file", [str(media["speech.wav"]), str(media["notes.mp3"]),
                                    str(media["speech.flac"]), str(junk)])
-    errors = page.locator("#file-errors")
+    expect(errors).not_to_contain_text("memo.mp3")
     # checked in the browser, before anything is sent
     expect(errors).to_contain_text("notes.mp3 is not audio or video we can read.")
     expect(page.locator("#file-list li")).to_have_count(4)
