@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from whisper_service.__main__ import build_parser
 
 SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.*)$", re.S)
@@ -82,3 +84,49 @@ def test_every_option_has_a_flag():
                    "--output-dir", "--model", "--device", "--temperature-increment-on-fallback",
                    "--mode", "--batch-windows"):
         assert option in flags
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--format", "docx"], "--format takes txt, srt, vtt, tsv, json or all; got 'docx'"),
+    (["--device", "cuda"], "--device: device 'cuda' was asked for, but no CUDA GPU is visible"),
+    (["--model", "/no/such/model.pt"], "--model: '/no/such/model.pt' is neither a checkpoint"),
+    (["--beam-size", "17"], "beam_size: must be in [1, 16]; got 17"),
+])
+def test_bad_flags_exit_2_naming_the_flag(media, checkpoint, tmp_path, flags, words):
+    if "--model" not in flags:
+        flags = [*flags, "--model", checkpoint]
+    result = run_cli(str(media["speech.wav"]), *flags, "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr
+    assert words in result.stderr and "WHISPER_" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_progress_is_drawn_once_per_decoded_file_and_nothing_for_a_refused_one(
+        media, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(media["notes.mp3"]), str(media["speech.wav"]), "--model", checkpoint,
+                     "--format", "txt", "--beam-size", "0", "--temperature", "0",
+                     "--output-dir", str(out))
+    assert result.returncode == 1
+    shown = [part for part in re.split(r"[\r\n]", result.stderr) if part.strip()]
+    assert not any(part.startswith("notes.mp3:") for part in shown)  # refused: no bar
+    final = [part for part in shown if part.startswith("speech.wav: 100%")]
+    assert len(final) == 1, shown  # the last line once
+    assert re.search(r"\| \d+/\d+ s audio", final[0]) and "0/0 s" not in result.stderr
+    assert (out / "speech.txt").exists()
+
+
+def test_no_output_folder_when_every_file_failed(media, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(str(media["notes.mp3"]), "--model", checkpoint, "--output-dir", str(out))
+    assert result.returncode == 1 and "notes.mp3" in result.stderr
+    assert not out.exists()
+
+
+def test_help_says_none_where_nothing_is_set_and_documents_greedy():
+    text = build_parser().format_help()
+    compact = " ".join(text.split())
+    assert "(default: auto)" not in compact
+    assert "spoken language: auto, a code (ko) or a name (Korean) (default: none)" in compact
+    assert "0 or 'greedy' for greedy decoding" in compact

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from dataclasses import fields
 from typing import List, Optional, Sequence
@@ -20,12 +21,20 @@ from . import evaluate
 from .config import Settings
 from .progress import Progress
 from .errors import ConfigError, ServiceError
+from .models import pick_device
 from .options import OPTION_NAMES, SubtitleLayout, TranscribeOptions
 from .service import WhisperService
 from .writers import FORMATS, write
 
 # options the command line sets through Settings rather than per file
 _SETTINGS_FLAGS = ("model",)
+# the flag behind each setting the command line sets, named in errors instead of the variable
+FLAG_OF_VARIABLE = {
+    "WHISPER_MODELS": "--model", "WHISPER_MODEL_DIR": "--model-dir", "WHISPER_MODEL": "--model",
+    "WHISPER_DEVICE": "--device", "WHISPER_BATCH_WINDOWS": "--batch-windows",
+}
+EXIT_FAILED = 1  # a file could not be transcribed
+EXIT_USAGE = 2  # a bad option or flag: nothing was tried
 EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
 DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
@@ -103,7 +112,7 @@ def _count(raw: str) -> int:
 def _shown(default) -> str:
     if isinstance(default, tuple):
         return ",".join(f"{v:g}" for v in default)
-    return "auto" if default is None else str(default)
+    return "none" if default is None else str(default)
 
 
 def parse_formats(value: str) -> List[str]:
@@ -112,7 +121,7 @@ def parse_formats(value: str) -> List[str]:
         return list(FORMATS)
     unknown = [f for f in wanted if f not in FORMATS]
     if unknown or not wanted:
-        raise SystemExit(f"error: --format takes {', '.join(FORMATS)} or all; got {value!r}")
+        raise ConfigError(f"--format takes {', '.join(FORMATS)} or all; got {value!r}")
     return wanted
 
 
@@ -122,13 +131,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return evaluate_main(argv[1:])
     args = build_parser().parse_args(argv)
     _log_setup(args.verbose)
-    formats = parse_formats(args.format)
     try:
+        formats = parse_formats(args.format)
         settings, options = _settings_and_options(args, args.model)
     except (ConfigError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    os.makedirs(args.output_dir, exist_ok=True)
+        return EXIT_USAGE
     service = WhisperService(settings)
     failures = 0
     for path in args.files:
@@ -140,7 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as error:
             failures += 1
             print(f"error: {path}: {error.strerror or error}", file=sys.stderr)
-    return 1 if failures else 0
+    return EXIT_FAILED if failures else 0
 
 
 def evaluate_main(argv: Sequence[str]) -> int:
@@ -153,7 +161,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
         dataset = evaluate.read_dataset(args.dataset)
     except (ConfigError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     def bar(utterances, name):
         return tqdm(utterances, desc=name, unit="clip", disable=args.quiet)
@@ -197,7 +205,24 @@ def _settings_and_options(args: argparse.Namespace, models: Optional[str]):
         name: value for name, value in vars(args).items()
         if value is not None and name in OPTION_NAMES and name not in _SETTINGS_FLAGS
     }
-    return Settings.from_env(environ), TranscribeOptions.from_mapping(option_values)
+    try:
+        settings = Settings.from_env(environ)
+        pick_device(settings.device)  # --device cuda without a GPU: a bad flag, said now
+    except (ConfigError, ServiceError) as error:
+        raise ConfigError(_flag_names(str(error), args)) from None
+    return settings, TranscribeOptions.from_mapping(option_values)
+
+
+def _flag_names(message: str, args: argparse.Namespace) -> str:
+    """An error about a setting a flag gave, naming the flag instead of its variable."""
+    given = {"--model": args.model, "--device": args.device, "--model-dir": args.model_dir,
+             "--batch-windows": args.batch_windows}
+    for variable, flag in FLAG_OF_VARIABLE.items():
+        if given[flag] is not None:
+            message = re.sub(rf"\b{variable}\b", flag, message)
+    if message.startswith("device ") and args.device:
+        message = f"--device: {message}"
+    return message
 
 
 def transcribe_one(
@@ -205,14 +230,21 @@ def transcribe_one(
     output_dir: str, quiet: bool,
 ) -> None:
     name = os.path.basename(path)
-    with tqdm(total=0.0, unit="s", desc=name, disable=quiet, bar_format=_BAR) as bar:
+    bars: List[tqdm] = []  # drawn at the first report: a file refused before decoding gets none
 
-        def on_progress(progress: Progress) -> None:
-            bar.total = round(progress.total_seconds, 1)
-            bar.n = round(progress.done_seconds, 1)
-            bar.refresh()
+    def on_progress(progress: Progress) -> None:
+        if not bars:
+            bars.append(tqdm(total=round(progress.total_seconds, 1), unit="s", desc=name,
+                             disable=quiet, bar_format=_BAR))
+        bar = bars[0]
+        bar.update(round(progress.done_seconds, 1) - bar.n)
 
+    try:
         transcript = service.transcribe_file(path, options, display_name=name, progress=on_progress)
+    finally:
+        for bar in bars:
+            bar.close()  # the final line, once
+    os.makedirs(output_dir, exist_ok=True)  # only once there is something to write
     stem = os.path.splitext(name)[0]
     for fmt in formats:
         target = os.path.join(output_dir, f"{stem}.{fmt}")

@@ -90,7 +90,9 @@ class TranscribeOptions:
     task: str = option("transcribe", "transcribe (keep the spoken language) or translate (to English)")
     language: Optional[str] = option(None, "spoken language: auto, a code (ko) or a name (Korean)")
     model: Optional[str] = option(None, "model from the allow-list; empty takes the default")
-    beam_size: Optional[int] = option(5, "beams at temperature 0 (1-16); 'greedy' for greedy decoding")
+    beam_size: Optional[int] = option(
+        5, "beams at temperature 0 (1-16); 0 or 'greedy' for greedy decoding (one candidate)"
+    )
     patience: float = option(1.0, "beam search waits for patience x beam_size finished candidates")
     best_of: int = option(5, "candidates sampled at each temperature above 0")
     temperature: Tuple[float, ...] = option(
