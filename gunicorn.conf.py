@@ -29,6 +29,7 @@ PORT = int(os.environ.get("WHISPER_PORT", "8000"))
 # already puts a buffering proxy in front
 PROXY = os.environ.get("WHISPER_PROXY", "nginx").strip().lower()
 PROXY_CHOICES = ("nginx", "off")
+SERVER_LOGGER = "whisper_service.server"  # this file's own log lines (its module is "__config__")
 # seconds a proxied request may wait for its answer beyond the synchronous APIs' wait
 PROXY_READ_SLACK = 60
 # run in a child process: CUDA initialised in the master would be unusable after fork, and
@@ -200,4 +201,4 @@ def worker_exit(server, worker):
     jobs = getattr(app, "extensions", {}).get("whisper_jobs") if app else None
     if jobs is not None:
         jobs.stop(timeout=max(0, graceful_timeout - 5))
-    logging.getLogger(__name__).info("worker %s stopped", worker.pid)
+    logging.getLogger(SERVER_LOGGER).info("worker %s stopped", worker.pid)

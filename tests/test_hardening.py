@@ -411,3 +411,17 @@ def test_readyz_is_ready_with_a_notice_while_the_bundled_model_stands_in(app, cl
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["notice"] == "a sentence"
     assert registry.default_ready()
+
+
+def test_a_failed_job_is_logged_as_a_warning_with_its_reason(english_checkpoint, tmp_path,
+                                                             media, caplog):
+    app = make_app(english_checkpoint, tmp_path)
+    try:
+        with caplog.at_level("INFO", logger="whisper_service.jobs"):
+            answer = app.test_client().post("/api/v1/transcriptions", data={
+                "file": (io.BytesIO(media["speech.wav"].read_bytes()), "a.wav"), "language": "ko"})
+            assert answer.status_code == 400
+        failed = [r for r in caplog.records if r.levelname == "WARNING" and "failed" in r.message]
+        assert failed and "English-only" in failed[0].message
+    finally:
+        app.extensions["whisper_jobs"].stop()

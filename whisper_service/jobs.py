@@ -540,7 +540,7 @@ class JobQueue:
                             error=str(outcome)[:MAX_ERROR_CHARS],
                             error_kind=type(outcome).__name__, error_field=outcome.field,
                             eta_seconds=None, finished_at=time.time())
-            log.info("job %s failed: %s", job.id, outcome)
+            log.warning("job %s failed: %s", job.id, outcome)
         else:
             state = self._give_back(job, token, str(outcome) or type(outcome).__name__)
             log.warning("job %s: attempt %d failed (now %s)", job.id, job.attempts,
