@@ -13,7 +13,6 @@ import pytest
 from conftest import make_app
 from test_app import FAST, JOB_URL, csrf, upload, wait_until_finished
 from web.pages import retention_words, state_words
-from web.waits import RecentRuns
 from whisper_service.jobs import JobState
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -40,31 +39,32 @@ def test_a_waiting_job_shows_its_place_and_that_the_tab_may_close(busy_client, m
     assert "Starts when the jobs ahead of it are done." in page  # no run seen yet: no number
 
 
-def test_a_waiting_job_gets_an_estimate_from_the_runs_seen(busy_client, media):
+def finish_runs(app, *seconds: float, state: str = "done") -> None:
+    """Rows of jobs that ran this long, as if a consumer (of any process) had finished them."""
+    with app.extensions["whisper_jobs"]._connect(write=True) as db:
+        for index, run in enumerate(seconds):
+            db.execute(
+                "INSERT INTO jobs (id, state, filename, options, created_at, started_at, "
+                "finished_at) VALUES (?, ?, 'a.wav', '{}', 0, 100, ?)",
+                (f"{state[0]}{index:021d}", state, 100.0 + run))
+
+
+def test_a_waiting_job_gets_an_estimate_from_the_runs_done(busy_client, media):
     job_url = queued_job(busy_client, media)
     app = busy_client.application
-    finished = dataclasses.replace(job_of(app, job_url), id="x" * 22, state=JobState.DONE,
-                                   started_at=100.0, finished_at=140.0)
-    runs = RecentRuns()
-    runs.record(finished)
-    app.extensions["whisper_recent_runs"] = runs
+    finish_runs(app, 40.0)
     status = busy_client.get(job_url + "/status").get_json()
     assert status["position"] == 1 and status["wait_seconds"] == 40.0
     assert "About 40 s until it is done." in busy_client.get(job_url).get_data(as_text=True)
 
 
-def test_recent_runs_take_the_median_of_the_latest_runs():
-    runs = RecentRuns()
-    assert runs.wait_seconds(3) is None
-    template = dict(options=None, created_at=0.0, progress=1.0, eta_seconds=None, position=None,
-                    error=None, error_kind=None, error_field=None, attempts=1, model=None,
-                    media_type=None, cancel_requested=False, media_path="", filename="a")
-    from whisper_service.jobs import Job
-    for index, seconds in enumerate((10.0, 20.0, 90.0)):
-        runs.record(Job(id=f"{index:022d}", state=JobState.DONE, started_at=0.0,
-                        finished_at=seconds, **template))
-    runs.record(Job(id="f" * 22, state=JobState.FAILED, started_at=0.0, finished_at=999.0, **template))
-    assert runs.wait_seconds(3) == 60.0  # 3 x the median, 20 s; the failed run is not counted
+def test_the_expected_wait_is_the_place_times_the_median_of_the_latest_runs(busy_client):
+    queue = busy_client.application.extensions["whisper_jobs"]
+    assert queue.expected_wait(3) is None  # nothing done yet
+    finish_runs(busy_client.application, 10.0, 20.0, 90.0)
+    finish_runs(busy_client.application, 999.0, state="failed")  # not counted
+    assert queue.expected_wait(3) == 60.0  # 3 x the median, 20 s
+    assert queue.expected_wait(None) is None  # not queued
 
 
 # --- 6: cancel and delete --------------------------------------------------------------

@@ -6,7 +6,7 @@ Views only translate HTTP to and from the job queue; the model runs in its consu
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from flask import (
     Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file,
@@ -21,7 +21,6 @@ from web.errors import status_of
 from web.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from web.signin import require_web_access
 from web.upload_errors import RefusedFile, refused
-from web.waits import RecentRuns
 from whisper_service.jobs import Job, JobQueue, QueueFull, clean_filename
 from whisper_service.options import OPTION_NAMES, TranscribeOptions, language_name
 from whisper_service.writers import FORMATS
@@ -35,10 +34,6 @@ HOURS_PER_DAY = 24
 
 def jobs() -> JobQueue:
     return current_app.extensions["whisper_jobs"]
-
-
-def recent_runs() -> RecentRuns:
-    return current_app.extensions.setdefault("whisper_recent_runs", RecentRuns())
 
 
 @blueprint.get("/")
@@ -123,7 +118,7 @@ def job_page(job_id: str):
     transcript = jobs().transcript(job.id) if job.state == "done" else None
     return render_template(
         "job.html", job=job, transcript=transcript, formats=FORMATS,
-        wait_seconds=recent_runs().wait_seconds(job.position),
+        wait_seconds=jobs().expected_wait(job.position),
         language=language_name(transcript.language) if transcript else None,
         media_type=media_type(job), playable=media_type(job) in PLAYABLE_TYPES,
     )
@@ -135,7 +130,7 @@ def status(job_id: str):
     return jsonify(
         state=job.state.value, label=state_words(job), progress=job.progress,
         eta_seconds=job.eta_seconds, position=job.position, error=job.error,
-        cancelling=cancelling(job), wait_seconds=recent_runs().wait_seconds(job.position),
+        cancelling=cancelling(job), wait_seconds=jobs().expected_wait(job.position),
     )
 
 
@@ -240,5 +235,4 @@ def _job(job_id: str) -> Job:
     job = jobs().get(job_id)
     if job is None:
         abort(404)
-    recent_runs().record(job)
     return job

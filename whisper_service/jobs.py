@@ -20,6 +20,7 @@ import re
 import secrets
 import shutil
 import sqlite3
+import statistics
 import threading
 import time
 import unicodedata
@@ -51,6 +52,7 @@ HOUSEKEEPING_SECONDS = 300.0  # recover orphans and purge expired jobs this ofte
 STRAY_SECONDS = 24 * 3600.0  # a folder without a row this old is debris of a crash
 RETRY_AFTER_SECONDS = 120  # what a refused client is told to wait
 SHARE_LOOKAHEAD = 64  # queued jobs looked at for ones that can share a run
+RUNS_FOR_ESTIMATE = 20  # recent finished runs a queued job's expected wait is taken from
 CANCEL_POLL_SECONDS = 0.25  # how often a running job looks for a cancel from another process
 ORPHAN_REASON = "the server stopped while transcribing it"
 MAX_FILENAME_CHARS = 255  # the longest name kept of an upload (a file system's limit)
@@ -700,6 +702,19 @@ class JobQueue:
                 db.execute("COMMIT")
         finally:
             db.close()
+
+    def expected_wait(self, position: Optional[int]) -> Optional[float]:
+        """About how long until a job at this place in the queue is done: its place times
+        the median run time of the latest RUNS_FOR_ESTIMATE jobs done (every process).
+        None for a job not queued, or before any job was done."""
+        if not position:
+            return None
+        with self._connect() as db:
+            runs = [row[0] for row in db.execute(
+                "SELECT finished_at - started_at FROM jobs WHERE state = 'done' "
+                "AND started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+                (RUNS_FOR_ESTIMATE,))]
+        return position * statistics.median(runs) if runs else None
 
     def queued_count(self) -> int:
         """Jobs waiting in the queue (all processes)."""

@@ -17,6 +17,21 @@ ROOT = Path(__file__).resolve().parents[2]
 GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]  # the README's command
 
 
+def server_env(checkpoint: str, folder: Path, **overrides: str) -> dict:
+    """The settings of a test server: the test checkpoint, its own folders, two worker
+    threads' worth of waiting places (8 threads, 4 places), uploads of up to 50 MB."""
+    return {
+        "WHISPER_MODEL": checkpoint,
+        "WHISPER_DATA_DIR": str(folder / "data"),
+        "WHISPER_MODEL_DIR": str(folder / "models"),
+        "WHISPER_DEVICES": "cpu",
+        "WHISPER_THREADS": "8",
+        "WHISPER_SYNC_WAITERS": "4",
+        "WHISPER_MAX_UPLOAD_MB": "50",
+        **overrides,
+    }
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

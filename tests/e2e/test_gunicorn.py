@@ -12,22 +12,14 @@ import pytest
 import requests
 
 from conftest import wait_finished
-from server import Server
+from server import Server, server_env
 
 FAST = {"beam_size": "2", "language": "en", "temperature": "0"}
 
 
-@pytest.fixture
-def server_env(checkpoint, tmp_path):
-    return {
-        "WHISPER_MODEL": checkpoint,
-        "WHISPER_DATA_DIR": str(tmp_path / "data"),
-        "WHISPER_MODEL_DIR": str(tmp_path / "models"),
-        "WHISPER_DEVICES": "cpu,cpu",
-        "WHISPER_THREADS": "8",
-        "WHISPER_SYNC_WAITERS": "4",
-        "WHISPER_MAX_UPLOAD_MB": "50",
-    }
+@pytest.fixture(name="server_env")
+def two_cpu_workers_env(checkpoint, tmp_path):
+    return server_env(checkpoint, tmp_path, WHISPER_DEVICES="cpu,cpu")
 
 
 @pytest.fixture

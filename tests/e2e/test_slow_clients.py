@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from server import Server
+from server import Server, server_env
 
 SLOW_CLIENTS = 20  # each: twice as many as the worker has threads
 TRICKLE_SECONDS = 2.0  # a header line (or a few body bytes) this often
@@ -26,17 +26,8 @@ FAST = {"beam_size": "2", "language": "en", "temperature": "0"}
 def server(checkpoint, tmp_path_factory):
     """One server for the module: starting one takes a while on a small machine."""
     tmp_path = tmp_path_factory.mktemp("slow-clients")
-    env = {
-        "WHISPER_MODEL": checkpoint,
-        "WHISPER_DATA_DIR": str(tmp_path / "data"),
-        "WHISPER_MODEL_DIR": str(tmp_path / "models"),
-        "WHISPER_DEVICES": "cpu",
-        "WHISPER_THREADS": "8",
-        "WHISPER_SYNC_WAITERS": "4",
-        "WHISPER_MAX_UPLOAD_MB": "50",
-        # waiting callers answer 202 after this, so the test never waits for transcripts
-        "WHISPER_SYNC_TIMEOUT": "5",
-    }
+    # waiting callers answer 202 after WHISPER_SYNC_TIMEOUT: the test never waits for transcripts
+    env = server_env(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="5")
     running = Server(env, tmp_path / "server.log").start()
     yield running
     running.stop()
