@@ -17,10 +17,11 @@ from whisper_service.decoding.search import WindowInputs
 from whisper_service.synthetic import make_checkpoint
 
 WINDOWS = 3  # a bucket of 4: one padding window
+SAMPLE_LEN = 8  # a few steps are all these tests need
 OPTIONS = {
-    "greedy": whisper.DecodingOptions(language="en", fp16=False),
+    "greedy": whisper.DecodingOptions(language="en", fp16=False, sample_len=SAMPLE_LEN),
     "beam5-patience2": whisper.DecodingOptions(language="en", fp16=False, beam_size=5,
-                                               patience=2.0),
+                                               patience=2.0, sample_len=SAMPLE_LEN),
 }
 
 

@@ -28,6 +28,7 @@ class VocabularyFilters:
         self.n_vocab = n_vocab
         self.timestamps = plan.timestamps
         self.columns = torch.arange(n_vocab, device=device)
+        self.text_columns = self.columns < self.timestamp_begin
         self.always_banned = torch.zeros(n_vocab, dtype=torch.bool, device=device)
         self.first_banned = torch.zeros(n_vocab, dtype=torch.bool, device=device)
         self.load(plan)
@@ -84,12 +85,11 @@ class VocabularyFilters:
             last_timestamp == NO_TIMESTAMP, begin, last_timestamp + (~segment_open).long()
         )
         timestamp_end = torch.where(pair_closed, self.n_vocab, timestamp_end)
+        # text columns are banned below text_end, timestamp columns below timestamp_end
         columns = self.columns[None, :]
-        banned = (
-            self.always_banned[None, :]
-            | (columns < text_end[:, None])
-            | ((columns >= begin) & (columns < timestamp_end[:, None]))
-        )
+        banned = torch.where(self.text_columns, columns < text_end[:, None],
+                             columns < timestamp_end[:, None])
+        logits.masked_fill_(self.always_banned, NEG_INF)
         logits.masked_fill_(banned, NEG_INF)
         self._prefer_timestamps(logits)
 
@@ -99,6 +99,5 @@ class VocabularyFilters:
         logprobs = F.log_softmax(logits.float(), dim=-1)
         timestamp_logprob = logprobs[:, begin:].logsumexp(dim=-1)
         max_text_logprob = logprobs[:, :begin].max(dim=-1).values
-        text = self.columns[None, :] < begin
-        logits.masked_fill_(text & (timestamp_logprob > max_text_logprob)[:, None], NEG_INF)
+        logits[:, :begin].masked_fill_((timestamp_logprob > max_text_logprob)[:, None], NEG_INF)
 
