@@ -81,7 +81,7 @@ def test_the_same_gunicorn_command_runs_everywhere():
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", read("Dockerfile"), re.M).group(1))
     assert cmd == COMMAND
     assert re.search(r"bin/gunicorn -c gunicorn\.conf\.py$", read("Makefile"), re.M)
-    assert '"gunicorn", "-c", "gunicorn.conf.py"' in read("tests/e2e/test_gunicorn.py")
+    assert '"gunicorn", "-c", "gunicorn.conf.py"' in read("tests/e2e/server.py")
     assert "preload_app = False" in read("gunicorn.conf.py")
 
 
