@@ -68,7 +68,7 @@ def test_transcript_equals_whisper_transcribe(case, service, media, ffmpeg_on_pa
     form, whisper_kwargs = CASES[case]
     options = TranscribeOptions.from_mapping(form)
     path = media["speech.mp3"]
-    loaded = service.models.get(service.settings.model)  # building a model draws random numbers
+    loaded = service.models.get(service.models.default)  # building a model draws random numbers
     torch.manual_seed(1234)  # sampling at temperatures above 0 draws the same numbers on both sides
     transcript = service.transcribe_file(str(path), options)
 
@@ -164,7 +164,7 @@ def test_concurrent_callers_on_one_model_get_serial_results(service, media):
 
 def test_detect_language_without_lock_contention_returns_all(service, media):
     audio = service.decode(str(media["speech.wav"]))
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     probabilities = engine.detect_language(loaded, audio)
     assert set(probabilities) == set(list(whisper.tokenizer.LANGUAGES)[:99])
 
@@ -179,7 +179,7 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
     gap_end = windows[1].start / whisper.audio.SAMPLE_RATE
     assert gap_end - gap_start > 15
 
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     reports = []
     options = TranscribeOptions(mode="batched", beam_size=5, patience=2.0, language="en",
                                 temperature=(0.0,), word_timestamps=True)
@@ -202,7 +202,7 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
 
 
 def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     assert engine.mode_of(loaded, TranscribeOptions()) == "sequential"
     assert engine.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
     with pytest.raises(BadOption, match="mode: must be one of batched, sequential"):
@@ -211,7 +211,7 @@ def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
 
 def test_batch_windows_setting_changes_batches_not_results(service, long_speech, monkeypatch):
     audio = service.decode(str(long_speech))
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     sizes = []
     original = batch_engine.decode_batch
@@ -262,7 +262,7 @@ def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
 
 
 def test_windows_per_batch_on_the_cpu_is_fixed(service):
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     assert batch_engine.windows_per_batch(loaded, 5) == batch_engine.BATCH_WINDOWS_CPU
 
 
@@ -273,7 +273,7 @@ def _said(transcript):
 def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
     service, media, long_speech, monkeypatch
 ):
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     short, long = service.decode(str(media["speech.wav"])), service.decode(str(long_speech))
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     prompted = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en",
@@ -300,7 +300,7 @@ def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
 
 
 def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, long_speech):
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     first, second = service.decode(str(long_speech)), service.decode(str(media["speech.wav"]))
     options = TranscribeOptions(mode="batched", beam_size=None, language="en", **FAST)
 
@@ -319,7 +319,7 @@ def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, 
 def test_language_detection_runs_between_batches_of_a_transcription(service, long_speech):
     """The batched engine holds the model a batch at a time, so a detection asked for
     meanwhile waits for one batch, not for the whole file."""
-    loaded = service.models.get(service.settings.model)
+    loaded = service.models.get(service.models.default)
     audio = service.decode(str(long_speech))
     detected = []
 
