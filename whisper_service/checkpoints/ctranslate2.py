@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import re
 import struct
-from typing import BinaryIO, Dict, List, Optional, Tuple
+from typing import BinaryIO, Dict
 
 import torch
 from whisper.model import ModelDimensions, Whisper

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from whisper.model import ModelDimensions, Whisper
