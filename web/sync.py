@@ -110,22 +110,22 @@ def hold_until_done(job: Job, render: Render, place: Place, heartbeat: bool) -> 
     """OpenAI and SageMaker: the answer, or an error, never a 202. `heartbeat`: the answer
     is JSON, so white space may be sent while waiting."""
     settings = current_app.extensions["whisper_settings"]
-    quiet = settings.sync_timeout if heartbeat else settings.sync_limit
+    # how long to wait before anything is sent: the whole limit unless spaces may be sent
+    quiet = min(settings.sync_timeout if heartbeat else settings.sync_limit, settings.sync_limit)
     try:
-        waited = _wait(job, min(quiet, settings.sync_limit))
+        waited = _wait(job, quiet)
     except BaseException:
         place.release()
         raise
+    if waited is not None and not waited.finished and quiet < settings.sync_limit:
+        return _heartbeat_answer(waited, render, place, settings.sync_limit - quiet)
+    place.release()
     if waited is None:
-        place.release()
         return Response(status=CLIENT_GONE_STATUS)
-    if waited.finished or not heartbeat or settings.sync_limit <= quiet:
-        place.release()
-        if not waited.finished:
-            _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
-            raise GatewayTimeout(_too_long(settings.sync_limit))
-        return _finished(waited, render)
-    return _heartbeat_answer(waited, render, place, settings.sync_limit - quiet)
+    if not waited.finished:
+        _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
+        raise GatewayTimeout(_too_long(settings.sync_limit))
+    return _finished(waited, render)
 
 
 def _heartbeat_answer(job: Job, render: Render, place: Place, remaining: float) -> Response:
