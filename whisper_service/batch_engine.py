@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from whisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 from whisper.timing import add_word_timestamps
 from whisper.tokenizer import get_tokenizer
 
+from . import window_progress
 from .decoding import decode_batch
 from .models import LoadedModel
 from .options import TranscribeOptions
@@ -57,6 +59,7 @@ class _FileState:
     prompt: Optional[List[int]]  # the initial prompt's tokens, given to every window
     segments: List[dict] = field(default_factory=list)
     error: Optional[Exception] = None  # what its progress callback raised (a cancel)
+    reported: float = 0.0  # the furthest audio second reported; progress never moves back
 
     @property
     def seconds(self) -> float:
@@ -65,8 +68,9 @@ class _FileState:
     def report(self, done_seconds: float) -> None:
         if self.request.progress is None or self.error is not None:
             return
+        self.reported = max(self.reported, min(done_seconds, self.seconds))
         try:
-            self.request.progress(Progress(done_seconds, self.seconds))
+            self.request.progress(Progress(self.reported, self.seconds))
         except Exception as error:  # this file is given up; the others go on
             self.error = error
 
@@ -106,7 +110,7 @@ def decode_files(
                 results = _decode_with_fallback(model, mels if features is None else features,
                                                 options, language,
                                                 [state.prompt for state, _ in batch],
-                                                loaded.fp16)
+                                                loaded.fp16, _report_inside(batch))
                 with times.stage("segments"):
                     for (state, window), mel, result in zip(batch, mels, results):
                         if not _is_silence(result, options):
@@ -123,6 +127,20 @@ def decode_files(
         else ("".join(s["text"] for s in state.segments), state.segments)
         for state in files
     ]
+
+
+def _report_inside(batch: List[Tuple[_FileState, Window]]) -> window_progress.Report:
+    """Each file's progress while its windows decode: from the start of its first window in
+    the batch, the seconds its windows there have reached (window_progress), added up."""
+    def report(reached: Sequence[float]) -> None:
+        positions: Dict[int, Tuple[_FileState, float]] = {}
+        for (state, window), seconds in zip(batch, reached):
+            _, position = positions.get(id(state), (state, window.offset))
+            positions[id(state)] = (state, position + min(seconds, window.seconds))
+        for state, position in positions.values():
+            state.report(position)
+
+    return report
 
 
 PreparedBatch = Tuple[List[Tuple[_FileState, Window]], torch.Tensor, Optional[torch.Tensor]]
@@ -229,11 +247,20 @@ def _window_segments(model, tokenizer, window: Window, mel: torch.Tensor, result
 
 
 def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str,
-                          prompts: List[Optional[List[int]]], fp16: bool) -> list:
+                          prompts: List[Optional[List[int]]], fp16: bool,
+                          reached: window_progress.Report) -> list:
     """whisper.transcribe's temperature fallback, window by window: only the windows that
-    fail the thresholds are decoded again, at the next temperature."""
+    fail the thresholds are decoded again, at the next temperature. reached: told, now and
+    then, how far into each window decoding is (a window not decoded again: finished)."""
     results: list = [None] * len(mels)
     pending = list(range(len(mels)))
+
+    def report_pending(seconds: Sequence[float]) -> None:
+        every = [math.inf] * len(mels)
+        for index, value in zip(pending, seconds):
+            every[index] = value
+        reached(every)
+
     for temperature in options.temperature:
         beam = options.beam_size if temperature == 0 else None
         decoding = whisper.DecodingOptions(
@@ -242,7 +269,8 @@ def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str
             best_of=options.best_of if temperature > 0 else None,
             length_penalty=options.length_penalty, fp16=fp16,
         )
-        decoded = decode_batch(model, mels[pending], decoding, [prompts[i] for i in pending])
+        with window_progress.watching(report_pending):
+            decoded = decode_batch(model, mels[pending], decoding, [prompts[i] for i in pending])
         for index, result in zip(pending, decoded):
             results[index] = result
         pending = [i for i in pending if _needs_fallback(results[i], options)]

@@ -12,17 +12,20 @@ What we add to both: language probabilities, progress reporting and a typed resu
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import importlib
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import whisper
 from whisper.audio import FRAMES_PER_SECOND, N_FRAMES, N_SAMPLES, SAMPLE_RATE
+from whisper.tokenizer import get_tokenizer
 
-from . import batch_engine
+from . import batch_engine, window_progress
 from .batch_engine import FileRequest, windows_per_batch
 from .errors import BadOption, ModelBusy
 from .models import LoadedModel
@@ -34,15 +37,55 @@ from .transcript import Segment, Transcript
 
 BUSY_RETRY_SECONDS = 60  # what a caller refused by a busy model is told to wait
 
-# The callback of the transcription running in this thread (each thread has its own).
-_progress_callback: contextvars.ContextVar[Optional[ProgressCallback]] = contextvars.ContextVar(
+WINDOW_SECONDS = N_SAMPLES / SAMPLE_RATE  # the most audio one window holds
+
+# The progress of the sequential transcription running in this thread (each has its own).
+_current_run: contextvars.ContextVar[Optional["_SequentialProgress"]] = contextvars.ContextVar(
     "whisper_service_progress", default=None
 )
 
 
+class _SequentialProgress:
+    """Progress of one whisper.transcribe() run: where each window starts, from the bar it
+    draws, and inside a window how far its decoder's timestamps reach (window_progress).
+    Never moves back (a window decoded again at a higher temperature starts over)."""
+
+    def __init__(self, callback: ProgressCallback, total_seconds: float):
+        self.callback = callback
+        self.total = total_seconds
+        self.window_start = 0.0
+        self.reported = 0.0
+        self.watch: Optional[window_progress.Watch] = None
+
+    @contextmanager
+    def watching(self, loaded: LoadedModel) -> Iterator[None]:
+        model = loaded.model
+        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
+        with window_progress.watching(self.inside, tokenizer.timestamp_begin) as self.watch:
+            token = _current_run.set(self)
+            try:
+                yield
+            finally:
+                _current_run.reset(token)
+
+    def window_done(self, seconds: float) -> None:
+        """whisper.transcribe() moved on to the window starting at `seconds`."""
+        self.window_start = seconds
+        if self.watch is not None:
+            self.watch.restart()
+        self._send(seconds)
+
+    def inside(self, reached: Sequence[float]) -> None:
+        self._send(self.window_start + min(reached[0], WINDOW_SECONDS))
+
+    def _send(self, seconds: float) -> None:
+        self.reported = min(self.total, max(self.reported, seconds))
+        self.callback(Progress(self.reported, self.total))
+
+
 class _ProgressBar:
     """Stands in for the tqdm bar whisper.transcribe() draws, counting mel frames, and
-    forwards its updates to the current thread's callback instead of the terminal."""
+    tells the current thread's run where the next window starts instead of drawing."""
 
     def __init__(self, total: int = 0, **_ignored):
         self.total = total
@@ -56,9 +99,9 @@ class _ProgressBar:
 
     def update(self, frames: int) -> None:
         self.done = min(self.total, max(0, self.done + frames))
-        callback = _progress_callback.get()
-        if callback is not None:
-            callback(Progress(self.done / FRAMES_PER_SECOND, self.total / FRAMES_PER_SECOND))
+        run = _current_run.get()
+        if run is not None:
+            run.window_done(self.done / FRAMES_PER_SECOND)
 
 
 class _ProgressBars:
@@ -111,11 +154,9 @@ def transcribe(
         language, probability = _language(loaded, audio, options)
         kwargs = options.decode_kwargs()
         kwargs.update(language=language, fp16=loaded.fp16)
-        token = _progress_callback.set(progress)
-        try:
+        run = _SequentialProgress(progress, len(audio) / SAMPLE_RATE) if progress else None
+        with run.watching(loaded) if run else contextlib.nullcontext():
             result = whisper.transcribe(loaded.model, audio, verbose=None, **kwargs)
-        finally:
-            _progress_callback.reset(token)
     if progress is not None:
         progress(Progress(len(audio) / SAMPLE_RATE, len(audio) / SAMPLE_RATE))
     return _transcript(loaded, audio, options, language, probability, result["text"],

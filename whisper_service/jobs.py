@@ -327,6 +327,18 @@ class JobQueue:
         except FileNotFoundError:
             return None
 
+    def replace_transcript(self, job_id: str, transcript: Transcript) -> bool:
+        """Store a changed transcript of a done job (speakers renamed, say) in place of the
+        one it has: every later read and download sees it. False when the job has none."""
+        if self.transcript(job_id) is None:
+            return False
+        path = os.path.join(self._folder(job_id), TRANSCRIPT_FILE)
+        temp = f"{path}.{secrets.token_hex(8)}.tmp"
+        with open(temp, "w", encoding="utf-8") as out:
+            json.dump(transcript.to_dict(), out, ensure_ascii=False)
+        os.replace(temp, path)  # readers never see half a file
+        return True
+
     def cancel(self, job_id: str) -> Optional[Job]:
         """A queued job is cancelled at once; a running one within a model step or so (at
         once when it runs in this process, within CANCEL_POLL_SECONDS in another)."""

@@ -26,7 +26,7 @@ import torch
 import whisper
 
 from .checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
-from . import cancel
+from . import cancel, window_progress
 from .config import Settings, split_alias
 from .errors import BadOption, ModelUnavailable
 
@@ -234,6 +234,7 @@ class ModelRegistry:
             raise ModelUnavailable(f"model {name!r} could not be loaded: {error}") from error
         model.eval()
         cancel.install(model)  # a cancelled job stops within one encoder or decoder step
+        window_progress.install(model)  # openai-whisper's decoder tells how far it has come
         seconds = time.monotonic() - started
         log.info("loaded model %s on %s in %.1f s", name, device, seconds)
         return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds,

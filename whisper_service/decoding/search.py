@@ -15,6 +15,7 @@ a window that has finished keeps its state while the others go on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..window_progress import seconds_reached
 from .filters import NO_TIMESTAMP, VocabularyFilters
 from .plan import DecodePlan
 
@@ -134,6 +136,22 @@ class Search:
 
     def still_decoding(self) -> bool:
         return bool(self.active.any())  # a host synchronisation
+
+    def seconds_reached(self, n_windows: int) -> List[float]:
+        """How far into its audio each real window is (window_progress.seconds_reached: its
+        latest timestamp, then the text tokens since), its furthest row; math.inf once it
+        has finished. Host synchronisations: for progress reports, now and then."""
+        steps = int(self.step)
+        sampled = self.sampled[:, :steps]
+        at = torch.arange(steps, device=sampled.device)
+        last_stamp_at = torch.where(sampled >= self.timestamp_begin, at, -1).amax(
+            dim=1, keepdim=True) if steps else self.step.new_full((len(self.rows), 1), -1)
+        text_after = ((at > last_stamp_at) & (sampled < self.eot)).sum(dim=1)
+        rows = [seconds_reached(stamp, text, self.timestamp_begin)
+                for stamp, text in zip(self.last_timestamp.tolist(), text_after.tolist())]
+        active = self.active.tolist()
+        return [max(rows[w * self.group:(w + 1) * self.group]) if active[w] else math.inf
+                for w in range(n_windows)]
 
     def _advance(self, logits: Tensor, first: bool) -> Tensor:
         raise NotImplementedError

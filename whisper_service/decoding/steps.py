@@ -3,7 +3,8 @@ or as one fixed-shape step, captured once per (model, shape) in a CUDA graph and
 
 A step is: the decoder over one token per row, the vocabulary filters, the search update
 and, for beams, the cache following the chosen beams. The loop calls
-`cancel.checkpoint()` before every step, so a cancelled job stops within one; the captured
+`cancel.checkpoint()` before every step, so a cancelled job stops within one, and tells
+a watcher how far each window has come (window_progress) now and then; the captured
 step calls the decoder's blocks, never `model.decoder` itself, so hooks on the decoder
 module (cancel.install) stay outside the graph.
 """
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 from whisper.model import Whisper
 
-from .. import cancel
+from .. import cancel, window_progress
 from .filters import VocabularyFilters
 from .plan import DecodePlan
 from .runner import DecoderRunner, EagerDecoder, StaticDecoder
@@ -70,6 +71,9 @@ def run_search(plan: DecodePlan, runner: DecoderRunner, search: Search, inputs: 
         if (number - 1) % check_every == 0 and not search.still_decoding():
             break
         cancel.checkpoint()
+        watch = window_progress.current()
+        if watch is not None and watch.due():
+            watch.report(search.seconds_reached(plan.n_windows))
         step(number)
     return search.results(plan)
 

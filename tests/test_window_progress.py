@@ -1,0 +1,116 @@
+"""Progress inside a window: while a window decodes, both engines tell how far the timestamps
+their decoder has sampled reach, not only that the window is done. The bundled tiny.en
+(real timestamps) decodes espeak-ng's speech, one window of about 9 s."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from whisper.audio import SAMPLE_RATE
+
+from bundled_model import bundled_model
+from whisper_service import engine, window_progress
+from whisper_service.audio import DecodeLimits, decode_file
+from whisper_service.config import bundled_ffmpeg
+from whisper_service.options import TranscribeOptions
+from whisper_service.progress import Progress
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny.en is small: see test_real_model.py
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def every_step(monkeypatch):
+    """A report at every decoder step, so what each step reached is seen."""
+    monkeypatch.setattr(window_progress, "REPORT_EVERY_SECONDS", 0.0)
+
+
+def decode(path) -> np.ndarray:
+    return decode_file(str(path), DecodeLimits(max_duration=600, timeout=60,
+                                               ffmpeg=bundled_ffmpeg()))
+
+
+@pytest.fixture(scope="module")
+def speech(media) -> np.ndarray:
+    return decode(media["speech.wav"])
+
+
+def transcribe_watched(audio: np.ndarray, **options):
+    reports = []
+    options = TranscribeOptions(temperature=(0.0,), language="en", **options)  # no sampling
+    transcript = engine.transcribe(bundled_model(), audio, options, progress=reports.append)
+    return transcript, [report.done_seconds for report in reports]
+
+
+@pytest.mark.parametrize("mode, beam_size", [("sequential", 1), ("batched", 1), ("batched", 5)])
+def test_progress_moves_inside_the_only_window(speech, every_step, mode, beam_size):
+    duration = len(speech) / SAMPLE_RATE
+    assert duration < 30  # one window: every report before the last is from inside it
+    transcript, seen = transcribe_watched(speech, mode=mode, beam_size=beam_size)
+    assert "this sentence" in transcript.text.lower()
+    assert seen[-1] == pytest.approx(duration)
+    inside = [s for s in seen[:-1] if 0 < s < duration]
+    assert len(set(inside)) >= 3, seen  # several timestamps reached before the window ended
+    assert seen == sorted(seen), seen  # never backwards
+    assert max(inside) >= duration / 2, seen  # it went on moving, not only at the start
+    # before the first segment's end was sampled, the estimate moved with the text tokens
+    first_end = transcript.segments[0].end
+    assert len({s for s in inside if s < first_end}) >= 3, (first_end, seen)
+
+
+def test_every_window_of_a_long_file_moves_on_its_own(long_speech, every_step):
+    """Sequential: each window's progress starts where whisper.transcribe put the window,
+    and moves inside it; batched: the file moves as its windows in a batch advance."""
+    audio = decode(long_speech)
+    duration = len(audio) / SAMPLE_RATE
+    for mode in ("sequential", "batched"):
+        transcript, seen = transcribe_watched(audio, mode=mode, beam_size=1)
+        assert transcript.text.lower().count("this sentence") == 3
+        assert seen == sorted(seen) and seen[-1] == pytest.approx(duration), (mode, seen)
+        # more distinct positions than window ends: inside every window, not only at its end
+        windows = 3 if mode == "batched" else 4
+        assert len(set(seen)) > 2 * windows, (mode, seen)
+
+
+def test_reports_come_at_most_twice_a_second(speech, monkeypatch):
+    """Without the test's override a report waits REPORT_EVERY_SECONDS after the last one:
+    a slow decoder (each step 40 ms here) reports a few times per window, not every step."""
+    steps = []
+
+    def slow_step(module, args):
+        steps.append(time.monotonic())
+        time.sleep(0.04)
+
+    handle = bundled_model().model.decoder.register_forward_pre_hook(slow_step)
+    try:
+        _, seen = transcribe_watched(speech, mode="sequential", beam_size=1)
+    finally:
+        handle.remove()
+    took = steps[-1] - steps[0]
+    inside = seen[:-1]
+    # the reports a period apart, and the one at the window's end
+    assert 1 <= len(inside) <= took / window_progress.REPORT_EVERY_SECONDS + 2, (len(inside), took)
+    assert len(inside) < len(steps) / 4  # far fewer reports than decoder steps
+
+
+def test_a_report_that_raises_stops_the_window(speech, every_step):
+    """The job queue stops a cancelled job from its progress callback: raised inside a window,
+    it ends the transcription there."""
+    class Stop(Exception):
+        pass
+
+    def progress(report: Progress) -> None:
+        if 0 < report.done_seconds < report.total_seconds:
+            raise Stop
+
+    with pytest.raises(Stop):
+        engine.transcribe(bundled_model(), speech, TranscribeOptions(mode="sequential"),
+                          progress=progress)
