@@ -18,6 +18,8 @@ from playwright.sync_api import expect, sync_playwright
 from werkzeug.serving import make_server
 
 from conftest import make_app, wait_until
+from whisper.model import TextDecoder
+from whisper_service.checkpoints import BUNDLED
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -31,6 +33,7 @@ DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True,
          "has_touch": True}
 CANCEL_LANDS_SECONDS = 2.0
+SLOW_DECODER_STEP = 0.1  # seconds added to each decoder call in the slow server
 JOB_PAGE = re.compile(r"/jobs/[A-Za-z0-9_-]{22}$")
 # every text the job page's progress label shows, as it changes
 WATCHER = """
@@ -248,6 +251,46 @@ def test_the_page_shows_what_the_status_reports_smoothly_and_counts_down(page, i
     page.get_by_role("button", name="Yes, stop and delete it").click()
     expect(page.get_by_role("heading", name="Recent jobs")).to_be_visible()
     expect(page.get_by_text("No jobs from this browser yet.")).to_be_visible()
+
+
+@pytest.fixture
+def slow_real_server(tmp_path, monkeypatch):
+    """The bundled tiny.en (real timestamps) behind the app, each decoder call slowed to the
+    pace of a large model on a slow device, so one window takes a few seconds."""
+    forward = TextDecoder.forward
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(SLOW_DECODER_STEP)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextDecoder, "forward", slow_forward)
+    app = make_app(BUNDLED, tmp_path)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    app.extensions["whisper_jobs"].stop()
+
+
+def test_progress_moves_before_the_first_window_ends(page, slow_real_server, media):
+    """speech.wav is one window (8 s): every fraction between 0 and 1 the server reports
+    while it runs, and every percent the page shows between 0 and 100, comes from inside it."""
+    statuses = []
+    page.on("response", lambda r: statuses.append(r.json()) if r.url.endswith("/status") else None)
+    percents = []
+    page.expose_function("reportPercent", lambda text: percents.append(int(text.split()[0])))
+    page.add_init_script(WATCHER)
+    page.goto(slow_real_server + "/")
+    page.set_input_files("#file", str(media["speech.wav"]))
+    choose_preset(page, "Fast")
+    page.click("#submit")
+    page.wait_for_url(JOB_PAGE, timeout=30_000)
+    expect(page.locator("#job-eta")).to_have_text(re.compile(r"^About \d+ s left\.$"), timeout=30_000)
+    expect(page.locator(".segment").first).to_be_visible(timeout=60_000)
+    inside = [s["progress"] for s in statuses if s["state"] == "running" and 0 < s["progress"] < 1]
+    assert len(set(inside)) >= 2, statuses
+    assert inside == sorted(inside)
+    assert any(0 < p < 100 for p in percents), percents
 
 
 def test_cancel_lands_within_two_seconds(page, live_server, long_speech):
