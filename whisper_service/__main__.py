@@ -237,7 +237,10 @@ def transcribe_one(
             bars.append(tqdm(total=round(progress.total_seconds, 1), unit="s", desc=name,
                              disable=quiet, bar_format=_BAR))
         bar = bars[0]
-        bar.update(round(progress.done_seconds, 1) - bar.n)
+        shown = round(progress.done_seconds, 1)
+        if progress.fraction < 1:  # 100 % once done: an estimate may round up to it before
+            shown = min(shown, bar.total * BAR_SHORT_OF_DONE)
+        bar.update(shown - bar.n)
 
     try:
         transcript = service.transcribe_file(path, options, display_name=name, progress=on_progress)
@@ -254,6 +257,7 @@ def transcribe_one(
             print(f"wrote {target}", file=sys.stderr)
 
 
+BAR_SHORT_OF_DONE = 0.99  # of the bar's total, at most, until the file is done
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]"
 
 if __name__ == "__main__":

@@ -136,7 +136,8 @@ def _report_inside(batch: List[Tuple[_FileState, Window]]) -> window_progress.Re
         positions: Dict[int, Tuple[_FileState, float]] = {}
         for (state, window), seconds in zip(batch, reached):
             _, position = positions.get(id(state), (state, window.offset))
-            positions[id(state)] = (state, position + min(seconds, window.seconds))
+            positions[id(state)] = (state, position + window_progress.within(seconds,
+                                                                             window.seconds))
         for state, position in positions.values():
             state.report(position)
 

@@ -76,7 +76,8 @@ class _SequentialProgress:
         self._send(seconds)
 
     def inside(self, reached: Sequence[float]) -> None:
-        self._send(self.window_start + min(reached[0], WINDOW_SECONDS))
+        window = min(WINDOW_SECONDS, self.total - self.window_start)
+        self._send(self.window_start + window_progress.within(reached[0], window))
 
     def _send(self, seconds: float) -> None:
         self.reported = min(self.total, max(self.reported, seconds))

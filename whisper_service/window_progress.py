@@ -22,6 +22,7 @@ The scope is the thread, as with cancel: a decode in another thread is not repor
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -75,6 +76,12 @@ class Watch:
         if self.due():
             self.report([seconds_reached(int(self.stamp), int(self.steps_after),
                                          self.timestamp_begin)])
+
+
+def within(seconds: float, length: float) -> float:
+    """Seconds reached in a window of `length` seconds: all of it once it has finished
+    (math.inf), else short of its end, which only the decoder finishing it may report."""
+    return length if seconds == math.inf else min(seconds, max(0.0, length - TIME_PRECISION))
 
 
 def seconds_reached(stamp: int, text_tokens: int, timestamp_begin: int) -> float:
