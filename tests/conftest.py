@@ -178,3 +178,28 @@ def busy_client(checkpoint, tmp_path):
     app = make_app(checkpoint, tmp_path, WHISPER_MAX_QUEUED="1")
     app.extensions["whisper_jobs"].stop()
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL cluster for the whole session (tests/postgres.py). Missing
+    binaries fail the tests that need it, with what to install: they are never skipped."""
+    from postgres import Cluster, MissingPostgres
+
+    try:
+        cluster = Cluster()
+    except MissingPostgres as error:
+        pytest.fail(str(error), pytrace=False)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """A database URL of its own for one test: a fresh schema, first on the search path."""
+    import secrets
+
+    schema = f"t_{secrets.token_hex(6)}"
+    postgres.admin(f"CREATE SCHEMA {schema}", database="whisper")
+    yield postgres.url(schema=schema)
+    postgres.admin(f"DROP SCHEMA {schema} CASCADE", database="whisper")

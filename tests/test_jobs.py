@@ -1,5 +1,6 @@
 """The job queue: uploads become jobs that consumers run in order, survive restarts,
-can be cancelled and deleted, and never run twice at once."""
+can be cancelled and deleted, and never run twice at once. Every test runs against both
+stores (SQLite and folders; a real PostgreSQL), so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from whisper_service.errors import NotMedia
 from whisper_service.jobs import Job, JobQueue, JobState, QueueFull
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress
+from whisper_service.store import open_store
 from whisper_service.transcript import Transcript
 
 FAST = TranscribeOptions(temperature=(0.0,), beam_size=2)  # one short beam: a fast real run
@@ -115,18 +117,55 @@ def root(tmp_path) -> str:
     return str(tmp_path / "jobs")
 
 
+class Backend:
+    """One of the stores, and what a test needs to know of it."""
+
+    def __init__(self, name: str, url: str, root: str):
+        self.name, self.url, self.root = name, url, root
+
+    def store(self):
+        return open_store(self.url, self.root)
+
+    def set_column(self, job_id: str, column: str, value) -> None:
+        """Change a row behind the queue's back (a test's stand-in for history)."""
+        if self.name == "sqlite":
+            import sqlite3
+
+            with sqlite3.connect(os.path.join(self.root, "jobs.sqlite3")) as db:
+                db.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
+        else:
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as db:
+                db.execute(f"UPDATE jobs SET {column} = %s WHERE id = %s", (value, job_id))
+
+    def local_files(self, job_id: str) -> List[str]:
+        """What a done job leaves in the local folder: SQLite keeps everything there; the
+        PostgreSQL store keeps the transcript in the database and the upload there too."""
+        if self.name == "sqlite":
+            return [f"{job_id}/media", f"{job_id}/transcript.json"]
+        return [f"{job_id}/media"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, root) -> Backend:
+    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+    return Backend(request.param, url, root)
+
+
 @pytest.fixture
-def make_queue(root):
+def make_queue(backend):
     queues = []
 
     def make(service, **kwargs) -> JobQueue:
-        queue = JobQueue(root, service, **kwargs)
+        queue = JobQueue(backend.store(), service, **kwargs)
         queues.append(queue)
         return queue
 
     yield make
     for queue in queues:
         queue.stop(timeout=5)
+        queue.store.close()
 
 
 def submit_bytes(queue: JobQueue, name: str, data: bytes = b"audio") -> Job:
@@ -159,7 +198,8 @@ class ProgressSpy:
                                             progress=spy)
 
 
-def test_a_job_gives_the_same_transcript_as_the_service(service, media, make_queue, root):
+def test_a_job_gives_the_same_transcript_as_the_service(service, media, make_queue, root,
+                                                        backend):
     direct = service.transcribe_file(str(media["speech.wav"]), FAST)
     spy = ProgressSpy(service)
     queue = make_queue(spy)
@@ -179,7 +219,7 @@ def test_a_job_gives_the_same_transcript_as_the_service(service, media, make_que
     assert queue.transcript(job.id) == direct
     assert spy.fractions[-1] == 1.0 and spy.fractions == sorted(spy.fractions)
     # the client's name is data only: the files are the id's folder and nothing else
-    assert files_under(root) == [f"{job.id}/media", f"{job.id}/transcript.json"]
+    assert files_under(root) == backend.local_files(job.id)
     assert done.media_path == os.path.join(root, job.id, "media")
     assert open(done.media_path, "rb").read() == media["speech.wav"].read_bytes()
 
@@ -262,16 +302,13 @@ def test_queued_jobs_that_can_share_batches_run_together(make_queue):
     assert all(done[n].state is JobState.DONE for n in ("first", "last", "alone", "korean"))
 
 
-def test_a_job_tried_before_runs_alone(make_queue, root):
+def test_a_job_tried_before_runs_alone(make_queue, backend):
     """A job that crashed the server once must not take the jobs beside it down again."""
-    import sqlite3
-
     sharer = Sharer()
     queue = make_queue(sharer)
     english = TranscribeOptions(language="en", temperature=(0.0,))
     ids = [queue.submit(io.BytesIO(b"a"), name, english).id for name in ("crashed", "b", "c")]
-    with sqlite3.connect(os.path.join(root, "jobs.sqlite3")) as db:
-        db.execute("UPDATE jobs SET attempts = 1 WHERE id = ?", (ids[0],))
+    backend.set_column(ids[0], "attempts", 1)
     queue.start()
     assert [wait_finished(queue, i).state for i in ids] == [JobState.DONE] * 3
     assert sharer.runs == [["crashed"], ["b", "c"]]
@@ -429,19 +466,19 @@ def test_a_job_that_keeps_taking_the_server_down_fails(make_queue):
             blocker.release.set()
 
 
-def _consume_in_child(root: str, running) -> None:
-    JobQueue(root, Blocker(running)).start()
+def _consume_in_child(url: str, root: str, running) -> None:
+    JobQueue(open_store(url, root), Blocker(running)).start()
     time.sleep(WAIT)  # until killed
     os._exit(0)
 
 
-def test_a_live_process_keeps_its_job_and_a_killed_ones_job_is_recovered(make_queue, root):
+def test_a_live_process_keeps_its_job_and_a_killed_ones_job_is_recovered(make_queue, backend):
     recorder = Recorder()
     queue = make_queue(recorder)
     job = submit_bytes(queue, "talk.mp3")
     fork = multiprocessing.get_context("fork")
     running = fork.Event()
-    child = fork.Process(target=_consume_in_child, args=(root, running))
+    child = fork.Process(target=_consume_in_child, args=(backend.url, backend.root, running))
     child.start()
     try:
         assert running.wait(WAIT)
