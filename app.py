@@ -13,11 +13,12 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, docs, errors, openai_compat, pages, security, signin
+from web import api, docs, errors, metrics, openai_compat, pages, security, signin
 from web.sync import SyncWaiters
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
 from whisper_service.service import WhisperService
+from whisper_service.store import open_store
 
 HOURS = 3600
 
@@ -40,12 +41,13 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = WhisperService(settings)
     queue = JobQueue(
-        settings.data_dir or os.path.join(app.instance_path, "jobs"),
+        open_store(settings.database_url, settings.data_dir or os.path.join(app.instance_path, "jobs")),
         service,
         max_queued=settings.max_queued,
         max_attempts=settings.max_attempts,
         retention_seconds=settings.retention_hours * HOURS,
         shared_jobs=settings.shared_jobs,
+        lease_seconds=settings.lease_seconds,
     )
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
                           whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
@@ -57,8 +59,11 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_blueprint(api.invocations)
     app.register_blueprint(api.public)
     app.register_blueprint(openai_compat.blueprint)
+    app.register_blueprint(metrics.blueprint)
     errors.register(app)
     security.register(app)
+    if settings.role == "web":  # HTTP only: `python -m whisper_service worker` transcribes
+        return app
     if settings.preload:
         app.extensions["whisper_preload"] = service.preload_in_background()
     queue.start()

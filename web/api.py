@@ -34,6 +34,8 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMedia
 
 from web import openapi
 from web.auth import require_api_key
+from web.idempotency import submit_once
+from web.metrics import web_only_readiness
 from web.downloads import transcript_download
 from web.sync import answer_when_done, hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
@@ -166,6 +168,8 @@ def readyz():
     queue = jobs()
     waiting = queue.queued_count()
     body = {"queued": waiting, "max_queued": queue.max_queued}
+    if settings().role == "web":  # no model here: the workers elsewhere transcribe
+        return web_only_readiness(queue, body)
     registry = current_app.extensions["whisper_service"].models
     if not registry.default_ready():  # neither the default nor a model standing in for it
         error = registry.load_error(registry.default)
@@ -271,7 +275,7 @@ def settings():
 
 
 def submit(upload: Upload, options: TranscribeOptions) -> Job:
-    return jobs().submit(upload.stream, upload.filename, options)
+    return submit_once(jobs(), upload.stream, upload.filename, options)
 
 
 def detect(upload: Upload, model: Optional[str]) -> Dict[str, float]:

@@ -30,6 +30,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import NotFound
 
 from web.auth import require_api_key
+from web.idempotency import submit_once
 from web.sync import hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
@@ -186,7 +187,7 @@ def _transcribe(task: str) -> Response:
         raise BadOption("file", "attach the audio or video as the multipart file field 'file'")
     asked = parse_request(request.form, task, models.default, models.allowed)
     place = waiters().take()
-    job = submitted(place, lambda: queue.submit(media.stream, media.filename or "", asked.options))
+    job = submitted(place, lambda: submit_once(queue, media.stream, media.filename or "", asked.options))
     # OpenAI's clients read nothing but the answer: held until it is there (web/sync.py)
     return hold_until_done(job, lambda job, transcript: render(asked, transcript), place,
                            heartbeat=asked.response_format in JSON_FORMATS)

@@ -36,6 +36,7 @@ FLAG_OF_VARIABLE = {
 EXIT_FAILED = 1  # a file could not be transcribed
 EXIT_USAGE = 2  # a bad option or flag: nothing was tried
 EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
+WORKER = "worker"  # the first argument that runs job consumers without HTTP (worker.py)
 DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
 
@@ -129,6 +130,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == [EVALUATE]:
         return evaluate_main(argv[1:])
+    if argv[:1] == [WORKER]:
+        from .worker import main as worker_main
+
+        return worker_main(argv[1:])
     args = build_parser().parse_args(argv)
     _log_setup(args.verbose)
     try:

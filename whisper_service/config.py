@@ -16,6 +16,9 @@ from .checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
 from .errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
+DIARIZATION_CHOICES = ("embedded", "pyannote")  # whisper_service.speakers' backends
+ROLE_CHOICES = ("all", "web")  # web: HTTP only; transcription runs in `python -m whisper_service worker`
+DATABASE_SCHEMES = ("postgresql://", "postgres://")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a short name for a model
 
@@ -75,6 +78,10 @@ class Settings:
     shared_jobs: int = 8  # WHISPER_SHARED_JOBS: queued batched jobs with the same options transcribed together; 1 = each alone
     sync_waiters: int = 8  # WHISPER_SYNC_WAITERS: synchronous API calls a worker holds at once; more get 202 (native) or 503
     web_ui: str = "auto"  # WHISPER_WEB_UI: open, key (sign in with an API key) or off; auto = key when API keys are set
+    diarization: str = "embedded"  # WHISPER_DIARIZATION: speaker labels by the embedded model, or pyannote (needs HF_TOKEN)
+    database_url: str = ""  # WHISPER_DATABASE_URL: postgresql://... shared by many hosts; "" = SQLite in WHISPER_DATA_DIR
+    role: str = "all"  # WHISPER_ROLE: all (HTTP and transcription in each server process) or web (HTTP only)
+    lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -101,11 +108,19 @@ class Settings:
         if self.web_ui not in WEB_UI_CHOICES:
             raise ConfigError(f"WHISPER_WEB_UI must be one of {', '.join(WEB_UI_CHOICES)}; "
                               f"got {self.web_ui!r}")
+        if self.diarization not in DIARIZATION_CHOICES:
+            raise ConfigError(f"WHISPER_DIARIZATION must be one of {', '.join(DIARIZATION_CHOICES)}; "
+                              f"got {self.diarization!r}")
         if self.web_ui == "auto":  # safe by default: keys for the API mean keys for the pages
             object.__setattr__(self, "web_ui", "key" if self.api_keys else "open")
         if self.web_ui == "key" and not self.api_keys:
             raise ConfigError("WHISPER_WEB_UI=key needs API keys to sign in with: set "
                               "WHISPER_API_KEYS or WHISPER_API_KEY_FILE")
+        if self.role not in ROLE_CHOICES:
+            raise ConfigError(f"WHISPER_ROLE must be one of {', '.join(ROLE_CHOICES)}; got {self.role!r}")
+        if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
+            raise ConfigError("WHISPER_DATABASE_URL must be a postgresql:// URL, or empty for "
+                              "SQLite in WHISPER_DATA_DIR")
         if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
             raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
 
@@ -228,4 +243,7 @@ _PARSERS = {
     "shared_jobs": _positive(int),
     "sync_waiters": _positive(int),
     "web_ui": _lower,
+    "database_url": _text,
+    "role": _lower,
+    "lease_seconds": _positive(float),
 }

@@ -408,7 +408,7 @@ class JobQueue:
             self._next_beat = now + self.heartbeat_seconds
             self.store.beat_worker(f"{self._host}:{os.getpid()}:{self._token}",
                                    {"host": socket.gethostname(), "pid": os.getpid(),
-                                    **self._worker_info()})
+                                    "running": len(self._cancels), **self._worker_info()})
 
     def _consume(self, token: str, stopping: threading.Event) -> None:
         idle_wait = min(POLL_SECONDS, self.heartbeat_seconds)

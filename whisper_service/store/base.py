@@ -74,7 +74,8 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def add(self, row: Row, max_queued: int) -> bool:
         """Queue a job whose upload is at media_target(row['id']), unless max_queued jobs
-        wait already (checked in the same transaction); False when full."""
+        wait already (checked in the same transaction); False when full. created_at is
+        stamped under the store's lock, so it orders jobs as the queue does."""
 
     @abc.abstractmethod
     def discard_local(self, job_id: str) -> None:

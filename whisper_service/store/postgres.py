@@ -180,6 +180,8 @@ class PostgresStore(JobStore):
             with self._transaction() as db:
                 self._write_file(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
+                # stamped under the lock, so that created_at orders jobs as seq does
+                row = dict(row, created_at=time.time())
                 inserted = db.execute(
                     f"INSERT INTO jobs ({columns}) SELECT {marks} "
                     "WHERE (SELECT COUNT(*) FROM jobs WHERE state = 'queued') < %s",

@@ -95,6 +95,8 @@ class SQLiteStore(JobStore):
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._connect(write=True) as db:
+            # stamped under the lock, so that created_at orders jobs as seq does
+            row = dict(row, created_at=time.time())
             # the count is checked in the insert itself: others may have submitted meanwhile
             return bool(db.execute(
                 f"INSERT INTO jobs ({columns}) SELECT {marks} "
