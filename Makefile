@@ -5,8 +5,9 @@ VENV ?= .venv
 PYTHON ?= python3
 # nginx stands in front of gunicorn (web/proxy.py), so slow clients cannot hold its threads
 APP_APT_PACKAGES = nginx
-# espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives
-TEST_APT_PACKAGES = espeak-ng chromium
+# espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives;
+# postgresql gives the tests initdb and pg_ctl for a cluster of their own
+TEST_APT_PACKAGES = espeak-ng chromium postgresql
 # Node runs the official OpenAI Node SDK (tests/node, installed with npm ci); Debian's
 # packages only where the machine has no Node of its own
 NODE_APT_PACKAGES = nodejs npm
@@ -16,9 +17,10 @@ PORT ?= 8000
 
 .PHONY: setup system-deps test-deps run test
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements.txt
+	$(VENV)/bin/python -m pip install --no-deps -r requirements-nodeps.txt
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
