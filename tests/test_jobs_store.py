@@ -1,0 +1,193 @@
+"""What many hosts add to the queue, on both stores: a lapsed lease puts a job back and its
+old worker writes nothing more; uploads stream through the store in pieces; an
+Idempotency-Key makes one job; /metrics and a web-only /readyz read the shared store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import threading
+import tracemalloc
+
+import pytest
+
+from conftest import make_app, wait_until
+from test_jobs import (FAST, WAIT, Blocker, Recorder, backend, make_queue,  # noqa: F401
+                       root, submit_bytes, wait_finished)
+from whisper_service.jobs import JobState
+from whisper_service.store.base import COPY_CHUNK
+
+LEASE = 1.0  # seconds: short, so that a lapse is seen quickly
+UPLOAD_MB = 12  # many pieces: the memory taken must not grow with the upload
+
+
+class StoreAway:
+    """A store that this worker cannot reach for heartbeats (its network is down), while
+    everything else goes on: its lease lapses though the process is alive."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def heartbeat(self, *args, **kwargs):
+        raise self._store.errors[0]("the database is unreachable from this host")
+
+
+def test_a_lapsed_lease_runs_the_job_elsewhere_and_the_old_worker_writes_nothing(
+        make_queue, backend, tmp_path):
+    blocker = Blocker()
+    first = make_queue(blocker, lease_seconds=LEASE)
+    first.store = StoreAway(first.store)
+    job = submit_bytes(first, "talk.mp3")
+    first.start()
+    assert blocker.running.wait(WAIT)
+    assert first.get(job.id).state is JobState.RUNNING
+    if backend.name == "postgres":  # another host: another local folder, same database
+        backend.root = str(tmp_path / "second-host")
+    recorder = Recorder(text="second host")
+    second = make_queue(recorder, lease_seconds=LEASE)
+    second.start()
+    try:
+        done = wait_finished(second, job.id)
+        assert (done.state, done.attempts) == (JobState.DONE, 2)
+        assert recorder.seen == [job.id]
+    finally:
+        blocker.release.set()
+    # the first worker ends late: its claim was taken, so its result is dropped
+    assert blocker.returned.wait(WAIT)
+    first.stop(timeout=WAIT)
+    assert second.transcript(job.id).text == "second host"
+    assert second.get(job.id).state is JobState.DONE
+    assert second.store.counters()["jobs_done"] == 1
+
+
+def test_a_job_whose_leases_keep_lapsing_ends_failed_with_its_reason(make_queue):
+    blockers = []
+    try:
+        for attempt in (1, 2):
+            blocker = Blocker()
+            blockers.append(blocker)
+            queue = make_queue(blocker, lease_seconds=LEASE, max_attempts=2)
+            queue.store = StoreAway(queue.store)
+            if attempt == 1:
+                job = submit_bytes(queue, "poison.mp3")
+            queue.start()
+            assert blocker.running.wait(WAIT)
+            wait_until(lambda: queue.store.get(job.id)["lease_expired"], WAIT, what="a lapse")
+        last = make_queue(Recorder(), lease_seconds=LEASE, max_attempts=2)
+        assert last.recover() == 1
+        failed = last.get(job.id)
+        assert (failed.state, failed.attempts) == (JobState.FAILED, 2)
+        assert failed.error == ("transcription failed 2 times: "
+                                "the server stopped while transcribing it")
+        assert last.store.counters()["jobs_failed"] == 1
+    finally:
+        for blocker in blockers:
+            blocker.release.set()
+
+
+def test_an_upload_streams_through_the_store_in_pieces(make_queue, backend, tmp_path):
+    data = os.urandom(UPLOAD_MB * COPY_CHUNK)
+    source = tmp_path / "big.wav"
+    source.write_bytes(data)
+    queue = make_queue(Recorder())
+    tracemalloc.start()
+    try:
+        with open(source, "rb") as upload:
+            job = queue.submit(upload, "big.wav", FAST)
+        submit_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        if backend.name == "postgres":  # read on another host: fetched from the database
+            other = type(queue.store)(backend.url, str(tmp_path / "other-host"))
+            path = other.media_path(job.id)
+            assert path.startswith(str(tmp_path / "other-host"))
+        else:
+            path = queue.store.media_path(job.id)
+        fetch_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with open(path, "rb") as fetched:
+        assert hashlib.sha256(fetched.read()).digest() == hashlib.sha256(data).digest()
+    # never the whole upload in memory: a few pieces at most
+    assert submit_peak < 4 * COPY_CHUNK, submit_peak
+    assert fetch_peak < 4 * COPY_CHUNK, fetch_peak
+
+
+# --- through the web app -----------------------------------------------------------------
+
+ASYNC = {"async": "1"}
+FIELDS = {"temperature": "0", "beam_size": "greedy", "language": "en"}
+
+
+@pytest.fixture
+def web_app(backend, checkpoint, tmp_path):
+    """An app whose consumer does not run (WHISPER_ROLE=web): jobs stay queued."""
+    app = make_app(checkpoint, tmp_path, WHISPER_DATABASE_URL=backend.url, WHISPER_ROLE="web")
+    yield app
+    app.extensions["whisper_jobs"].store.close()
+
+
+def _post(client, media, key, name="talk.wav", url="/api/v1/transcriptions", **fields):
+    data = {"file": (io.BytesIO(media.read_bytes()), name), **FIELDS, **fields}
+    headers = {"Idempotency-Key": key} if key else {}
+    return client.post(url, data=data, headers=headers, query_string=ASYNC)
+
+
+def test_the_same_idempotency_key_makes_one_job(web_app, media):
+    client = web_app.test_client()
+    wav = media["speech.wav"]
+    first = _post(client, wav, "retry-1")
+    again = _post(client, wav, "retry-1")
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert first.headers["Location"] == again.headers["Location"]
+    assert web_app.extensions["whisper_jobs"].queued_count() == 1
+    # the same key with another file, or other options: the key meant something else
+    other_file = _post(client, media["speech.mp3"], "retry-1")
+    other_options = _post(client, wav, "retry-1", language="de")
+    assert (other_file.status_code, other_options.status_code) == (409, 409)
+    assert other_file.get_json()["error"]["code"] == "key_reused"
+    # another key, or none, is another job
+    assert _post(client, wav, "retry-2").headers["Location"] != first.headers["Location"]
+    assert _post(client, wav, None).status_code == 202
+    assert web_app.extensions["whisper_jobs"].queued_count() == 3
+    too_long = _post(client, wav, "k" * 256)
+    assert too_long.status_code == 400 and "Idempotency-Key" in too_long.get_json()["error"]["message"]
+    assert web_app.extensions["whisper_jobs"].queued_count() == 3
+
+
+def test_metrics_and_a_web_only_readyz_read_the_shared_store(web_app, media):
+    client = web_app.test_client()
+    for key in ("a", "b"):
+        assert _post(client, media["speech.wav"], key).status_code == 202
+    ready = client.get("/readyz")
+    body = ready.get_json()
+    assert ready.status_code == 200, body
+    assert (body["status"], body["role"], body["queued"], body["workers"]) == ("ready", "web", 2, [])
+    assert "no worker" in body["notice"]
+
+    # a worker elsewhere beats into the same store
+    web_app.extensions["whisper_jobs"].store.beat_worker(
+        "gpu-host:1:abc", {"host": "gpu-host", "device": "cuda:0", "running": 1,
+                           "gpu_utilization": 0.75})
+    assert [w["device"] for w in client.get("/readyz").get_json()["workers"]] == ["cuda:0"]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert client.get("/metrics").content_type.startswith("text/plain; version=0.0.4")
+    assert re.search(r'^whisper_jobs\{state="queued"\} 2$', text, re.M)
+    assert re.search(r'^whisper_jobs\{state="done"\} 0$', text, re.M)
+    assert re.search(r"^whisper_jobs_done_total 0\.0$", text, re.M)
+    assert re.search(r"^whisper_workers 1$", text, re.M)
+    assert re.search(r'^whisper_gpu_utilization_ratio\{worker="gpu-host:1:abc",host="gpu-host",'
+                     r'device="cuda:0"\} 0\.75$', text, re.M)
+    assert "# TYPE whisper_audio_seconds_total counter" in text
+
+
+def test_metrics_need_the_api_key_when_there_are_keys(checkpoint, tmp_path):
+    app = make_app(checkpoint, tmp_path, WHISPER_API_KEYS="k1", WHISPER_ROLE="web")
+    client = app.test_client()
+    assert client.get("/metrics").status_code == 401
+    response = client.get("/metrics", headers={"Authorization": "Bearer k1"})
+    assert response.status_code == 200 and "whisper_jobs{" in response.get_data(as_text=True)
