@@ -26,9 +26,10 @@ RUN apt-get update \
     && python3 -m venv /opt/venv
 
 WORKDIR /app
-COPY requirements.txt ./
+COPY requirements.txt requirements-nodeps.txt ./
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0; fi \
-    && pip install -r requirements.txt
+    && pip install -r requirements.txt \
+    && pip install --no-deps -r requirements-nodeps.txt
 
 COPY app.py gunicorn.conf.py ./
 COPY web ./web

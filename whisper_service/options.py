@@ -28,6 +28,9 @@ MAX_PROMPT_CHARS = 2000
 MAX_TEMPERATURES = 11
 MIN_TEMPERATURE_STEP = 0.1
 SHOWN_CHARS = 40  # of a bad value, quoted in its error
+# speakers one recording may be told to hold; beyond this a diarization hint is a typo
+MAX_SPEAKERS = 20
+SPEAKER_HINTS = ("num_speakers", "min_speakers", "max_speakers")
 # the command line's schedule: 0.0, then 0.2 more on each fallback, up to 1.0
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 AUTO_LANGUAGE = ("", "auto", "detect", "none")
@@ -123,6 +126,19 @@ class TranscribeOptions:
         None, "batched (speech windows decoded together) or sequential (openai-whisper's own, "
         "each window given the previous text); empty: batched on a GPU, sequential on CPU"
     )
+    diarize: bool = option(
+        False, "label who speaks: a speaker on every segment (and word), split where the "
+        "speaker changes"
+    )
+    num_speakers: Optional[int] = option(
+        None, f"with diarize: exactly this many speakers (1-{MAX_SPEAKERS}); empty: found"
+    )
+    min_speakers: Optional[int] = option(
+        None, f"with diarize: at least this many speakers (1-{MAX_SPEAKERS})"
+    )
+    max_speakers: Optional[int] = option(
+        None, f"with diarize: at most this many speakers (1-{MAX_SPEAKERS})"
+    )
     layout: SubtitleLayout = field(default_factory=SubtitleLayout)  # SRT/VTT cue layout
 
     def __post_init__(self) -> None:
@@ -176,6 +192,7 @@ class TranscribeOptions:
                 "must be on for max_line_width, max_line_count, max_words_per_line "
                 "or highlight_words",
             )
+        _check_speakers(self)
 
     def with_changes(self, **changes: Any) -> "TranscribeOptions":
         return replace(self, **changes)
@@ -244,6 +261,29 @@ def _schedule(start: float, step: float) -> Tuple[float, ...]:
             f"{MAX_TEMPERATURES}: use an increment of at least {MIN_TEMPERATURE_STEP:g}",
         )
     return tuple(round(start + i * step, 6) for i in range(count))
+
+
+def _check_speakers(options: "TranscribeOptions") -> None:
+    """Speaker hints: whole numbers from 1 to MAX_SPEAKERS that agree with each other, and
+    only with diarize on."""
+    for name in SPEAKER_HINTS:
+        value = getattr(options, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadOption(name, f"must be a whole number; got {_shown(value)}")
+        if value < 1:
+            raise BadOption(name, f"must be at least 1; got {value}")
+        if value > MAX_SPEAKERS:
+            raise BadOption(name, f"must be at most {MAX_SPEAKERS}; got {str(value)[:SHOWN_CHARS]}")
+        if not options.diarize:
+            raise BadOption(name, "needs diarize on")
+    low, high = options.min_speakers, options.max_speakers
+    if low is not None and high is not None and low > high:
+        raise BadOption("min_speakers", f"must not exceed max_speakers; got {low} > {high}")
+    count = options.num_speakers
+    if count is not None and ((low is not None and count < low) or (high is not None and count > high)):
+        raise BadOption("num_speakers", f"must lie between min_speakers and max_speakers; got {count}")
 
 
 def _check_prompt(prompt: str) -> None:
@@ -425,4 +465,8 @@ _PARSERS = {
     "max_line_count": _parse_optional_int,
     "max_words_per_line": _parse_optional_int,
     "highlight_words": _parse_bool,
+    "diarize": _parse_bool,
+    "num_speakers": _parse_optional_int,
+    "min_speakers": _parse_optional_int,
+    "max_speakers": _parse_optional_int,
 }

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import batch_engine, engine, vad
+from . import batch_engine, engine, speakers, vad
 from .audio import DecodeLimits, MediaInfo, check_file, decode_file
 from .config import Settings
-from .progress import ProgressCallback
+from .progress import Progress, ProgressCallback
 from .errors import ModelUnavailable, ServiceError
 from .models import ModelRegistry, pick_device
 from .options import TranscribeOptions
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 PREFETCHED_FILES = 2  # decoded ahead at most; an hour of audio holds 230 MB
 DECODING_THREADS = 4  # files of a shared run decoded by ffmpeg at once
+# the share of a diarized job's progress bar that diarization fills, after the words: on
+# the CPU the embedded backend takes about a tenth of tiny's time (bench/diarize.py)
+DIARIZATION_SHARE = 0.1
 
 # what transcribe_together takes for each file: path, options, display name, progress
 FileJob = Tuple[str, TranscribeOptions, Optional[str], Optional[ProgressCallback]]
@@ -87,7 +91,36 @@ class WhisperService:
         """Raise what transcribing this file with these options would (a model outside the
         allow-list, a MediaError), reading only the file's start; else say what it is."""
         self.models.check_allowed(options.model)
+        if options.diarize:
+            self.diarizer().check()  # no token, no package: refused now, with what to set
         return check_file(path, self.limits, display_name)
+
+    def diarizer(self) -> speakers.Diarizer:
+        """The configured diarization backend (WHISPER_DIARIZATION), on this process's device."""
+        device = str(pick_device(self.settings.device))
+        return speakers.get_diarizer(self.settings.diarization, self.settings.model_dir, device)
+
+    def with_speakers(self, transcript: Transcript, audio: np.ndarray, options: TranscribeOptions,
+                      progress: Optional[ProgressCallback] = None) -> Transcript:
+        """The transcript with speakers, when the options ask for them; diarization runs on
+        the audio the words came from, and fills the last DIARIZATION_SHARE of the progress."""
+        if not options.diarize:
+            return transcript
+        total = transcript.duration
+
+        def fraction(done: float) -> None:
+            if progress is not None:
+                share = 1.0 - DIARIZATION_SHARE + DIARIZATION_SHARE * min(done, 0.999)
+                progress(Progress(share * total, total))
+
+        began = time.perf_counter()
+        hints = speakers.SpeakerHints(options.num_speakers, options.min_speakers, options.max_speakers)
+        turns = self.diarizer().diarize(audio, hints, fraction)
+        log.info("diarized %.1f s of audio in %.2f s", total, time.perf_counter() - began)
+        labelled = speakers.assign_speakers(transcript, turns)
+        if progress is not None:
+            progress(Progress(total, total))
+        return labelled
 
     def transcribe_file(
         self,
@@ -101,8 +134,9 @@ class WhisperService:
         self.models.check_allowed(options.model)
         audio = self.decode(path, display_name)
         loaded = self.models.for_task(options.model, options.task)
-        return engine.transcribe(loaded, audio, options, progress,
-                                 batch_windows=self.settings.batch_windows or None)
+        transcript = engine.transcribe(loaded, audio, options, _words_part(progress, options),
+                                       batch_windows=self.settings.batch_windows or None)
+        return self.with_speakers(transcript, audio, options, progress)
 
     def share_key(self, options: TranscribeOptions) -> Optional[Hashable]:
         """Files whose keys are equal (and not None) can be transcribed together, their
@@ -140,14 +174,19 @@ class WhisperService:
             if isinstance(audio, Exception):
                 outcomes[index] = audio
             else:
-                requests.append(engine.FileRequest(audio, file[1], file[3]))
+                requests.append(engine.FileRequest(audio, file[1], _words_part(file[3], file[1])))
                 where.append(index)
         if requests:
             first = requests[0].options
             loaded = self.models.for_task(first.model, first.task)
             results = engine.transcribe_together(
                 loaded, requests, batch_windows=self.settings.batch_windows or None)
-            for index, result in zip(where, results):
+            for index, request, result in zip(where, requests, results):
+                if isinstance(result, Transcript):
+                    try:
+                        result = self.with_speakers(result, request.audio, request.options, files[index][3])
+                    except Exception as error:  # this file's diarization failed, not the others
+                        result = error
                 outcomes[index] = result
         return outcomes
 
@@ -158,3 +197,17 @@ class WhisperService:
         audio = self.decode(path, display_name)
         # a caller waits for the model as long as for any synchronous answer
         return engine.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
+
+
+def _words_part(progress: Optional[ProgressCallback],
+                options: TranscribeOptions) -> Optional[ProgressCallback]:
+    """The progress callback for the transcription itself: the whole bar, or with diarize
+    the part before DIARIZATION_SHARE, so that the bar never reaches the end early."""
+    if progress is None or not options.diarize:
+        return progress
+    scale = 1.0 - DIARIZATION_SHARE
+
+    def report(done: Progress) -> None:
+        progress(Progress(done.done_seconds * scale, done.total_seconds))
+
+    return report

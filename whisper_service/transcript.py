@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Tuple
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+SPEAKER_KEY = "speaker"  # of a segment or word in the JSON form, present only when diarized
 
 
 @dataclass(frozen=True)
@@ -12,6 +14,7 @@ class Word:
     start: float  # seconds from the start of the audio
     end: float
     probability: float
+    speaker: Optional[str] = None  # id of a Speaker of the transcript, when diarized
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Word":
@@ -20,6 +23,7 @@ class Word:
             start=float(data["start"]),
             end=float(data["end"]),
             probability=float(data.get("probability", 0.0)),
+            speaker=_optional_text(data.get(SPEAKER_KEY)),
         )
 
 
@@ -36,6 +40,7 @@ class Segment:
     compression_ratio: float
     no_speech_prob: float
     words: Tuple[Word, ...] = ()
+    speaker: Optional[str] = None  # id of a Speaker of the transcript, when diarized
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Segment":
@@ -51,7 +56,14 @@ class Segment:
             compression_ratio=float(data.get("compression_ratio", 0.0)),
             no_speech_prob=float(data.get("no_speech_prob", 0.0)),
             words=tuple(Word.from_dict(w) for w in data.get("words") or ()),
+            speaker=_optional_text(data.get(SPEAKER_KEY)),
         )
+
+
+@dataclass(frozen=True)
+class Speaker:
+    id: str  # "S1", "S2", ...: what segments and words refer to; never changes
+    name: str  # shown in every output: "Speaker 1" until a person renames it
 
 
 @dataclass(frozen=True)
@@ -63,13 +75,31 @@ class Transcript:
     model: str  # the model that produced it (may differ from the one asked for)
     text: str
     segments: Tuple[Segment, ...] = field(default_factory=tuple)
+    speakers: Tuple[Speaker, ...] = ()  # in order of first appearance; empty: not diarized
 
     @property
     def has_word_timestamps(self) -> bool:
         return any(segment.words for segment in self.segments)
 
+    @property
+    def speaker_names(self) -> Dict[str, str]:
+        """Speaker id -> the name shown for it."""
+        return {speaker.id: speaker.name for speaker in self.speakers}
+
+    def renamed(self, names: Mapping[str, str]) -> "Transcript":
+        """The transcript with speakers given new names (id -> name); others keep theirs."""
+        return replace(self, speakers=tuple(
+            replace(s, name=names.get(s.id, s.name)) for s in self.speakers))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if not self.speakers:  # not diarized: the same JSON as before speakers existed
+            del data["speakers"]
+            for segment in data["segments"]:
+                segment.pop(SPEAKER_KEY)
+                for word in segment["words"]:
+                    word.pop(SPEAKER_KEY)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Transcript":
@@ -81,5 +111,11 @@ class Transcript:
             model=str(data.get("model", "")),
             text=str(data.get("text", "")),
             segments=tuple(Segment.from_dict(s) for s in data.get("segments", ())),
+            speakers=tuple(Speaker(id=str(s["id"]), name=str(s["name"]))
+                           for s in data.get("speakers") or ()),
         )
+
+
+def _optional_text(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
 

@@ -14,6 +14,13 @@ from `whisper audio.wav`. The differences are for safety only:
 
 JSON is this service's own shape, `Transcript.to_dict()`, not whisper's result dict.
 
+A diarized transcript (one with speakers) carries them in every format, by the names the
+speakers have now (renamed or "Speaker 1"): TXT and SRT put "Name: " before a line or cue
+whose speaker differs from the one before; VTT gives every cue a voice span
+(`<v Name>text`); TSV adds a speaker column; JSON holds each segment's and word's speaker
+id and the `speakers` list of ids and names. With word timings, no cue spans two speakers.
+Transcripts without speakers are written exactly as before.
+
 Every function is pure: it takes a transcript and returns a str; none touches files.
 """
 
@@ -40,13 +47,19 @@ LONG_PAUSE = 3.0  # seconds between two words' starts that end a cue (when re-fl
 NO_LIMIT = 1000  # whisper's stand-in for an unset line width or words-per-line
 VTT_HEADER = "WEBVTT\n\n"
 TSV_HEADER = "start\tend\ttext\n"
+TSV_SPEAKER_HEADER = "start\tend\ttext\tspeaker\n"
+SPEAKER_SEPARATOR = ": "  # after a speaker's name in TXT and SRT
 
 # "-->" separates a cue's start and end; in spoken text it would start a bogus timing line.
 _ARROW = re.compile(r"-{2,}>")
 # A line break ends a cue's text (a blank line ends the cue), so spoken text gets none.
 _LINE_BREAK = re.compile(r"\s*[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]\s*")
 
-Cue = Tuple[float, float, str]  # start and end in seconds, text (may hold layout line breaks)
+class Cue(NamedTuple):
+    start: float  # seconds
+    end: float
+    text: str  # may hold the layout's line breaks
+    speaker: Optional[str] = None  # speaker id, when diarized
 
 
 class _Piece(NamedTuple):
@@ -55,6 +68,7 @@ class _Piece(NamedTuple):
     start: float
     end: float
     text: str
+    speaker: Optional[str] = None
 
 
 # --- timestamps ---------------------------------------------------------------------------
@@ -128,8 +142,10 @@ def _subtitles(segments: Tuple[Segment, ...], layout: SubtitleLayout) -> Iterato
                     not keep_segments and last_start is not None
                     and word.start - last_start > LONG_PAUSE
                 )
-                # keeping segments, every chunk of max_words_per_line words starts a new cue
-                chunk_break = keep_segments and i == 0 and bool(cue)
+                # keeping segments, every chunk of max_words_per_line words starts a new cue;
+                # so does every change of speaker
+                chunk_break = bool(cue) and (
+                    (keep_segments and i == 0) or cue[-1].speaker != segment.speaker)
                 fits = line_len + len(text) <= max_width  # counts the leading space
                 if line_len > 0 and fits and not long_pause and not chunk_break:
                     line_len += len(text)
@@ -145,7 +161,7 @@ def _subtitles(segments: Tuple[Segment, ...], layout: SubtitleLayout) -> Iterato
                         line_count += 1
                         text = "\n" + text
                     line_len = len(text.strip())
-                cue.append(_Piece(word.start, word.end, text))
+                cue.append(_Piece(word.start, word.end, text, segment.speaker))
                 last_start = word.start
     if cue:
         yield cue
@@ -156,55 +172,102 @@ def _cues(transcript: Transcript, layout: SubtitleLayout) -> Iterator[Cue]:
     if not transcript.has_word_timestamps:
         # one cue per segment: the layout needs word timings to re-flow anything
         for segment in transcript.segments:
-            yield segment.start, segment.end, _no_arrows(_one_line(segment.text.strip()))
+            yield Cue(segment.start, segment.end, _no_arrows(_one_line(segment.text.strip())),
+                      segment.speaker)
         return
     for cue in _subtitles(transcript.segments, layout):
         plain = _no_arrows("".join(piece.text for piece in cue))
+        speaker = cue[0].speaker
         if not layout.highlight_words:
-            yield cue[0].start, cue[-1].end, plain
+            yield Cue(cue[0].start, cue[-1].end, plain, speaker)
             continue
         # one cue per word with that word underlined; a gap between words shows plain text
         shown_until = cue[0].start
         for i, piece in enumerate(cue):
             if _milliseconds(shown_until) != _milliseconds(piece.start):
-                yield shown_until, piece.start, plain
+                yield Cue(shown_until, piece.start, plain, speaker)
             text = "".join(_underline(p.text) if j == i else p.text for j, p in enumerate(cue))
-            yield piece.start, piece.end, _no_arrows(text)
+            yield Cue(piece.start, piece.end, _no_arrows(text), speaker)
             shown_until = piece.end
 
 
 # --- the formats ---------------------------------------------------------------------------
 
 
+# --- speakers ------------------------------------------------------------------------------
+
+
+def _speaker_name(transcript: Transcript, speaker: Optional[str]) -> Optional[str]:
+    """The name shown for a speaker id, safe on one line of a cue; None: no speaker."""
+    if speaker is None or not transcript.speakers:
+        return None
+    name = transcript.speaker_names.get(speaker, speaker)
+    return _no_arrows(_one_line(name)).strip() or speaker
+
+
+def _with_changes(transcript: Transcript, items) -> Iterator[Tuple[Optional[str], object]]:
+    """(the speaker's name where it differs from the item before, else None; the item) for
+    items (segments or cues) that have a `speaker`."""
+    previous: Optional[str] = None
+    for item in items:
+        name = _speaker_name(transcript, item.speaker)
+        yield (name if name is not None and item.speaker != previous else None), item
+        previous = item.speaker
+
+
+def _voice(name: str) -> str:
+    """A WebVTT voice span's annotation: '&', '<' and '>' escaped, as the format asks."""
+    return name.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def write_txt(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout()) -> str:
-    """One line per segment."""
-    return "".join(segment.text.strip() + "\n" for segment in transcript.segments)
+    """One line per segment; "Name: " before a line whose speaker differs from the one before."""
+    return "".join(
+        (f"{name}{SPEAKER_SEPARATOR}" if name else "") + segment.text.strip() + "\n"
+        for name, segment in _with_changes(transcript, transcript.segments)
+    )
 
 
 def write_srt(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout()) -> str:
-    """Numbered cues with HH:MM:SS,mmm times."""
+    """Numbered cues with HH:MM:SS,mmm times; "Name: " before a cue whose speaker differs
+    from the one before."""
     return "".join(
-        f"{number}\n{_timing(start, end, True, ',')}\n{text}\n\n"
-        for number, (start, end, text) in enumerate(_shown_cues(transcript, layout), start=1)
+        f"{number}\n{_timing(cue.start, cue.end, True, ',')}\n"
+        f"{name + SPEAKER_SEPARATOR if name else ''}{cue.text}\n\n"
+        for number, (name, cue) in enumerate(
+            _with_changes(transcript, _shown_cues(transcript, layout)), start=1)
     )
 
 
 def write_vtt(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout()) -> str:
-    """WebVTT cues with MM:SS.mmm times (HH: only from one hour on)."""
+    """WebVTT cues with MM:SS.mmm times (HH: only from one hour on); a diarized cue is a
+    voice span, `<v Speaker 1>text`."""
     return VTT_HEADER + "".join(
-        f"{_timing(start, end, False, '.')}\n{text}\n\n"
-        for start, end, text in _shown_cues(transcript, layout)
+        f"{_timing(cue.start, cue.end, False, '.')}\n{_voiced(transcript, cue)}\n\n"
+        for cue in _shown_cues(transcript, layout)
     )
 
 
+def _voiced(transcript: Transcript, cue: Cue) -> str:
+    name = _speaker_name(transcript, cue.speaker)
+    return f"<v {_voice(name)}>{cue.text}" if name else cue.text
+
+
 def _shown_cues(transcript: Transcript, layout: SubtitleLayout) -> Iterator[Cue]:
-    return (cue for cue in _cues(transcript, layout) if cue[2].strip())
+    return (cue for cue in _cues(transcript, layout) if cue.text.strip())
 
 
 def write_tsv(transcript: Transcript, layout: SubtitleLayout = SubtitleLayout()) -> str:
-    """start<TAB>end<TAB>text per segment, times in whole milliseconds."""
-    return TSV_HEADER + "".join(
-        f"{_milliseconds(s.start)}\t{_milliseconds(s.end)}\t{_tsv_text(s.text)}\n"
+    """start<TAB>end<TAB>text per segment, times in whole milliseconds; diarized, a fourth
+    column holds the speaker's name."""
+    if not transcript.speakers:
+        return TSV_HEADER + "".join(
+            f"{_milliseconds(s.start)}\t{_milliseconds(s.end)}\t{_tsv_text(s.text)}\n"
+            for s in transcript.segments
+        )
+    return TSV_SPEAKER_HEADER + "".join(
+        f"{_milliseconds(s.start)}\t{_milliseconds(s.end)}\t{_tsv_text(s.text)}\t"
+        f"{_tsv_text(_speaker_name(transcript, s.speaker) or '')}\n"
         for s in transcript.segments
     )
 
