@@ -256,3 +256,18 @@
     copy(segments.map(function (s) { return "[" + s.querySelector("time").textContent + "] " + textOf(s); }).join("\n"));
   });
 })();
+
+// Renaming speakers: the names on the page follow the form while they are typed; "Save
+// names" posts the form (which works without this script too) and every download uses them.
+(function () {
+  var inputs = document.querySelectorAll(".speakers input[name^='speaker-']");
+  Array.prototype.forEach.call(inputs, function (input) {
+    var id = input.name.slice("speaker-".length);
+    input.addEventListener("input", function () {
+      var labels = document.querySelectorAll(".speaker-name[data-speaker='" + id + "']");
+      Array.prototype.forEach.call(labels, function (label) {
+        label.textContent = input.value.trim() || input.defaultValue;
+      });
+    });
+  });
+})();

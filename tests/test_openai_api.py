@@ -96,8 +96,9 @@ def test_word_granularity_turns_on_word_timestamps():
 
 @pytest.mark.parametrize("fields, field", [
     ({"model": "gpt-4o-transcribe"}, "model"),
-    ({"response_format": "diarized_json"}, "response_format"),
     ({"response_format": "xml"}, "response_format"),
+    ({"response_format": "diarized_json", "diarize": "false"}, "diarize"),  # it asks for speakers
+    ({"response_format": "diarized_json", "endpoint_task": "translate"}, "response_format"),
     ({GRANULARITY_FIELD: "word"}, GRANULARITY_FIELD),  # needs verbose_json
     ({GRANULARITY_FIELD: "sentence", "response_format": "verbose_json"}, GRANULARITY_FIELD),
     ({"stream": "true"}, "stream"),

@@ -93,7 +93,8 @@ def test_options_schema_is_every_option_with_the_real_defaults():
 def test_openai_fields_are_those_the_endpoint_reads():
     upload = document()["components"]["schemas"]["OpenAIUpload"]["properties"]
     assert set(upload) == {*openai_compat.OPENAI_FIELDS, *openai_compat.EXTRA_FIELDS}
-    assert upload["response_format"]["enum"] == ["json", "text", "srt", "verbose_json", "vtt"]
+    assert upload["response_format"]["enum"] == ["json", "text", "srt", "verbose_json", "vtt",
+                                                 "diarized_json"]
 
 
 def test_answers_match_their_documented_schemas(client, media):

@@ -44,8 +44,13 @@ blueprint.before_request(require_api_key)
 
 OPENAI_MODEL = "whisper-1"  # OpenAI's name for its Whisper; here it means the default model
 MODEL_OWNER = "whisper-service"
-RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
-JSON_FORMATS = ("json", "verbose_json")  # answers that may begin with white space
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
+JSON_FORMATS = ("json", "verbose_json", "diarized_json")  # answers that may begin with white space
+# gpt-4o-transcribe-diarize's answer (TranscriptionDiarized in OpenAI's SDKs): segments with
+# a speaker each, labelled A, B, ... in order of first appearance, as OpenAI labels them
+DIARIZED = "diarized_json"
+DIARIZED_SEGMENT_TYPE = "transcript.text.segment"
+SPEAKER_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 GRANULARITIES = ("segment", "word")
 GRANULARITY_FIELD = "timestamp_granularities[]"  # how OpenAI's clients name the list
 DEFAULT_GRANULARITIES = ("segment",)  # OpenAI's default: segments, no words
@@ -96,6 +101,8 @@ def parse_request(
                             f"got {granularity!r}")
     if granularities and response_format != "verbose_json":
         raise BadOption(GRANULARITY_FIELD, "needs response_format verbose_json")
+    if response_format == DIARIZED and task != "transcribe":
+        raise BadOption("response_format", "diarized_json is for transcriptions, as at OpenAI")
 
     values: Dict[str, Any] = {name: form.get(name) for name in EXTRA_FIELDS if name in form}
     values.update(
@@ -107,6 +114,10 @@ def parse_request(
     )
     if "word" in granularities:
         values["word_timestamps"] = "true"
+    if response_format == DIARIZED:  # the format asks for speakers
+        if str(values.get("diarize", "true")).strip().lower() not in TRUE_WORDS:
+            raise BadOption("diarize", "must be on (or left out) for response_format diarized_json")
+        values["diarize"] = "true"
     return AudioRequest(
         TranscribeOptions.from_mapping(values), response_format,
         granularities or DEFAULT_GRANULARITIES,
@@ -203,6 +214,8 @@ def render(asked: AudioRequest, transcript: Transcript) -> Response:
         return jsonify(text=transcript.text.strip(), **_usage(transcript))
     if fmt == "verbose_json":
         return jsonify(verbose(transcript, asked.granularities))
+    if fmt == DIARIZED:
+        return jsonify(diarized(transcript))
     if fmt == "text":
         return Response(transcript.text.strip() + "\n", content_type=TEXT_TYPE)
     return Response(write(fmt, transcript, asked.options.layout), content_type=MEDIA_TYPES[fmt])
@@ -232,6 +245,32 @@ def verbose(transcript: Transcript, granularities: Sequence[str]) -> dict:
         ]
     body.update(_usage(transcript))
     return body
+
+
+def diarized(transcript: Transcript) -> dict:
+    """OpenAI's diarized_json: the text, and segments each with its speaker."""
+    letters = {s.id: _speaker_letter(i) for i, s in enumerate(transcript.speakers)}
+    return {
+        "task": "transcribe",
+        "duration": transcript.duration,
+        "text": transcript.text.strip(),
+        "segments": [
+            {"type": DIARIZED_SEGMENT_TYPE, "id": f"seg_{s.id}", "start": s.start, "end": s.end,
+             "text": s.text.strip(), "speaker": letters.get(s.speaker, SPEAKER_LETTERS[0])}
+            for s in transcript.segments
+        ],
+        **_usage(transcript),
+    }
+
+
+def _speaker_letter(index: int) -> str:
+    """A, B, ... Z, then AA, AB, ..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, len(SPEAKER_LETTERS))
+        letters = SPEAKER_LETTERS[rest] + letters
+    return letters
 
 
 def _usage(transcript: Transcript) -> dict:

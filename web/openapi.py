@@ -13,10 +13,11 @@ from typing import Any, Dict, Union, get_args, get_origin, get_type_hints
 
 from web import openai_compat
 from whisper_service.options import (
-    MAX_BEAM_SIZE, MAX_BEST_OF, MAX_PROMPT_CHARS, MAX_TEMPERATURES, OPTION_NAMES, SubtitleLayout,
+    MAX_BEAM_SIZE, MAX_BEST_OF, MAX_PROMPT_CHARS, MAX_SPEAKERS, MAX_TEMPERATURES, OPTION_NAMES,
+    SubtitleLayout,
     TranscribeOptions,
 )
-from whisper_service.transcript import Segment, Transcript, Word
+from whisper_service.transcript import Segment, Speaker, Transcript, Word
 from whisper_service.writers import FORMATS, MEDIA_TYPES
 
 OPENAPI_VERSION = "3.1.0"
@@ -29,11 +30,14 @@ JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # not a field of TranscribeOptions: from_mapping turns it into the temperature schedule
 INCREMENT_HELP = "with one temperature: fall back from it up to 1.0 in steps of this size"
 # what options.py refuses beyond the types, stated where a schema can say it
+DIARIZED_ONLY = ("speaker", "speakers")  # transcript keys present only when diarized
 OPTION_BOUNDS = {
     "beam_size": {"minimum": 0, "maximum": MAX_BEAM_SIZE},
     "best_of": {"minimum": 1, "maximum": MAX_BEST_OF},
     "temperature": {"maxItems": MAX_TEMPERATURES, "minimum": 0, "maximum": 1},
     "initial_prompt": {"maxLength": MAX_PROMPT_CHARS},
+    **{name: {"minimum": 1, "maximum": MAX_SPEAKERS}
+       for name in ("num_speakers", "min_speakers", "max_speakers")},
 }
 ERROR_TEXT = {
     400: "A field is missing or wrong; `field` names it.",
@@ -100,7 +104,7 @@ def dataclass_schema(cls: type) -> Dict[str, Any]:
     return {
         "type": "object",
         "properties": {f.name: _described(schema_of(hints[f.name]), f) for f in fields(cls)},
-        "required": [f.name for f in fields(cls)],
+        "required": [f.name for f in fields(cls) if f.name not in DIARIZED_ONLY],
     }
 
 
@@ -139,7 +143,7 @@ def _schemas() -> Dict[str, Any]:
     options = option_properties()
     return {
         **{cls.__name__: dataclass_schema(cls)
-           for cls in (TranscribeOptions, SubtitleLayout, Transcript, Segment, Word)},
+           for cls in (TranscribeOptions, SubtitleLayout, Transcript, Segment, Word, Speaker)},
         "Error": _object(error=_object(
             code={"type": "string", "description": "the error's kind, e.g. not_media"},
             message={"type": "string", "description": "one sentence for people"},
@@ -184,7 +188,10 @@ def _schemas() -> Dict[str, Any]:
         "OpenAITranscription": {
             "type": "object", "required": ["text"],
             "description": "response_format json: the text; verbose_json adds task, language, "
-                           "duration, segments and (with word granularity) words",
+                           "duration, segments and (with word granularity) words; diarized_json "
+                           "(OpenAI's TranscriptionDiarized) has task, duration, text and segments "
+                           "of type transcript.text.segment with id, start, end, text and "
+                           "speaker (A, B, ... in order of first appearance)",
             "properties": {"text": {"type": "string"}, "task": {"type": "string"},
                            "language": {"type": "string"}, "duration": {"type": "number"},
                            "segments": {"type": "array", "items": {"type": "object"}},

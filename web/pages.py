@@ -29,6 +29,9 @@ blueprint = Blueprint("pages", __name__)
 blueprint.before_request(require_web_access)
 RECENT_JOBS_KEPT = 20  # ids remembered in this browser's session cookie
 QUEUE_FULL_WORDS = "The queue is full, so {name} was not queued; try it again later."
+SPEAKER_FIELD = "speaker-"  # + a speaker's id: its new name, in the rename form
+MAX_SPEAKER_NAME = 60  # characters of a speaker's name
+SPEAKER_COLOURS = 8  # distinct colours in style.css; further speakers reuse them
 HOURS_PER_DAY = 24
 
 
@@ -122,6 +125,40 @@ def job_page(job_id: str):
         language=language_name(transcript.language) if transcript else None,
         media_type=media_type(job), playable=media_type(job) in PLAYABLE_TYPES,
     )
+
+
+@blueprint.post("/jobs/<job_id>/speakers")
+def rename_speakers(job_id: str):
+    """Names for the speakers of a done job ("Speaker 1" -> "Ana"), saved with it: the page
+    and every download use them. A plain form post, so it works without JavaScript."""
+    job = _job(job_id)
+    transcript = jobs().transcript(job.id)
+    if transcript is None or not transcript.speakers:
+        raise BadOption("speakers", "this job has no speakers to rename")
+    names = {}
+    for speaker in transcript.speakers:
+        given = request.form.get(SPEAKER_FIELD + speaker.id)
+        if given is not None:
+            names[speaker.id] = speaker_name(given) or speaker.name
+    jobs().replace_transcript(job.id, transcript.renamed(names))
+    return redirect(url_for("pages.job_page", job_id=job_id) + "#speakers", code=303)
+
+
+def speaker_name(given: str) -> str:
+    """A name as typed, on one line, without control characters, at most MAX_SPEAKER_NAME."""
+    cleaned = "".join(c if c.isprintable() else " " for c in given)
+    name = " ".join(cleaned.split())
+    if len(name) > MAX_SPEAKER_NAME:
+        raise BadOption("speakers", f"a name has at most {MAX_SPEAKER_NAME} characters; "
+                        f"{name[:20]!r}… has {len(name)}")
+    return name
+
+
+@blueprint.app_template_global()
+def speaker_colour(transcript, speaker_id) -> int:
+    """The colour class number of a speaker: its place in the transcript's list."""
+    ids = [s.id for s in transcript.speakers]
+    return ids.index(speaker_id) % SPEAKER_COLOURS if speaker_id in ids else 0
 
 
 @blueprint.get("/jobs/<job_id>/status")

@@ -246,4 +246,5 @@ _PARSERS = {
     "database_url": _text,
     "role": _lower,
     "lease_seconds": _positive(float),
+    "diarization": _lower,
 }
