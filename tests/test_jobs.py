@@ -324,6 +324,8 @@ def test_shared_jobs_of_one_runs_every_job_alone(make_queue):
     assert sharer.runs == [["one"], ["two"]]
 
 
+# the engine's sharing, not the store's: the Sharer tests cover sharing on both stores
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_shared_runs_with_the_real_engine_equal_runs_alone(service, media, make_queue):
     batched = TranscribeOptions(mode="batched", beam_size=2, language="en", temperature=(0.0,))
     expected = {name: service.transcribe_file(str(media[name]), batched)
