@@ -31,7 +31,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL
     && pip install -r requirements.txt \
     && pip install --no-deps -r requirements-nodeps.txt
 
-COPY app.py gunicorn.conf.py ./
+COPY app.py gunicorn.conf.py docker-entrypoint.sh ./
 COPY web ./web
 COPY whisper_service ./whisper_service
 COPY templates ./templates
@@ -60,8 +60,13 @@ RUN if [ -n "$WHISPER_MODEL" ]; then \
     fi
 
 VOLUME ["/models", "/data"]
-EXPOSE 8000
+# 8080: SageMaker's port, served when started as `docker run IMAGE serve` (the entrypoint)
+EXPOSE 8000 8080
+# whichever of the two ports the server was started on answers
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
-    CMD python3 -c "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)"
+    CMD python3 -c "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)" \
+     || python3 -c "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
 
+# `serve` (SageMaker): the same server on port 8080; anything else runs as given
+ENTRYPOINT ["./docker-entrypoint.sh"]
 CMD ["gunicorn", "-c", "gunicorn.conf.py"]

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, docs, errors, metrics, openai_compat, pages, security, signin
+from web import api, docs, errors, metrics, openai_compat, pages, sagemaker, security, signin
 from web.sync import SyncWaiters
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
@@ -56,7 +56,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_blueprint(signin.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(api.blueprint)
-    app.register_blueprint(api.invocations)
+    app.register_blueprint(sagemaker.blueprint)
+    app.register_blueprint(sagemaker.probes)
     app.register_blueprint(api.public)
     app.register_blueprint(openai_compat.blueprint)
     app.register_blueprint(metrics.blueprint)

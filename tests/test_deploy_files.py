@@ -4,7 +4,9 @@ the app's config must agree on the port, the health paths, the command and the e
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from dataclasses import fields
 from pathlib import Path
 
@@ -50,7 +52,7 @@ def known_variables() -> set:
 
 def test_one_port_everywhere(spec, compose):
     gunicorn_port = re.search(r'"WHISPER_PORT", "(\d+)"', read("gunicorn.conf.py")).group(1)
-    expose = re.search(r"^EXPOSE (\d+)$", read("Dockerfile"), re.M).group(1)
+    expose = re.search(r"^EXPOSE (\d+)\b", read("Dockerfile"), re.M).group(1)
     healthcheck = re.search(r"http://127\.0\.0\.1:(\d+)/healthz", read("Dockerfile")).group(1)
     ports = {
         "gunicorn.conf.py": gunicorn_port,
@@ -96,3 +98,37 @@ def test_env_names_are_one_set(spec, compose):
     ):
         assert names, source
         assert names <= known, (source, sorted(names - known))
+
+
+SAGEMAKER_PORT = "8080"
+FAKE_GUNICORN = """#!/bin/sh
+echo "$WHISPER_HOST:$WHISPER_PORT gunicorn $*"
+"""
+
+
+def entrypoint(tmp_path, *args, **env):
+    """Run the image's entrypoint with a stand-in gunicorn that prints what it was given."""
+    (tmp_path / "gunicorn").write_text(FAKE_GUNICORN)
+    (tmp_path / "gunicorn").chmod(0o755)
+    environment = {"PATH": f"{tmp_path}{os.pathsep}/usr/bin:/bin", "WHISPER_HOST": "127.0.0.1",
+                   "WHISPER_PORT": "8000", **env}
+    done = subprocess.run([str(ROOT / "docker-entrypoint.sh"), *args], env=environment,
+                          capture_output=True, text=True, timeout=10, check=True)
+    return done.stdout.strip()
+
+
+def test_sagemaker_serve_runs_the_same_server_on_8080(app, tmp_path):
+    dockerfile = read("Dockerfile")
+    assert json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M).group(1)) == [
+        "./docker-entrypoint.sh"]
+    assert re.search(r"^COPY .*\bdocker-entrypoint\.sh\b", dockerfile, re.M)
+    assert SAGEMAKER_PORT in re.search(r"^EXPOSE (.*)$", dockerfile, re.M).group(1).split()
+    assert f"http://127.0.0.1:{SAGEMAKER_PORT}/healthz" in dockerfile
+    # `docker run IMAGE serve`, as SageMaker starts it: gunicorn on every address, port 8080
+    assert entrypoint(tmp_path, "serve") == f"0.0.0.0:{SAGEMAKER_PORT} gunicorn -c gunicorn.conf.py"
+    assert entrypoint(tmp_path, "serve", SAGEMAKER_BIND_TO_PORT="9090").startswith("0.0.0.0:9090 ")
+    # the CMD, and any other command, runs as given
+    assert entrypoint(tmp_path, *COMMAND) == "127.0.0.1:8000 gunicorn -c gunicorn.conf.py"
+    assert entrypoint(tmp_path, "echo", "hello") == "hello"
+    routes = {rule.rule for rule in app.url_map.iter_rules()}
+    assert {"/ping", "/invocations"} <= routes

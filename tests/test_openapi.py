@@ -14,7 +14,7 @@ from web import openai_compat
 from web.openapi import document
 from whisper_service.options import OPTION_NAMES, TranscribeOptions
 
-API_PREFIXES = ("/api/", "/v1/", "/invocations", "/readyz", "/healthz")
+API_PREFIXES = ("/api/", "/v1/", "/invocations", "/readyz", "/healthz", "/ping")
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}  # Flask adds them to every route
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 FAST = {"temperature": "0", "beam_size": "greedy", "language": "en"}

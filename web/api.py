@@ -1,5 +1,5 @@
-"""The native JSON API under /api/v1, the JumpStart-style /invocations, /readyz and the
-OpenAPI document at /api/openapi.json.
+"""The native JSON API under /api/v1, /healthz, /readyz and the OpenAPI document at
+/api/openapi.json. (SageMaker's /invocations and /ping are in web/sagemaker.py.)
 
 Views only translate HTTP to and from the job queue, as the browser pages do: every
 transcription is a job, and a synchronous call is a job waited for. Errors are raised and
@@ -37,7 +37,7 @@ from web.auth import require_api_key
 from web.idempotency import submit_once
 from web.metrics import web_only_readiness
 from web.downloads import transcript_download
-from web.sync import answer_when_done, hold_until_done, submitted, waiters
+from web.sync import answer_when_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 blueprint.before_request(require_api_key)
-# SageMaker calls /invocations at the root; it needs a key like the rest of the API
-invocations = Blueprint("invocations", __name__)
-invocations.before_request(require_api_key)
 # probes and the API's description answer without a key
 public = Blueprint("api_public", __name__)
 
@@ -58,23 +55,10 @@ MULTIPART = "multipart/form-data"
 FILE_FIELD = "file"  # the upload in a multipart request
 AUDIO_FIELD = "audio"  # the upload, base64, in a JSON request
 FILENAME_FIELD = "filename"  # its name in a JSON request (display only)
-JUMPSTART_AUDIO_FIELD = "audio_input"  # the upload, hexadecimal, in a JumpStart request
 RESPOND_ASYNC = "respond-async"  # the RFC 7240 preference that asks for 202 at once
 DETECT_FIELDS = ("model",)  # the only option language detection takes
 NOT_READY_RETRY_SECONDS = 5  # what a poller of an unfinished transcript is told to wait
 TRANSCRIPT_RULE = f"/jobs/<job_id>/transcript.<any({', '.join(FORMATS)}):fmt>"
-
-# JumpStart's Hugging Face Whisper endpoints take transformers' generate() arguments.
-# num_beams is beam_size here; language, task and temperature are our own option names.
-# The others have no counterpart in openai-whisper's decoder (it stops at end-of-text and
-# samples by temperature alone), so they are accepted and ignored, and a payload written
-# for JumpStart works unchanged. Any other unknown key is refused (400) like everywhere.
-JUMPSTART_RENAMED = {"num_beams": "beam_size"}
-JUMPSTART_IGNORED = frozenset({
-    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "top_k",
-    "top_p", "early_stopping", "no_repeat_ngram_size", "repetition_penalty",
-    "num_return_sequences", "return_timestamps",
-})
 
 
 # --- routes --------------------------------------------------------------------------------
@@ -142,16 +126,6 @@ def models():
         "loaded": registry.loaded(),
         "translate_model": registry.translate_model,
     }
-
-
-@invocations.post("/invocations")
-def invoke():
-    upload = read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
-    options = TranscribeOptions.from_mapping(jumpstart_options(upload.fields))
-    place = waiters().take()
-    job = submitted(place, lambda: submit(upload, options))
-    return hold_until_done(job, lambda job, transcript: {"text": transcript.text}, place,
-                           heartbeat=True)
 
 
 @public.get("/healthz")
@@ -234,26 +208,12 @@ def _from_base64(field: str, value: Any) -> bytes:
         raise BadOption(field, "must be a string: the file's bytes in base64") from None
 
 
-def _from_hex(field: str, value: Any) -> bytes:
-    try:
-        return bytes.fromhex(value)
-    except (TypeError, ValueError):
-        raise BadOption(field, "must be a string: the file's bytes in hexadecimal") from None
-
-
 def wants_async() -> bool:
     """`Prefer: respond-async` (RFC 7240) or `?async=1` asks for 202 without waiting."""
     preferences = re.split(r"[,;]", request.headers.get("Prefer", ""))
     if RESPOND_ASYNC in (p.strip().lower() for p in preferences):
         return True
     return request.args.get("async", "").strip().lower() in TRUE_WORDS
-
-
-def jumpstart_options(fields: Dict[str, Any]) -> Dict[str, Any]:
-    ignored = sorted(JUMPSTART_IGNORED & set(fields))
-    if ignored:
-        log.info("/invocations: ignoring %s (no counterpart in whisper)", ", ".join(ignored))
-    return {JUMPSTART_RENAMED.get(k, k): v for k, v in fields.items() if k not in JUMPSTART_IGNORED}
 
 
 def detection_model(fields: Dict[str, Any]) -> Optional[str]:

@@ -246,7 +246,8 @@ def _base64_body(properties: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _jumpstart_schema(options: Dict[str, Any]) -> Dict[str, Any]:
-    from web.api import JUMPSTART_IGNORED, JUMPSTART_RENAMED  # web.api imports this module
+    # web.sagemaker imports web.api, which imports this module: looked up when called
+    from web.sagemaker import JUMPSTART_IGNORED, JUMPSTART_RENAMED
 
     renamed = {old: {**options[new], "description": f"our {new}"}
                for old, new in JUMPSTART_RENAMED.items()}
@@ -355,13 +356,26 @@ def _root_paths() -> Dict[str, Any]:
     return {
         "/invocations": {"post": {
             "tags": ["sagemaker"], "operationId": "invoke",
-            "summary": "SageMaker JumpStart-style transcription of hex-encoded audio",
+            "summary": "SageMaker transcription: the audio file itself as the body (as "
+                       "invoke_endpoint(ContentType='audio/wav', Body=...) sends it, default "
+                       "options), or JumpStart's JSON with hex-encoded audio and options",
             "requestBody": {"required": True, "content": {
-                JSON: {"schema": _ref("JumpStartRequest")}}},
+                JSON: {"schema": _ref("JumpStartRequest")},
+                **{media: {"schema": {"type": "string", "format": "binary",
+                                      "description": "the audio or video file"}}
+                   for media in _raw_types()},
+            }},
             "responses": {
                 "200": _json_response("The text.", _object(text={"type": "string"})),
                 **_errors(400, 401, 409, 413, 415, 422, 500, 503, 504),
             },
+        }},
+        "/ping": {"get": {
+            "tags": ["sagemaker"], "operationId": "ping", "security": [],
+            "summary": "SageMaker's health check: the same answer as /readyz",
+            "responses": {"200": _json_response("Ready.", "Readiness"),
+                          "503": _json_response("Loading the model, the model failed to load "
+                                                "(error says why), or busy.", "Readiness")},
         }},
         "/readyz": {"get": {
             "tags": ["health"], "operationId": "readiness", "security": [],
@@ -381,6 +395,12 @@ def _root_paths() -> Dict[str, Any]:
             "responses": {"200": _json_response("OpenAPI 3.1.", {"type": "object"})},
         }},
     }
+
+
+def _raw_types():
+    from web.sagemaker import RAW_TYPES  # imported when called, as in _jumpstart_schema
+
+    return RAW_TYPES
 
 
 def _openai_paths() -> Dict[str, Any]:
