@@ -97,7 +97,7 @@ def test_a_format_browsers_do_not_play_is_a_download(app, client, media, tmp_pat
 def test_a_job_without_a_known_type_is_served_as_bytes_to_download(app, client, media):
     job = finished_job(app, upload(client, media["speech.wav"].read_bytes(), "a.html"))
     queue = app.extensions["whisper_jobs"]
-    with queue._connect() as db:  # as a database written before types were kept
+    with queue.store._connect(write=True) as db:  # as a database written before types were kept
         db.execute("UPDATE jobs SET media_type = NULL WHERE id = ?", (job.id,))
     served = client.get(f"/jobs/{job.id}/media")
     assert served.mimetype == "application/octet-stream"

@@ -41,7 +41,7 @@ def test_a_waiting_job_shows_its_place_and_that_the_tab_may_close(busy_client, m
 
 def finish_runs(app, *seconds: float, state: str = "done") -> None:
     """Rows of jobs that ran this long, as if a consumer (of any process) had finished them."""
-    with app.extensions["whisper_jobs"]._connect(write=True) as db:
+    with app.extensions["whisper_jobs"].store._connect(write=True) as db:  # SQLite
         for index, run in enumerate(seconds):
             db.execute(
                 "INSERT INTO jobs (id, state, filename, options, created_at, started_at, "
