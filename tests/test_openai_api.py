@@ -101,7 +101,7 @@ def test_word_granularity_turns_on_word_timestamps():
     ({"response_format": "diarized_json", "endpoint_task": "translate"}, "response_format"),
     ({GRANULARITY_FIELD: "word"}, GRANULARITY_FIELD),  # needs verbose_json
     ({GRANULARITY_FIELD: "sentence", "response_format": "verbose_json"}, GRANULARITY_FIELD),
-    ({"stream": "true"}, "stream"),
+    ({"stream": "true", "response_format": "srt"}, "stream"),  # events carry text
     ({"include[]": "logprobs"}, "include[]"),
     ({"task": "translate"}, "task"),
     ({"initial_prompt": "hello"}, "initial_prompt"),
@@ -122,6 +122,11 @@ def test_openai_only_fields_that_change_nothing_are_ignored():
                   **{"chunking_strategy[type]": "server_vad", "known_speaker_names[]": "agent",
                      "languages[]": "en"})
     assert asked.options.temperature == DEFAULT_TEMPERATURES
+    assert not asked.stream
+
+
+def test_stream_true_asks_for_events():
+    assert parse(stream="true").stream and parse(stream="true", response_format="text").stream
 
 
 # --- over HTTP -----------------------------------------------------------------------------
@@ -218,7 +223,8 @@ def test_request_errors_in_openai_shape(client, media):
                  "response_format")
     openai_error(post(client, media["speech.wav"], **{GRANULARITY_FIELD: "word"}), 400,
                  GRANULARITY_FIELD)
-    openai_error(post(client, media["speech.wav"], stream="true"), 400, "stream")
+    openai_error(post(client, media["speech.wav"], stream="true", response_format="vtt"), 400,
+                 "stream")
     missing = client.post("/v1/audio/transcriptions", data={"model": "whisper-1"},
                           content_type="multipart/form-data")
     assert "'file'" in openai_error(missing, 400, "file")["message"]

@@ -3,7 +3,10 @@
 POST /v1/audio/transcriptions and /v1/audio/translations take OpenAI's multipart fields,
 plus this service's own decoding options, queue the upload as a job and answer when it is
 done (up to WHISPER_SYNC_LIMIT, then 504; never a 202, which OpenAI's clients cannot read).
-GET /v1/models lists the allowed models and the alias whisper-1.
+GET /v1/models lists the allowed models and the alias whisper-1. With stream=true a
+transcription is answered with server-sent events as OpenAI streams them (its SDKs'
+TranscriptionTextDeltaEvent, then TranscriptionTextDoneEvent): `transcript.text.delta` with
+each segment's text, then `transcript.text.done` with the whole text (transcript_events).
 
 Views only raise errors; web/errors.py renders them in OpenAI's error shape.
 
@@ -12,10 +15,11 @@ Fields, in short (see `parse_request`):
   timestamp_granularities[]; `language` is accepted by translations too.
 * ours: every name in OPTION_NAMES except those OpenAI already spells (below).
 * ignored: OpenAI fields for its newer models that change nothing a Whisper client relies
-  on (chunking_strategy, keywords, languages, known_speaker_*); stream=false.
-* refused with a 400 naming the field: stream=true and include[] (the client would wait
-  for events or logprobs that never come), task and initial_prompt (the endpoint and
-  `prompt` say those), and any other name, so a typo is not silently dropped.
+  on (chunking_strategy, keywords, languages, known_speaker_*).
+* refused with a 400 naming the field: include[] (the client would wait for logprobs that
+  never come), stream=true with a response_format other than json or text (events carry
+  text), task and initial_prompt (the endpoint and `prompt` say those), and any other
+  name, so a typo is not silently dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.datastructures import MultiDict
@@ -31,7 +35,7 @@ from werkzeug.exceptions import NotFound
 
 from web.auth import require_api_key
 from web.idempotency import submit_once
-from web.sync import hold_until_done, submitted, waiters
+from web.sync import hold_until_done, stream_until_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
@@ -57,6 +61,9 @@ DEFAULT_GRANULARITIES = ("segment",)  # OpenAI's default: segments, no words
 INCREMENT_FIELD = "temperature_increment_on_fallback"
 TEXT_TYPE = "text/plain; charset=utf-8"
 TRANSLATION_LANGUAGE = "english"  # a translation's language, as OpenAI reports it
+STREAM_FORMATS = ("json", "text")  # what stream=true may go with: its events carry text
+DELTA_EVENT = "transcript.text.delta"  # TranscriptionTextDeltaEvent in OpenAI's SDKs
+DONE_EVENT = "transcript.text.done"  # TranscriptionTextDoneEvent
 
 OPENAI_FIELDS = ("file", "model", "language", "prompt", "response_format", "temperature",
                  GRANULARITY_FIELD, "stream")
@@ -80,6 +87,7 @@ class AudioRequest:
     options: TranscribeOptions
     response_format: str
     granularities: Tuple[str, ...]
+    stream: bool = False  # answer with server-sent events
 
 
 def parse_request(
@@ -88,12 +96,14 @@ def parse_request(
     """Map OpenAI's form fields (and our extra ones) to options; raise BadOption naming
     the field at fault."""
     _check_field_names(form)
-    if form.get("stream", "").strip().lower() in TRUE_WORDS:
-        raise BadOption("stream", "streaming is not supported; leave stream out or false")
+    stream = form.get("stream", "").strip().lower() in TRUE_WORDS
     response_format = form.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise BadOption("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}; "
                         f"got {response_format!r}")
+    if stream and response_format not in STREAM_FORMATS:
+        raise BadOption("stream", f"streams text events: response_format must be "
+                        f"{' or '.join(STREAM_FORMATS)}; got {response_format!r}")
     granularities = tuple(form.getlist(GRANULARITY_FIELD))
     for granularity in granularities:
         if granularity not in GRANULARITIES:
@@ -120,7 +130,7 @@ def parse_request(
         values["diarize"] = "true"
     return AudioRequest(
         TranscribeOptions.from_mapping(values), response_format,
-        granularities or DEFAULT_GRANULARITIES,
+        granularities or DEFAULT_GRANULARITIES, stream,
     )
 
 
@@ -199,6 +209,9 @@ def _transcribe(task: str) -> Response:
     asked = parse_request(request.form, task, models.default, models.allowed)
     place = waiters().take()
     job = submitted(place, lambda: submit_once(queue, media.stream, media.filename or "", asked.options))
+    if asked.stream:  # events once the transcript is there, the job's progress till then
+        return stream_until_done(job, lambda job, transcript: transcript_events(transcript),
+                                 place)
     # OpenAI's clients read nothing but the answer: held until it is there (web/sync.py)
     return hold_until_done(job, lambda job, transcript: render(asked, transcript), place,
                            heartbeat=asked.response_format in JSON_FORMATS)
@@ -219,6 +232,22 @@ def render(asked: AudioRequest, transcript: Transcript) -> Response:
     if fmt == "text":
         return Response(transcript.text.strip() + "\n", content_type=TEXT_TYPE)
     return Response(write(fmt, transcript, asked.options.layout), content_type=MEDIA_TYPES[fmt])
+
+
+def transcript_events(transcript: Transcript) -> Iterator[dict]:
+    """stream=true: a delta per segment, then the whole text. The deltas, appended, are the
+    done event's text (a client printing them as they come ends with the same text)."""
+    text = transcript.text.strip()
+    pieces = [s.text for s in transcript.segments if s.text]
+    if "".join(pieces).strip() != text:  # a text not made of its segments': as one piece
+        pieces = [text]
+    if pieces:
+        pieces[0] = pieces[0].lstrip()
+        pieces[-1] = pieces[-1].rstrip()
+    for piece in pieces:
+        if piece:
+            yield {"type": DELTA_EVENT, "delta": piece}
+    yield {"type": DONE_EVENT, "text": text}
 
 
 def verbose(transcript: Transcript, granularities: Sequence[str]) -> dict:

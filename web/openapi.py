@@ -25,6 +25,7 @@ API_VERSION = "1.0.0"
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
 TEXT = "text/plain; charset=utf-8"
+EVENT_STREAM = "text/event-stream"
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # not a field of TranscribeOptions: from_mapping turns it into the temperature schedule
@@ -198,6 +199,12 @@ def _schemas() -> Dict[str, Any]:
                            "words": {"type": "array", "items": {"type": "object"}},
                            "usage": {"type": "object"}},
         },
+        "OpenAITranscriptionEvent": {"oneOf": [
+            _object(type={"const": openai_compat.DELTA_EVENT},
+                    delta={"type": "string", "description": "text added"}),
+            _object(type={"const": openai_compat.DONE_EVENT},
+                    text={"type": "string", "description": "the whole text"}),
+        ]},
         "OpenAIModel": _object(id={"type": "string"}, object={"const": "model"},
                                created={"type": "integer"}, owned_by={"type": "string"}),
         "OpenAIModels": _object(object={"const": "list"},
@@ -278,7 +285,11 @@ def _openai_upload_schema(options: Dict[str, Any]) -> Dict[str, Any]:
                         "description": "0 (default): the fallback schedule 0.0, 0.2 ... 1.0"},
         oa.GRANULARITY_FIELD: {"type": "array", "items": {"enum": list(oa.GRANULARITIES)},
                                "description": "needs response_format verbose_json"},
-        "stream": {"type": "boolean", "description": "only false: streaming is not offered"},
+        "stream": {"type": "boolean", "default": False,
+                   "description": "true: server-sent events (text/event-stream), "
+                                  f"{oa.DELTA_EVENT} with each segment's text, then "
+                                  f"{oa.DONE_EVENT} with the whole text; with "
+                                  f"response_format {' or '.join(oa.STREAM_FORMATS)}"},
         **{name: options[name] for name in oa.EXTRA_FIELDS},
     }
     return {"type": "object", "required": ["file"], "properties": properties}
@@ -415,7 +426,12 @@ def _openai_paths() -> Dict[str, Any]:
                         "content": {JSON: {"schema": _ref("OpenAITranscription")},
                                     **{MEDIA_TYPES[f]: {"schema": {"type": "string"}}
                                        for f in ("srt", "vtt")},
-                                    TEXT: {"schema": {"type": "string"}}}},
+                                    TEXT: {"schema": {"type": "string"}},
+                                    EVENT_STREAM: {"schema": {
+                                        "type": "string",
+                                        "description": "stream=true: `data: {event}` lines, "
+                                                       "each event an OpenAITranscriptionEvent; "
+                                                       "an error as `data: {\"error\": ...}`"}}}},
                 **_errors(400, 401, 409, 422, 500, 503, 504, schema="OpenAIError"),
             },
         }}

@@ -9,6 +9,8 @@ Two kinds of caller:
   and a space is sent every HEARTBEAT_SECONDS before the JSON itself (JSON allows leading
   white space), so that no proxy closes the connection as idle; text formats (text, srt,
   vtt) wait silently, since white space would change them.
+- OpenAI's clients with stream=true (`stream_until_done`): server-sent events, open at once,
+  a comment with the job's progress every HEARTBEAT_SECONDS, then the transcript's events.
 A caller that goes away while waiting cancels its job: nobody else knows the job's id yet.
 
 A waiting call holds one of the worker's HTTP threads, so at most WHISPER_SYNC_WAITERS calls
@@ -18,12 +20,13 @@ polls and uploads. A call that finds no free place is told so before its job is 
 
 from __future__ import annotations
 
+import json
 import logging
 import select
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from flask import Response, current_app, make_response, request, stream_with_context
 from werkzeug.exceptions import Conflict, GatewayTimeout
@@ -39,7 +42,10 @@ HEARTBEAT_SECONDS = 15.0  # a space this often keeps proxies from closing a wait
 LOOK_SECONDS = 0.5  # how often a waiting call looks at its job and its client
 CLIENT_GONE_STATUS = 499  # what the access log shows for a caller that left (nginx's code)
 
+EVENT_STREAM = "text/event-stream"
+
 Render = Callable[[Job, Transcript], Any]
+Events = Callable[[Job, Transcript], Iterable[dict]]  # a done job's events, as JSON objects
 
 
 class Place:
@@ -162,6 +168,65 @@ def _heartbeat_answer(job: Job, render: Render, place: Place, remaining: float) 
     return response
 
 
+def stream_until_done(job: Job, events: Events, place: Place) -> Response:
+    """Server-sent events: 200 and a comment at once (proxies and the client see the answer
+    begin), a comment with the job's progress every HEARTBEAT_SECONDS while it waits or
+    runs, then `events` of the done job as `data:` lines, or its error as one
+    (`{"error": ...}`, which OpenAI's clients raise). Bounded by WHISPER_SYNC_LIMIT like
+    hold_until_done; a caller that leaves cancels its job within LOOK_SECONDS."""
+    limit = current_app.extensions["whisper_settings"].sync_limit
+    deadline = time.monotonic() + limit
+
+    def body() -> Iterator[bytes]:
+        answered = False
+        try:
+            yield _comment(job)
+            beat = time.monotonic()
+            while True:
+                waited = _queue().wait(job.id, LOOK_SECONDS)
+                if waited is None or waited.finished:
+                    break
+                if time.monotonic() >= deadline:
+                    answered = True
+                    _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
+                    yield _data(_error_bytes(GatewayTimeout(_too_long(limit))))
+                    return
+                if _client_gone():
+                    return  # cancelled below
+                if time.monotonic() - beat >= HEARTBEAT_SECONDS:
+                    yield _comment(waited)  # a write to a caller that left raises here
+                    beat = time.monotonic()
+            answered = True
+            try:
+                made = [_data(json.dumps(event).encode("utf-8"))
+                        for event in events(waited, _transcript_of(waited))]
+            except Exception as error:  # failed, cancelled: as an error event
+                made = [_data(_error_bytes(error))]
+            yield b"".join(made)
+        finally:
+            place.release()
+            if not answered:  # the caller went away (GeneratorExit, closed socket) mid-wait
+                _cancel_unanswered(job, "lost its caller")
+
+    response = Response(stream_with_context(body()), content_type=EVENT_STREAM)
+    response.headers[JOB_ID_HEADER] = job.id
+    response.headers["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _data(json_bytes: bytes) -> bytes:
+    """One event of an event stream (JSON has no line breaks to split it)."""
+    return b"data: " + json_bytes + b"\n\n"
+
+
+def _comment(job: Job) -> bytes:
+    """An event stream comment (clients skip it) saying where the job is."""
+    where = (f"running, {round(job.progress * 100)} %" if job.state is JobState.RUNNING
+             else job.state.value)
+    return f": job {job.id} {where}\n\n".encode("utf-8")
+
+
 def _wait(job: Job, seconds: float) -> Optional[Job]:
     """The job once finished or after `seconds`; None when the caller went away meanwhile
     (its job is then cancelled)."""
@@ -177,13 +242,18 @@ def _wait(job: Job, seconds: float) -> Optional[Job]:
 
 def _finished(job: Optional[Job], render: Render):
     """The answer for a finished job, or the error it ends in."""
+    response = make_response(render(job, _transcript_of(job)))
+    response.headers[JOB_ID_HEADER] = job.id
+    return response
+
+
+def _transcript_of(job: Optional[Job]) -> Transcript:
+    """A finished job's transcript, or the error it ends in."""
     if job is None or job.state is JobState.CANCELLED:
         raise Conflict("The job was cancelled before it finished; it has no transcript.")
     if job.state is JobState.FAILED:
         raise JobFailed(job)
-    response = make_response(render(job, _queue().transcript(job.id)))
-    response.headers[JOB_ID_HEADER] = job.id
-    return response
+    return _queue().transcript(job.id)
 
 
 def _cancel_unanswered(job: Job, why: str) -> None:
