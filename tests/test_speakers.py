@@ -267,9 +267,11 @@ def test_pyannote_without_a_token_says_to_set_hf_token(tmp_path, monkeypatch):
     assert "pyannote/speaker-diarization-3.1" in str(caught.value)
 
 
-# --- with real words: the bundled tiny.en, both engines --------------------------------------------
+# --- with real words: the bundled tiny.en ----------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["sequential", "batched"])
+# the batched engine (its word timing is this project's; the sequential engine's is
+# openai-whisper's, and the speaker step sees only the transcript either way)
+@pytest.mark.parametrize("mode", ["batched"])
 def test_real_words_get_the_speaker_who_said_them(mode, service, short_talk, tmp_path):
     path = short_talk.write(tmp_path / "talk.wav")
     options = TranscribeOptions(language="en", beam_size=None, temperature=(0.0,), mode=mode,

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
@@ -19,12 +18,7 @@ from whisper_service.options import TranscribeOptions
 from whisper_service.progress import Progress
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny.en is small: see test_real_model.py
-    yield
-    torch.set_num_threads(threads)
+PAUSE_SECONDS = 15  # between two copies of the speech: a file of two windows
 
 
 @pytest.fixture
@@ -66,18 +60,21 @@ def test_progress_moves_inside_the_only_window(speech, every_step, mode, beam_si
     assert len({s for s in inside if s < first_end}) >= 3, (first_end, seen)
 
 
-def test_every_window_of_a_long_file_moves_on_its_own(long_speech, every_step):
+def test_every_window_of_a_file_moves_on_its_own(speech, every_step):
     """Sequential: each window's progress starts where whisper.transcribe put the window,
     and moves inside it; batched: the file moves as its windows in a batch advance."""
-    audio = decode(long_speech)
+    audio = np.concatenate([speech, np.zeros(PAUSE_SECONDS * SAMPLE_RATE, np.float32), speech])
     duration = len(audio) / SAMPLE_RATE
     for mode in ("sequential", "batched"):
         transcript, seen = transcribe_watched(audio, mode=mode, beam_size=1)
-        assert transcript.text.lower().count("this sentence") == 3
+        assert transcript.text.lower().count("this sentence") == 2
         assert seen == sorted(seen) and seen[-1] == pytest.approx(duration), (mode, seen)
-        # more distinct positions than window ends: inside every window, not only at its end
-        windows = 3 if mode == "batched" else 4
-        assert len(set(seen)) > 2 * windows, (mode, seen)
+        # more distinct positions than window ends (two or three): inside every window
+        assert len(set(seen)) > 10, (mode, seen)
+    # batched: both windows in one batch, the file's progress moves through the pause
+    # between them with the speech decoded, not in one jump at the batch's end
+    second_half = [s for s in seen[:-1] if duration / 2 < s < duration]
+    assert len(set(second_half)) >= 3, seen
 
 
 def test_reports_come_at_most_twice_a_second(speech, monkeypatch):

@@ -130,16 +130,18 @@ def decode_files(
 
 
 def _report_inside(batch: List[Tuple[_FileState, Window]]) -> window_progress.Report:
-    """Each file's progress while its windows decode: from the start of its first window in
-    the batch, the seconds its windows there have reached (window_progress), added up."""
+    """Each file's progress while its windows decode: the stretch of the file its windows
+    in this batch span, covered in the share of their speech decoded so far
+    (window_progress), so that progress moves through the pauses between them too."""
     def report(reached: Sequence[float]) -> None:
-        positions: Dict[int, Tuple[_FileState, float]] = {}
+        spans: Dict[int, List] = {}  # file -> [state, start, end, speech decoded, speech]
         for (state, window), seconds in zip(batch, reached):
-            _, position = positions.get(id(state), (state, window.offset))
-            positions[id(state)] = (state, position + window_progress.within(seconds,
-                                                                             window.seconds))
-        for state, position in positions.values():
-            state.report(position)
+            span = spans.setdefault(id(state), [state, window.offset, 0.0, 0.0, 0.0])
+            span[2] = window.offset + window.seconds  # a file's windows come in order
+            span[3] += window_progress.within(seconds, window.seconds)
+            span[4] += window.seconds
+        for state, start, end, decoded, speech in spans.values():
+            state.report(start + (end - start) * decoded / speech)
 
     return report
 
