@@ -36,21 +36,6 @@ CONTAINERS = {
 
 
 FINISHED_STATES = ("done", "failed", "cancelled")
-# torch threads of the test process: its models are tiny (the synthetic ones 64 wide, the
-# bundled tiny.en 384), and on a 2-core machine that also runs the tests' servers, ffmpeg
-# and detector threads, a second thread per matrix product costs more in waiting than it
-# gains (measured: a third less CPU time and a fifth less wall time for the engine tests)
-TEST_TORCH_THREADS = 1
-
-
-@pytest.fixture(scope="session", autouse=True)
-def few_torch_threads():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(TEST_TORCH_THREADS)
-    yield
-    torch.set_num_threads(threads)
 
 
 def wait_until(condition: Callable[[], object], seconds: float = 20.0, interval: float = 0.05,

@@ -87,17 +87,37 @@ def test_the_same_gunicorn_command_runs_everywhere():
     assert "preload_app = False" in read("gunicorn.conf.py")
 
 
-def test_env_names_are_one_set(spec, compose):
+def compose_services() -> dict:
+    return yaml.safe_load(read("docker-compose.yml"))["services"]
+
+
+def test_env_names_are_one_set(spec):
     known = known_variables()
     documented = set(re.findall(r"^\| `(WHISPER_\w+)` \|", read("README.md"), re.M))
     assert documented == known, (sorted(known - documented), sorted(documented - known))
-    for source, names in (
+    sources = [
         ("Dockerfile", set(k for k in dockerfile_env() if k.startswith("WHISPER_"))),
         ("spec.yaml", {entry["name"] for entry in spec["env"]}),
-        ("docker-compose.yml", set(compose["environment"])),
-    ):
+    ]
+    # every service of the compose file that runs this image: the single host, and the
+    # many-hosts profile's web host and workers
+    ours = {name: service for name, service in compose_services().items()
+            if name == "whisper" or service.get("image") == "whisper-service"}
+    assert {"whisper", "web", "worker"} <= set(ours), sorted(ours)
+    sources += [(f"docker-compose.yml {name}", set(service["environment"]))
+                for name, service in ours.items()]
+    for source, names in sources:
         assert names, source
         assert names <= known, (source, sorted(names - known))
+
+
+def test_the_many_hosts_profile_runs_roles_that_exist():
+    from whisper_service.__main__ import WORKER
+
+    services = compose_services()
+    assert services["web"]["environment"]["WHISPER_ROLE"] == "web"
+    assert "postgresql://" in services["worker"]["environment"]["WHISPER_DATABASE_URL"]
+    assert services["worker"]["command"] == ["python", "-m", "whisper_service", WORKER]
 
 
 SAGEMAKER_PORT = "8080"
