@@ -98,7 +98,7 @@ preload_app = False
 # the model runs in the job consumer, not in a request, so a worker's heartbeat stays fresh;
 # long uploads are streamed by the threads without tripping this
 timeout = 120
-keepalive = 5
+keepalive = proxy.GUNICORN_KEEPALIVE_SECONDS  # nginx's idle connections to us end sooner
 # on SIGTERM: stop taking work, let the running job finish within this many seconds;
 # one still running is left for the next start, which queues it again
 graceful_timeout = int(os.environ.get("WHISPER_GRACEFUL_TIMEOUT", "60"))

@@ -152,3 +152,17 @@ def test_sagemaker_serve_runs_the_same_server_on_8080(app, tmp_path):
     assert entrypoint(tmp_path, "echo", "hello") == "hello"
     routes = {rule.rule for rule in app.url_map.iter_rules()}
     assert {"/ping", "/invocations"} <= routes
+
+
+def test_nginx_never_reuses_a_connection_gunicorn_is_closing(tmp_path):
+    """nginx keeps connections to gunicorn open between requests; one that gunicorn closes
+    for idleness just as nginx sends on it is a 502 (seen in a two-worker run)."""
+    from web import proxy
+
+    config = proxy.ProxyConfig(host="127.0.0.1", port=8000, upstream_socket=str(tmp_path / "s"),
+                               folder=str(tmp_path), max_upload_mb=10, read_timeout=60)
+    upstream = re.search(r"upstream app \{(.*?)\}", proxy.render(config), re.S).group(1)
+    nginx_idle = int(re.search(r"keepalive_timeout (\d+)s;", upstream).group(1))
+    assert "keepalive 16;" in upstream
+    assert "keepalive = proxy.GUNICORN_KEEPALIVE_SECONDS" in read("gunicorn.conf.py")
+    assert nginx_idle < proxy.GUNICORN_KEEPALIVE_SECONDS

@@ -34,6 +34,10 @@ HEADER_TIMEOUT_SECONDS = 10  # a request's line and headers arrive within this
 BODY_TIMEOUT_SECONDS = 60  # the longest pause between two reads of a request body
 SEND_TIMEOUT_SECONDS = 60  # the longest pause of a client reading an answer
 KEEPALIVE_SECONDS = 5  # an idle kept-alive connection is closed after this
+GUNICORN_KEEPALIVE_SECONDS = 5  # gunicorn closes a connection from nginx idle this long
+# nginx drops its idle connections to gunicorn a second sooner, so that it never sends a
+# request on one gunicorn is closing (which nginx would answer 502)
+UPSTREAM_IDLE_SECONDS = GUNICORN_KEEPALIVE_SECONDS - 1
 UPLOAD_SLACK_MB = 8  # multipart framing and form fields on top of the largest file
 STOP_SECONDS = 10  # nginx's graceful stop, then it is killed
 SOCKET_NAME = "app.sock"
@@ -110,6 +114,7 @@ http {{
     upstream app {{
         server unix:{config.upstream_socket};
         keepalive 16;
+        keepalive_timeout {UPSTREAM_IDLE_SECONDS}s;
     }}
     server {{
         listen {listen} reuseport;
