@@ -15,6 +15,7 @@ a job that was deleted, or taken over after this one was presumed gone, is left 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ SETTLE_RETRY_SECONDS = 0.5  # a result the store could not take is offered again
 ORPHAN_REASON = "the server stopped while transcribing it"
 MAX_FILENAME_CHARS = 255  # the longest name kept of an upload (a file system's limit)
 MAX_ERROR_CHARS = 1000  # the longest reason kept for a failed job
+HOST_FOLDER_DIGITS = 12  # of the data folder's digest in a host's name: enough to tell folders apart
 # Unicode categories never kept in a name: controls (CR, LF, NUL), format characters (the
 # bidi overrides that make 'exe.mp3' read 'mp3.exe'), line and paragraph separators
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
@@ -147,8 +149,10 @@ def _pid_alive(pid: Optional[int]) -> bool:
 
 def host_name(local_root: str) -> str:
     """This host as claims name it: a pid is meaningful only among processes that share
-    the host name and the local data folder (containers and test stand-ins differ here)."""
-    return f"{socket.gethostname()}:{os.path.abspath(local_root)}"
+    the host name and the local data folder (containers and test stand-ins differ here).
+    The folder goes in as a digest: the name is shown in /metrics, a server path is not."""
+    folder = hashlib.sha256(os.path.abspath(local_root).encode("utf-8")).hexdigest()
+    return f"{socket.gethostname()}:{folder[:HOST_FOLDER_DIGITS]}"
 
 
 def clean_filename(name: Optional[str]) -> str:
