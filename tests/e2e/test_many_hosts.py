@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +132,8 @@ def test_jobs_are_each_done_once_in_order_per_worker(web, workers, database, cli
         assert [r["seq"] for r in started] == sorted(r["seq"] for r in done), host
     metrics = web.get("/metrics").get_data(as_text=True)
     assert f"whisper_jobs_done_total {float(JOBS)}" in metrics
+    assert re.search(r'^whisper_worker_running_jobs\{worker="[^"]+"', metrics, re.M)
+    assert str(workers.folder) not in metrics  # workers are named, no server path shown
 
 
 def test_a_database_restart_loses_nothing_and_runs_nothing_twice(web, workers, database,
