@@ -38,6 +38,20 @@ CONTAINERS = {
 FINISHED_STATES = ("done", "failed", "cancelled")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules that run the bundled tiny.en: its matrices are small, and on a shared
+    2-core machine two threads per product spend more time waiting for each other than
+    computing (three times slower, measured). The synthetic models' batched tests are the
+    other way round (45 % slower on one thread), so this is not the session's default."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def wait_until(condition: Callable[[], object], seconds: float = 20.0, interval: float = 0.05,
                what: str = "the condition") -> None:
     """Poll until condition() is true; fail the test after `seconds`."""

@@ -14,7 +14,6 @@ from dataclasses import replace
 import jiwer
 import numpy as np
 import pytest
-import torch
 import whisper
 from whisper.audio import SAMPLE_RATE
 from whisper.normalizers import EnglishTextNormalizer
@@ -30,6 +29,8 @@ from whisper_service.errors import ModelUnavailable
 from whisper_service.options import TranscribeOptions
 from whisper_service.service import WhisperService
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
 # Word error rates of tiny.en on conftest's SPEECH (20 words after normalising), measured on
 # the CPU in float32 with torch 2.13, temperature 0:
 #                  beam 1   beam 5
@@ -43,16 +44,6 @@ from whisper_service.service import WhisperService
 WER_BOUND = {1: 0.62, 5: 0.40}
 HEARD_EVERYWHERE = ("turns", "this sentence", "it does")  # in all four transcripts
 HOUR = 3600
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """tiny.en's matrices are small: on a shared 2-core machine two threads per product spend
-    more time waiting for each other than computing (three times slower, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

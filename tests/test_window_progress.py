@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
@@ -18,15 +17,7 @@ from whisper_service.config import bundled_ffmpeg
 from whisper_service.options import TranscribeOptions
 from whisper_service.progress import Progress
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """tiny.en's matrices are small: on a shared 2-core machine two threads per product spend
-    more time waiting for each other than computing (three times slower, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 PAUSE_SECONDS = 15  # between two copies of the speech: a file of two windows
