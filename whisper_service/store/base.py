@@ -157,6 +157,23 @@ class JobStore(abc.ABC):
     def recover(self, is_orphan: Callable[[Row], bool], decide: Decide) -> List[Tuple[Row, Settlement]]:
         """In one transaction: settle every running row that is_orphan() says nobody runs."""
 
+    def _settle_orphans(self, db, rows: List[Row], is_orphan: Callable[[Row], bool],
+                        decide: Decide) -> List[Tuple[Row, Settlement]]:
+        """recover()'s step shared by the backends: within the caller's transaction `db`,
+        apply decide(row) to each running row nobody runs."""
+        settled = []
+        for row in rows:
+            if is_orphan(row):
+                settlement = decide(row)
+                self._apply(db, row["id"], settlement)
+                settled.append((row, settlement))
+        return settled
+
+    @staticmethod
+    @abc.abstractmethod
+    def _apply(db, job_id: str, settlement: Settlement) -> None:
+        """Write a settlement to a job's row, within the caller's transaction."""
+
     @abc.abstractmethod
     def purge(self, cutoff: float) -> int:
         """Delete finished jobs that finished before cutoff, and old debris; how many jobs."""

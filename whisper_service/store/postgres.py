@@ -334,13 +334,7 @@ class PostgresStore(JobStore):
             # a row being settled right now is locked, and skipped: it is not an orphan
             rows = db.execute(_LOCKING_SELECT + " WHERE state = 'running' "
                               "FOR UPDATE SKIP LOCKED").fetchall()
-            settled = []
-            for row in rows:
-                if is_orphan(row):
-                    settlement = decide(row)
-                    self._apply(db, row["id"], settlement)
-                    settled.append((row, settlement))
-            return settled
+            return self._settle_orphans(db, rows, is_orphan, decide)
 
     def purge(self, cutoff: float) -> int:
         with self._transaction() as db:

@@ -244,13 +244,7 @@ class SQLiteStore(JobStore):
         with self._connect(write=True) as db:
             rows = [dict(row) for row in db.execute(
                 _SELECT + " WHERE state = 'running'", (time.time(),))]
-            settled = []
-            for row in rows:
-                if is_orphan(row):
-                    settlement = decide(row)
-                    self._apply(db, row["id"], settlement)
-                    settled.append((row, settlement))
-            return settled
+            return self._settle_orphans(db, rows, is_orphan, decide)
 
     def purge(self, cutoff: float) -> int:
         with self._connect(write=True) as db:
