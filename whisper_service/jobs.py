@@ -29,7 +29,7 @@ import unicodedata
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Union
+from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import cancel
 from .errors import ServiceError
@@ -253,6 +253,26 @@ class JobQueue:
         log.info("job %s queued for %r", job_id, filename)
         self._wake.set()
         return self.get(job_id)
+
+    def new_recording(self) -> Tuple[str, str]:
+        """(job id, local path) for a live session's recording, written while it streams in
+        and kept by add_recorded(), or dropped by discard_recording()."""
+        job_id = secrets.token_urlsafe(ID_BYTES)
+        return job_id, self.store.media_target(job_id)
+
+    def add_recorded(self, job_id: str, filename: str, options: TranscribeOptions,
+                     transcript: Transcript, media_type: str = "audio/wav") -> Job:
+        """Keep a transcribed recording (new_recording's) as a finished job."""
+        now = time.time()
+        row = dict(id=job_id, state=JobState.DONE.value, filename=clean_filename(filename),
+                   options=options_to_json(options), created_at=now, started_at=now,
+                   finished_at=now, progress=1.0, model=transcript.model, media_type=media_type)
+        self.store.add_finished(row, _transcript_json(transcript))
+        log.info("live session %s kept as a finished job", job_id)
+        return self.get(job_id)
+
+    def discard_recording(self, job_id: str) -> None:
+        self.store.discard_local(job_id)
 
     def get(self, job_id: str) -> Optional[Job]:
         """The job, or None for an unknown or malformed id."""

@@ -78,6 +78,12 @@ class JobStore(abc.ABC):
         stamped under the store's lock, so it orders jobs as the queue does."""
 
     @abc.abstractmethod
+    def add_finished(self, row: Row, transcript: str) -> None:
+        """Keep a job that was never queued (a live session, transcribed as it was spoken):
+        its media at media_target(row['id']), its transcript's JSON text and its finished
+        row, together."""
+
+    @abc.abstractmethod
     def discard_local(self, job_id: str) -> None:
         """Remove what this host keeps of a job (a refused upload, a deleted job)."""
 

@@ -194,6 +194,14 @@ class PostgresStore(JobStore):
             return False
         return True
 
+    def add_finished(self, row: Row, transcript: str) -> None:
+        columns = ", ".join(row)
+        with self._transaction() as db:
+            self._write_file(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
+            self._put_text(db, row["id"], TRANSCRIPT_FILE, transcript)
+            db.execute(f"INSERT INTO jobs ({columns}) VALUES ({', '.join('%s' for _ in row)})",
+                       tuple(row.values()))
+
     def discard_local(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
 

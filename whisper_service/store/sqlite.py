@@ -104,6 +104,13 @@ class SQLiteStore(JobStore):
                 (*row.values(), max_queued),
             ).rowcount)
 
+    def add_finished(self, row: Row, transcript: str) -> None:
+        self._write_transcript(row["id"], transcript)
+        columns = ", ".join(row)
+        with self._connect(write=True) as db:
+            db.execute(f"INSERT INTO jobs ({columns}) VALUES ({', '.join('?' for _ in row)})",
+                       tuple(row.values()))
+
     def discard_local(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
 
