@@ -56,6 +56,19 @@ def upload_page(refused_files: Sequence[RefusedFile] = (), status: int = 200):
     ), status
 
 
+@blueprint.get("/live")
+def live():
+    """Live captions: the page streams the microphone's or a tab's sound to /api/live and shows
+    the text as it comes; the model, language and task are chosen as on the upload page."""
+    models = current_app.extensions["whisper_service"].models
+    choices = [(name, models.label(name), models.download_gb(name)) for name in models.allowed]
+    return render_template(
+        "live.html", models=choices, default_model=models.default,
+        stand_in_notice=models.stand_in_notice, socket_path=request.script_root + "/api/live",
+        languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),
+    )
+
+
 @blueprint.post("/jobs")
 def submit():
     files = [media for media in request.files.getlist("file") if media.filename]
