@@ -3,6 +3,7 @@ compare models' error rates on a dataset.
 
     python -m whisper_service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
     python -m whisper_service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
+    python -m whisper_service live --server http://127.0.0.1:8000 --file talk.mp3 -o talk.txt
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXIT_FAILED = 1  # a file could not be transcribed
 EXIT_USAGE = 2  # a bad option or flag: nothing was tried
 EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
 WORKER = "worker"  # the first argument that runs job consumers without HTTP (worker.py)
+LIVE = "live"  # the first argument that streams to a server's live captions (live/client.py)
 DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
 
@@ -46,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transcribe or translate audio and video files with Whisper.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE",
-                        help=f"audio or video files ('{EVALUATE} DATASET ...' compares models instead)")
+                        help=f"audio or video files ('{EVALUATE} DATASET ...' compares models instead; "
+                             f"'{LIVE} --server URL ...' streams live captions from a server)")
     parser.add_argument("--model", help="model name, checkpoint file or folder, Hugging Face id "
                                         "(default: WHISPER_MODEL or turbo)")
     _add_settings_flags(parser)
@@ -134,6 +137,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from .worker import main as worker_main
 
         return worker_main(argv[1:])
+    if argv[:1] == [LIVE]:
+        from .live.client import main as live_main
+
+        return live_main(argv[1:])
     args = build_parser().parse_args(argv)
     _log_setup(args.verbose)
     try:
