@@ -1,0 +1,251 @@
+"""The live command line (`python -m whisper_service live`): its options refused in process,
+its reading of the server's events and close codes against a small fake server, and the
+real thing end to end: espeak-ng's speech streamed at real-time speed from a file to the
+production server (gunicorn, nginx in front, the bundled tiny.en), committed words on
+stdout and in -o's file, the job saved at the address it prints."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+from flask import Flask, request
+from flask_sock import Sock
+from werkzeug.serving import make_server
+
+from conftest import run_ffmpeg, wait_until
+from e2e.server import Server, free_port, server_env
+from test_cli import call_cli
+from whisper_service.checkpoints import BUNDLED
+from whisper_service.live import client
+from whisper_service.live.client import Captions, Paced, live_url, server_base
+
+SPEECH = "Please remember to bring your umbrella tomorrow morning."
+DISTINCT_WORDS = ("remember", "umbrella", "tomorrow", "morning")
+SILENCE_AFTER_SECONDS = 1.0  # the end of the utterance is heard before the file ends
+JOB_LINE = re.compile(r"^job: (http://\S+/jobs/([A-Za-z0-9_-]+))$", re.M)
+
+
+def run_live(*args, timeout=60):
+    """The command as a user runs it: a new process, its exit status and output."""
+    return subprocess.run([sys.executable, "-m", "whisper_service", "live", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory):
+    """About 3.5 s of espeak-ng's speech, then a second of silence, as a 16 kHz WAV."""
+    folder = tmp_path_factory.mktemp("live-client")
+    raw = folder / "espeak.wav"
+    subprocess.run(["espeak-ng", "-s", "160", "-w", str(raw), SPEECH], check=True)
+    target = folder / "speech.wav"
+    run_ffmpeg("-i", str(raw), "-af", f"apad=pad_dur={SILENCE_AFTER_SECONDS}", "-ar", "16000",
+               "-ac", "1", str(target))
+    return target
+
+
+# --- options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args, said", [
+    ((), "--server"),
+    (("--server", "ftp://example.org"), "--server takes an http(s):// or ws(s):// address"),
+    (("--server", "http://:8000"), "--server has no host"),
+    (("--server", "http://127.0.0.1:8000", "--file", "/no/such/file.wav"), "no such file"),
+    (("--server", "http://127.0.0.1:8000", "--format", "srt"), "--format saves a download: give -o FILE"),
+    (("--server", "http://127.0.0.1:8000", "--task", "summarise"), "invalid choice: 'summarise'"),
+    (("--server", "http://127.0.0.1:8000", "--format", "doc", "-o", "x.doc"), "invalid choice: 'doc'"),
+    (("--server", "http://127.0.0.1:8000", "--file", "a.wav", "--device", "hw:1"), "not allowed with"),
+])
+def test_bad_options_are_refused_before_anything_starts(capsys, args, said):
+    code, err = call_cli(capsys, "live", *args)
+    assert code == client.EXIT_USAGE
+    assert said in err
+    assert "Traceback" not in err
+
+
+def test_output_to_a_folder_is_refused(capsys, speech, tmp_path):
+    code, err = call_cli(capsys, "live", "--server", "http://127.0.0.1:8000", "--file", speech,
+                         "-o", tmp_path)
+    assert code == client.EXIT_USAGE
+    assert "is a folder" in err
+
+
+def test_addresses():
+    assert server_base("127.0.0.1:8000") == "http://127.0.0.1:8000"
+    assert server_base("wss://captions.example.org/whisper/") == "https://captions.example.org/whisper"
+    assert live_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/api/live"
+    assert (live_url("https://example.org/w", model="tiny.en", language="en", task="translate")
+            == "wss://example.org/w/api/live?model=tiny.en&language=en&task=translate")
+    assert client.output_format("talk.srt", None) == "srt"
+    assert client.output_format("talk.txt", None) is None  # the text shown, not a download
+    assert client.output_format("talk.txt", "txt") == "txt"
+
+
+def test_captions_print_committed_text_one_line_per_utterance():
+    out, err = io.StringIO(), io.StringIO()
+    captions = Captions(out, err)
+    for event in ({"type": "speech_started", "at": 0.2}, {"type": "partial", "text": " Hello"},
+                  {"type": "committed", "text": " Hello", "start": 0.2, "end": 0.6},
+                  {"type": "committed", "text": " there.", "start": 0.6, "end": 1.0},
+                  {"type": "partial", "text": ""}, {"type": "speech_stopped", "at": 1.5},
+                  {"type": "committed", "text": " Again.", "start": 2.0, "end": 2.4},
+                  {"type": "done", "job": "j", "url": "/jobs/j", "text": "Hello there. Again."}):
+        captions(event)
+    assert out.getvalue() == "Hello there.\nAgain.\n"
+    assert err.getvalue() == ""  # not a terminal: no partials drawn
+    assert captions.text() == "Hello there.\nAgain."
+
+
+def test_paced_frames_come_at_real_time_speed():
+    pcm = bytes(client.FRAME_BYTES * 3 + 100)
+    paced = Paced(pcm)
+    arrivals = []
+    for frame in paced:
+        arrivals.append((time.monotonic() - paced.started, len(frame)))
+    assert [size for _, size in arrivals] == [client.FRAME_BYTES] * 3 + [100]
+    assert arrivals[0][0] == pytest.approx(0.25, abs=0.05)
+    assert arrivals[-1][0] == pytest.approx(0.75 + 100 / 32000, abs=0.05)
+
+
+# --- the server's answers, from a fake server --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fake_server():
+    """/api/live that answers as the README says, chosen by the model asked for: `busy` is
+    closed 1013 at once, `bad` gets bad_option and 1008, `drop` is closed without `done`;
+    any other model echoes a committed word per second of audio, then `done`."""
+    app = Flask(__name__)
+    sock = Sock(app)
+
+    @sock.route("/api/live")
+    def live(ws):
+        model = request.args.get("model")
+        if request.headers.get("Authorization") != "Bearer right":
+            ws.send(json.dumps({"type": "error", "code": "unauthorized", "message": "an API key is needed"}))
+            ws.close(1008, "unauthorized")
+            return
+        if model == "busy":
+            ws.close(1013, "too many live sessions")
+            return
+        if model == "bad":
+            ws.send(json.dumps({"type": "error", "code": "bad_option", "message": "model 'bad' is not offered"}))
+            ws.close(1008, "bad_option")
+            return
+        ws.send(json.dumps({"type": "ready", "session": "s", "sample_rate": 16000,
+                            "max_frame_bytes": 32000, "max_seconds": 60, "model": model}))
+        received = 0
+        said = []
+        while True:
+            message = ws.receive()
+            if isinstance(message, str):
+                if json.loads(message)["type"] == "stop":
+                    break
+                continue
+            received += len(message)
+            if model == "drop" and received >= 16000:
+                ws.close(1011, "oops")
+                return
+            if received % 32000 == 0:
+                said.append(f" second{received // 32000}")
+                ws.send(json.dumps({"type": "committed", "text": said[-1], "start": 0, "end": 1}))
+        ws.send(json.dumps({"type": "speech_stopped", "at": received / 32000}))
+        ws.send(json.dumps({"type": "done", "job": "fake", "url": "/jobs/fake", "text": "".join(said).strip()}))
+        ws.close()
+
+    @app.get("/api/v1/jobs/<job>/transcript.<fmt>")
+    def transcript(job, fmt):
+        return f"{fmt} of {job}\n"
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("model, key, said", [
+    ("busy", "right", "the server is busy: too many live sessions, try again later: "
+                      "too many live sessions (close code 1013)"),
+    ("bad", "right", "model 'bad' is not offered (bad_option)"),
+    ("drop", "right", "the server failed (internal error): oops (close code 1011)"),
+    ("any", "wrong", "an API key is needed (unauthorized)"),
+])
+def test_server_errors_are_one_line_and_exit_1(capsys, fake_server, speech, model, key, said):
+    code, err = call_cli(capsys, "live", "--server", fake_server, "--file", speech,
+                         "--model", model, "--api-key", key)
+    assert code == client.EXIT_FAILED
+    assert err.strip().splitlines()[-1] == f"error: {said}"
+
+
+def test_committed_text_the_job_and_a_download(capsys, fake_server, speech, tmp_path, monkeypatch):
+    monkeypatch.setenv(client.API_KEY_VARIABLE, "right")
+    code, err = call_cli(capsys, "live", "--server", fake_server, "--file", speech,
+                         "-o", tmp_path / "talk.srt")
+    assert code == 0, err
+    assert f"job: {fake_server}/jobs/fake" in err
+    assert (tmp_path / "talk.srt").read_text() == "srt of fake\n"
+
+
+def test_stream_gives_events_and_the_result(fake_server):
+    events = []
+    result = client.stream(fake_server, Paced(bytes(32000 * 2)), api_key="right", model="m",
+                           on_event=events.append)
+    assert [e["type"] for e in events] == ["ready", "committed", "committed", "speech_stopped", "done"]
+    assert result.committed == [" second1", " second2"]
+    assert (result.job, result.url, result.text) == ("fake", fake_server + "/jobs/fake", "second1 second2")
+    assert result.error is None
+
+
+def test_an_unreachable_server_is_one_line_and_exit_1(speech):
+    port = free_port()  # nothing listens there
+    done = run_live("--server", f"http://127.0.0.1:{port}", "--file", speech)
+    assert done.returncode == client.EXIT_FAILED
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot reach the server at 127.0.0.1:{port}: Connection refused"]
+    assert done.stdout == ""
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory):
+    """gunicorn with nginx in front, one CPU worker with tiny.en in memory."""
+    folder = tmp_path_factory.mktemp("live-client-server")
+    running = Server(server_env(BUNDLED, folder), folder / "gunicorn.log").start()
+    try:
+        wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 60,
+                   what="the model to load")
+        yield running
+    finally:
+        running.stop()
+
+
+def test_a_file_streamed_live_comes_out_as_text_and_a_job(live_server, speech, tmp_path):
+    output = tmp_path / "talk.txt"
+    started = time.monotonic()
+    done = run_live("--server", live_server.base, "--file", speech, "--language", "en", "-o", output)
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr + live_server.log.read_text()[-3000:]
+    heard = [word for word in DISTINCT_WORDS if word in done.stdout.lower()]
+    assert len(heard) >= 3, done.stdout
+    assert done.stdout.endswith("\n") and "Traceback" not in done.stderr
+    assert output.read_text(encoding="utf-8").strip() == done.stdout.strip()
+
+    url, job_id = JOB_LINE.search(done.stderr).groups()
+    assert url == f"{live_server.base}/jobs/{job_id}"
+    assert requests.get(url, timeout=10).status_code == 200
+    job = requests.get(f"{live_server.base}/api/v1/jobs/{job_id}", timeout=10).json()
+    assert job["state"] == "done", job
+    saved = requests.get(f"{live_server.base}/api/v1/jobs/{job_id}/transcript.txt", timeout=10).text
+    assert all(word in saved.lower() for word in heard), saved
+    assert took < 30, f"{took:.1f} s for {speech.stat().st_size / 32000:.1f} s of audio"
