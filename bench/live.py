@@ -1,0 +1,261 @@
+"""Live captions under load: N sessions at once, each streaming speech at real-time speed to
+/api/live, and how long after the words are spoken their text shows and is committed.
+
+    python bench/live.py                                          # CPU: bundled tiny.en, 1,2,4,8 sessions
+    python bench/live.py --model synthetic:tiny                   # random weights of tiny's shape
+    python bench/live.py --model synthetic:turbo --device cuda --sessions 1,10,25,50
+    python bench/live.py --server http://127.0.0.1:8000 --sessions 1,4   # a server already running
+
+Without --server it starts `gunicorn -c gunicorn.conf.py` (one worker, nginx in front) with
+the model, as bench/transcribe.py does, and waits for /readyz. Each session is a thread
+running the `live` command's own streaming function (whisper_service.live.client.stream),
+not a subprocess: frames of 0.25 s, each sent when a microphone would have it (the audio at
+p seconds into the stream exists p seconds after the session started). Sessions start
+--stagger seconds apart in turn, as people do not all begin on the same frame.
+
+The audio is espeak-ng sentences (bench/transcribe.py's) with a pause before each and
+--tail seconds of silence at the end; where each one's speech begins and ends is read off
+the samples (the first and last above 1 % of full scale), so latencies are measured from
+when the words were spoken:
+
+- first text: speech onset to the first `partial` or `committed` text of that utterance;
+- first commit: speech onset to the utterance's first `committed`;
+- final commit: the utterance's speech end to its last `committed` (events are given to the
+  utterance whose onset came last before they arrived);
+- a session keeps up when its final commit comes within --keep-up seconds (2) of the end of
+  its last speech; "real time" counts the sessions that did, and the most sessions
+  sustained is the largest N where all did.
+
+Medians and p95 (nearest rank) are over every utterance of every session of a row; "vs 1"
+divides a row's p95 first text by the 1-session row's, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+
+from transcribe import SAMPLE_RATE, spoken_sentences, serving  # noqa: E402  (the end-to-end bench's helpers)
+from whisper_service.live import client  # noqa: E402
+
+SPEECH_LEVEL = 0.01  # of full scale: quieter samples at the ends of espeak's output are silence
+SYNTHETIC = "synthetic:"
+
+
+@dataclass
+class Utterance:
+    onset: float  # seconds into the stream
+    end: float
+
+
+@dataclass
+class Session:
+    index: int
+    delay: float  # seconds after the row's start that it began
+    paced: Optional[client.Paced] = None
+    events: List[Tuple[float, dict]] = field(default_factory=list)  # (clock, event)
+    result: Optional[client.LiveResult] = None
+    failure: Optional[str] = None
+
+
+def make_audio(folder: str, sentences: int, pause: float, tail: float) -> Tuple[bytes, List[Utterance]]:
+    """A pause and a sentence, `sentences` times, then `tail` of silence: PCM16 and where
+    each sentence's speech lies."""
+    spoken = spoken_sentences(folder)
+    pieces, utterances, at = [], [], 0.0
+    for index in range(sentences):
+        words = spoken[index % len(spoken)]
+        loud = np.flatnonzero(np.abs(words) > SPEECH_LEVEL)
+        pieces += [np.zeros(int(pause * SAMPLE_RATE), np.float32), words.astype(np.float32)]
+        at += pause
+        utterances.append(Utterance(at + loud[0] / SAMPLE_RATE, at + (loud[-1] + 1) / SAMPLE_RATE))
+        at += len(words) / SAMPLE_RATE
+    pieces.append(np.zeros(int(tail * SAMPLE_RATE), np.float32))
+    pcm = (np.clip(np.concatenate(pieces), -1, 1) * 32767).astype("<i2").tobytes()
+    return pcm, utterances
+
+
+def run_session(session: Session, server: str, pcm: bytes, start: float, options: dict) -> None:
+    time.sleep(max(0.0, start + session.delay - time.monotonic()))
+    session.paced = client.Paced(pcm)
+
+    def record(event: dict) -> None:
+        session.events.append((time.monotonic(), event))
+
+    try:
+        session.result = client.stream(server, session.paced, on_event=record, **options)
+        if session.result.error is not None:
+            session.failure = str(session.result.error)
+    except client.LiveError as error:
+        session.failure = str(error)
+
+
+def run_row(server: str, sessions: int, pcm: bytes, stagger: float, options: dict) -> List[Session]:
+    row = [Session(index, index * stagger) for index in range(sessions)]
+    start = time.monotonic() + 0.5
+    threads = [threading.Thread(target=run_session, args=(s, server, pcm, start, options), daemon=True)
+               for s in row]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return row
+
+
+@dataclass
+class Measured:
+    first_text: List[float] = field(default_factory=list)
+    first_commit: List[float] = field(default_factory=list)
+    final_commit: List[float] = field(default_factory=list)
+    kept_up: int = 0
+    failed: List[str] = field(default_factory=list)
+    missed: int = 0  # utterances that never got a committed word
+    done_after_stop: List[float] = field(default_factory=list)
+
+
+def measure(row: List[Session], utterances: List[Utterance], keep_up: float) -> Measured:
+    measured = Measured()
+    for session in row:
+        if session.failure or session.paced is None or session.paced.started is None:
+            measured.failed.append(session.failure or "did not start")
+            continue
+        spoken = [(session.paced.wall_time(u.onset), session.paced.wall_time(u.end)) for u in utterances]
+        last_commits: List[Optional[float]] = [None] * len(utterances)
+        for index, (onset, end) in enumerate(spoken):
+            until = spoken[index + 1][0] if index + 1 < len(spoken) else math.inf
+            mine = [(at, e) for at, e in session.events if onset <= at < until]
+            texts = [at for at, e in mine if e.get("type") in ("partial", "committed")
+                     and str(e.get("text", "")).strip()]
+            commits = [at for at, e in mine if e.get("type") == "committed" and str(e.get("text", "")).strip()]
+            if texts:
+                measured.first_text.append(texts[0] - onset)
+            if commits:
+                measured.first_commit.append(commits[0] - onset)
+                measured.final_commit.append(commits[-1] - end)
+                last_commits[index] = commits[-1]
+            else:
+                measured.missed += 1
+        if last_commits[-1] is not None and last_commits[-1] - spoken[-1][1] <= keep_up:
+            measured.kept_up += 1
+        done = [at for at, e in session.events if e.get("type") == "done"]
+        if done:  # the stop goes out right after the last frame, when the audio ends
+            measured.done_after_stop.append(done[0] - session.paced.wall_time(total_seconds(session)))
+    return measured
+
+
+def total_seconds(session: Session) -> float:
+    return len(session.paced.pcm) / (SAMPLE_RATE * 2)
+
+
+def median_p95(values: List[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+    return f"{statistics.median(ordered):.2f} / {p95:.2f}"
+
+
+def p95(values: List[float]) -> Optional[float]:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@contextlib.contextmanager
+def a_server(args, folder: str):
+    if args.server:
+        yield args.server
+        return
+    model = args.model or "bundled"
+    if model.startswith(SYNTHETIC):
+        from whisper_service.synthetic import make_checkpoint
+
+        model = make_checkpoint(os.path.join(folder, f"{model[len(SYNTHETIC):]}.pt"),
+                                model[len(SYNTHETIC):])
+    log = os.path.join(folder, "server.log")
+    print(f"starting the server ({model} on {args.device}); its log: {log}", file=sys.stderr)
+    settings = {"devices": args.device}
+    if args.max_sessions:
+        settings["live_max_sessions"] = str(args.max_sessions)
+    with serving(model, args.device, log, **settings) as (base, _pid):
+        yield base
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", default="1,2,4,8", help="comma-separated session counts")
+    parser.add_argument("--server", help="a running server's address (default: start one)")
+    parser.add_argument("--model",
+                        help="what the started server loads: bundled (tiny.en, the default), a "
+                             "model name or checkpoint, or synthetic:SHAPE for seeded random "
+                             "weights; with --server, the model the sessions ask for")
+    parser.add_argument("--device", default="cpu", help="the started server's WHISPER_DEVICES")
+    parser.add_argument("--max-sessions", type=int,
+                        help="WHISPER_LIVE_MAX_SESSIONS of the started server")
+    parser.add_argument("--api-key", default=os.environ.get(client.API_KEY_VARIABLE))
+    parser.add_argument("--language", default="en")
+    parser.add_argument("--sentences", type=int, default=3, help="utterances per session")
+    parser.add_argument("--pause", type=float, default=1.5, help="seconds of silence before each")
+    parser.add_argument("--tail", type=float, default=2.5, help="seconds of silence at the end")
+    parser.add_argument("--stagger", type=float, default=0.1, help="seconds between session starts")
+    parser.add_argument("--keep-up", type=float, default=2.0,
+                        help="seconds after the last speech within which the final commit must come")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.sessions.split(",") if n.strip()]
+
+    with tempfile.TemporaryDirectory() as folder:
+        pcm, utterances = make_audio(folder, args.sentences, args.pause, args.tail)
+        seconds = len(pcm) / (SAMPLE_RATE * 2)
+        options = {"api_key": args.api_key, "language": args.language,
+                   "model": args.model if args.server else None}  # a started server's default
+        with a_server(args, folder) as server:
+            client.stream(server, client.Paced(pcm[: SAMPLE_RATE * 2]), **options)  # warm-up
+            rows = []
+            for count in counts:
+                started = time.monotonic()
+                row = run_row(server, count, pcm, args.stagger, options)
+                rows.append((count, measure(row, utterances, args.keep_up), time.monotonic() - started))
+                print(f"{count} sessions: {rows[-1][2]:.1f} s", file=sys.stderr)
+
+    print(f"\n{len(utterances)} utterances in {seconds:.1f} s of audio per session; "
+          f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}\n")
+    print("| sessions | first text s, median / p95 | first commit s, median / p95 "
+          "| final commit after speech end s, median / p95 | p95 first text vs 1 "
+          "| done after stop s, median | real time | utterances missed | failed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base = p95(rows[0][1].first_text) if rows and rows[0][0] == 1 else None
+    sustained = 0
+    for count, m, _wall in rows:
+        worst = p95(m.first_text)
+        ratio = f"{worst / base:.2f}" if base and worst is not None else "-"
+        done = f"{statistics.median(m.done_after_stop):.2f}" if m.done_after_stop else "-"
+        print(f"| {count} | {median_p95(m.first_text)} | {median_p95(m.first_commit)} "
+              f"| {median_p95(m.final_commit)} | {ratio} | {done} | {m.kept_up} of {count} "
+              f"| {m.missed} | {len(m.failed)} |")
+        if m.kept_up == count and not m.failed:
+            sustained = max(sustained, count)
+    print(f"\nMost sessions sustained in real time (final commit within {args.keep_up:g} s of "
+          f"the last speech, every session): {sustained}")
+    for count, m, _wall in rows:
+        for failure in sorted(set(m.failed)):
+            print(f"- {count} sessions: {m.failed.count(failure)} failed: {failure}")
+
+
+if __name__ == "__main__":
+    main()
