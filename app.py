@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, docs, errors, metrics, openai_compat, pages, sagemaker, security, signin
+from web import api, docs, errors, live, metrics, openai_compat, pages, sagemaker, security, signin
 from web.sync import SyncWaiters
 from whisper_service.config import Settings
 from whisper_service.jobs import JobQueue
@@ -61,6 +61,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_blueprint(api.public)
     app.register_blueprint(openai_compat.blueprint)
     app.register_blueprint(metrics.blueprint)
+    live.register(app)
     errors.register(app)
     security.register(app)
     if settings.role == "web":  # HTTP only: `python -m whisper_service worker` transcribes

@@ -44,7 +44,7 @@ except ConfigError as error:
     sys.exit(f"error: {error}")
 print(json.dumps({"gpus": torch.cuda.device_count(), "max_upload_mb": settings.max_upload_mb,
                   "sync_wait": max(settings.sync_timeout, settings.sync_limit),
-                  "sync_waiters": settings.sync_waiters}))
+                  "sync_waiters": settings.sync_waiters, "live_sessions": settings.live_sessions}))
 """
 
 
@@ -85,14 +85,17 @@ else:
 # one worker (one model, one consumer) per GPU so throughput grows with GPUs
 workers = int(os.environ.get("WHISPER_WORKERS", str(len(DEVICES))))
 worker_class = "gthread"
-threads = int(os.environ.get("WHISPER_THREADS", "16"))
-# threads never taken by synchronous calls waiting for a transcript (WHISPER_SYNC_WAITERS):
-# health checks, status polls and uploads always find one
+# threads never taken by synchronous calls waiting for a transcript (WHISPER_SYNC_WAITERS)
+# or by live sessions (WHISPER_LIVE_SESSIONS, one thread each): health checks, status polls
+# and uploads always find one
 MIN_FREE_THREADS = 4
-if threads < FACTS["sync_waiters"] + MIN_FREE_THREADS:
+HELD_THREADS = FACTS["sync_waiters"] + FACTS["live_sessions"]
+threads = int(os.environ.get("WHISPER_THREADS", str(HELD_THREADS + MIN_FREE_THREADS)))
+if threads < HELD_THREADS + MIN_FREE_THREADS:
     sys.exit(f"error: WHISPER_THREADS ({threads}) must be at least WHISPER_SYNC_WAITERS "
-             f"({FACTS['sync_waiters']}) + {MIN_FREE_THREADS}, so that health checks and "
-             "uploads find a thread while synchronous calls wait")
+             f"({FACTS['sync_waiters']}) + WHISPER_LIVE_SESSIONS ({FACTS['live_sessions']}) + "
+             f"{MIN_FREE_THREADS}, so that health checks and uploads find a thread while "
+             "synchronous calls and live sessions hold theirs")
 # CUDA cannot be used across fork: each worker imports the app and loads its model after it
 preload_app = False
 # the model runs in the job consumer, not in a request, so a worker's heartbeat stays fresh;

@@ -82,6 +82,8 @@ class Settings:
     database_url: str = ""  # WHISPER_DATABASE_URL: postgresql://... shared by many hosts; "" = SQLite in WHISPER_DATA_DIR
     role: str = "all"  # WHISPER_ROLE: all (HTTP and transcription in each server process) or web (HTTP only)
     lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
+    live_sessions: int = 8  # WHISPER_LIVE_SESSIONS: live sessions a server process takes at once (each holds an HTTP thread)
+    live_max_minutes: float = 240.0  # WHISPER_LIVE_MAX_MINUTES: the longest live session
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -246,5 +248,7 @@ _PARSERS = {
     "database_url": _text,
     "role": _lower,
     "lease_seconds": _positive(float),
+    "live_sessions": _count,
+    "live_max_minutes": _positive(float),
     "diarization": _lower,
 }

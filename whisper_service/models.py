@@ -7,7 +7,7 @@ loader; openai .pt files; Hugging Face and CTranslate2 folders; hub ids; the bun
 When the default model cannot be downloaded (a host without internet), the bundled tiny.en
 stands in for it, and `stand_in_notice` says so.
 openai-whisper installs hooks on the model for every decode, so each model carries a lock
-and calls on one model never overlap.
+and calls on one model never overlap; live sessions take it before file jobs (TurnLock).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import os
 import pickle
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import whisper
@@ -42,6 +43,62 @@ OFFICIAL_DOWNLOAD_GB = {
 }
 
 
+class TurnLock:
+    """A model's lock, with two kinds of waiters: urgent ones (live sessions, whose listeners
+    wait for every decode) take the next turn before ordinary ones (a file job's next batch).
+    File jobs hold it a batch at a time, so a live decode waits for one batch at most. Used
+    like threading.Lock; `with lock.urgent():` is an urgent turn."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition(threading.Lock())
+        self._held = False
+        self._urgent_waiting = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1, urgent: bool = False) -> bool:
+        with self._changed:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                def free() -> bool:
+                    return not self._held and (urgent or self._urgent_waiting == 0)
+
+                if not blocking:
+                    got = free()
+                else:
+                    got = self._changed.wait_for(free, None if timeout < 0 else timeout)
+                if got:
+                    self._held = True
+                return got
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+
+    def release(self) -> None:
+        with self._changed:
+            if not self._held:
+                raise RuntimeError("release of a TurnLock that is not held")
+            self._held = False
+            self._changed.notify_all()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def __enter__(self) -> "TurnLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    @contextmanager
+    def urgent(self) -> Iterator[None]:
+        self.acquire(urgent=True)
+        try:
+            yield
+        finally:
+            self.release()
+
+
 @dataclass
 class LoadedModel:
     name: str  # as configured and asked for: an official name, a checkpoint path or an alias
@@ -49,7 +106,7 @@ class LoadedModel:
     device: torch.device
     fp16: bool  # half precision on CUDA; float32 on CPU
     load_seconds: float
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: TurnLock = field(default_factory=TurnLock, repr=False)
     source: str = ""  # what was loaded (an official name or a path); "" = the name
 
     @property

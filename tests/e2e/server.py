@@ -18,15 +18,16 @@ GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]  # the R
 
 
 def server_env(checkpoint: str, folder: Path, **overrides: str) -> dict:
-    """The settings of a test server: the test checkpoint, its own folders, two worker
-    threads' worth of waiting places (8 threads, 4 places), uploads of up to 50 MB."""
+    """The settings of a test server: the test checkpoint, its own folders, 10 threads: 4
+    waiting places for synchronous calls, 2 live sessions, 4 free; uploads of up to 50 MB."""
     return {
         "WHISPER_MODEL": checkpoint,
         "WHISPER_DATA_DIR": str(folder / "data"),
         "WHISPER_MODEL_DIR": str(folder / "models"),
         "WHISPER_DEVICES": "cpu",
-        "WHISPER_THREADS": "8",
+        "WHISPER_THREADS": "10",
         "WHISPER_SYNC_WAITERS": "4",
+        "WHISPER_LIVE_SESSIONS": "2",
         "WHISPER_MAX_UPLOAD_MB": "50",
         **overrides,
     }

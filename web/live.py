@@ -1,0 +1,345 @@
+"""Live captions over WebSockets: messages in, events out, nothing else.
+
+Two wire protocols share one connection loop (LiveConnection): the native one at /api/live
+(below; README "The native protocol") and OpenAI Realtime transcription at /v1/realtime
+(realtime.py). A protocol turns client messages into calls on the session (audio, commit,
+clear, stop) and the session's events (whisper_service.live.session) into its messages.
+
+A connection holds one HTTP thread for as long as it lasts; WHISPER_LIVE_SESSIONS bounds
+them per process (one more is told `too_many_sessions` and closed with 1013 at once). Audio
+is recorded as it comes; when the session ends (stop, a dropped connection, the length
+limit, a refused frame), its last decodes are awaited and it is kept as a finished job.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+import queue
+import time
+from typing import Any, List, Mapping, Optional, Union
+from urllib.parse import urlsplit
+
+from flask import Blueprint, current_app, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from web.auth import ApiKeyRequired, key_matches
+from web.signin import signed_in
+from whisper_service.errors import BadOption
+from whisper_service.jobs import Job
+from whisper_service.live.audio import BadAudio, Recording, Resampler, pcm16_samples
+from whisper_service.live.scheduler import LiveScheduler, TooManySessions
+from whisper_service.live.session import (
+    Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, LiveSession, Partial,
+    SessionTooLong, SpeechStarted, SpeechStopped,
+)
+from whisper_service.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+sock = Sock()
+blueprint = Blueprint("live", __name__)
+
+NATIVE_RATE = 16000  # Hz of the native protocol's PCM16 frames
+MAX_FRAME_SECONDS = 1.0  # the longest audio frame taken
+MAX_MESSAGE_BYTES = 1 << 20  # larger messages are closed with 1009 by the WebSocket layer
+POLL_SECONDS = 0.05  # while no message comes, events are sent at least this often
+FINISH_SECONDS = 120.0  # a stopped session's last decodes are awaited this long at most
+PING_SECONDS = 20  # keeps proxies from closing a connection through long silences
+
+# close codes (RFC 6455)
+NORMAL, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER = 1000, 1003, 1008, 1009, 1013
+
+Message = Union[str, bytes]
+
+
+class EndSession(Exception):
+    """Raised by a protocol to end the session: an error event (if any) goes first."""
+
+    def __init__(self, code: str, message: str, close: int = NORMAL):
+        super().__init__(message)
+        self.code, self.message, self.close = code, message, close
+
+
+class LiveProtocol(abc.ABC):
+    """One wire protocol's messages; LiveConnection runs it."""
+
+    @abc.abstractmethod
+    def options(self) -> Mapping[str, Any]:
+        """The session's options, as named by LiveOptions, from the opening request."""
+
+    @abc.abstractmethod
+    def opened(self, session_id: str, options: LiveOptions) -> List[dict]:
+        """The first messages."""
+
+    @abc.abstractmethod
+    def receive(self, message: Message, connection: "LiveConnection") -> None:
+        """Act on one client message (connection.feed, .session, .send, .stop)."""
+
+    @abc.abstractmethod
+    def event(self, event: Event) -> List[dict]:
+        """The messages that tell the client of a session's event."""
+
+    @abc.abstractmethod
+    def finished(self, job: Optional[Job], text: str) -> List[dict]:
+        """The last messages, once the session is kept as a job (None: nothing was kept)."""
+
+    @abc.abstractmethod
+    def error(self, code: str, message: str, param: Optional[str] = None) -> dict:
+        """An error message in the protocol's shape."""
+
+
+class LiveConnection:
+    def __init__(self, ws, protocol: LiveProtocol):
+        self.ws = ws
+        self.protocol = protocol
+        self.settings = current_app.extensions["whisper_settings"]
+        self.scheduler: Optional[LiveScheduler] = current_app.extensions.get("whisper_live")
+        self.jobs = current_app.extensions["whisper_jobs"]
+        self.session: Optional[LiveSession] = None
+        self.events: "queue.SimpleQueue[Event]" = queue.SimpleQueue()
+        self.stopping = False
+        self.connected = True
+        self._recording: Optional[Recording] = None
+        self._job_id = ""
+        self._resampler = Resampler(NATIVE_RATE)
+
+    # --- what protocols call -------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        if self.connected:
+            try:
+                self.ws.send(json.dumps(message, ensure_ascii=False))
+            except ConnectionClosed:
+                self.connected = False
+
+    def set_rate(self, rate: int) -> None:
+        self._resampler = Resampler(rate)
+
+    def feed(self, pcm: bytes, rate: int) -> None:
+        """PCM16 at `rate` Hz into the session; BadAudio or EndSession when refused."""
+        if len(pcm) > MAX_FRAME_SECONDS * rate * 2:
+            raise EndSession("frame_too_large",
+                             f"an audio frame holds at most {MAX_FRAME_SECONDS:g} s "
+                             f"({int(MAX_FRAME_SECONDS * rate * 2)} bytes at {rate} Hz); "
+                             f"this one has {len(pcm)} bytes", TOO_BIG)
+        samples = self._resampler(pcm16_samples(pcm))
+        try:
+            self.session.feed(samples)
+        except SessionTooLong as error:
+            raise EndSession("session_too_long", error.message) from None
+        finally:  # what the session took, and no more
+            self._recording.write(samples[:self.session.samples - self._recording.samples])
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            options = LiveOptions.from_mapping(
+                self.protocol.options(), max_seconds=self.settings.live_max_minutes * 60)
+            if self.scheduler is None:
+                raise TooManySessions(0)
+            self.session = self.scheduler.open(options, self.events.put)
+        except BadOption as error:
+            return self._refuse("bad_option", error.message, POLICY, error.field)
+        except TooManySessions as error:
+            return self._refuse("too_many_sessions", error.message, TRY_LATER)
+        self._job_id, path = self.jobs.new_recording()
+        self._recording = Recording(path)
+        log.info("live session %s opened (%d live now)", self._job_id, self.scheduler.active)
+        ending: Optional[EndSession] = None
+        try:
+            for message in self.protocol.opened(self._job_id, options):
+                self.send(message)
+            ending = self._converse()
+        finally:
+            self._finish(ending)
+
+    def _converse(self) -> Optional[EndSession]:
+        """Messages in, events out, until the client stops, leaves or is refused."""
+        while not self.stopping:
+            try:
+                message = self.ws.receive(timeout=POLL_SECONDS)
+            except ConnectionClosed:
+                self.connected = False
+                log.info("live session %s: the client left", self._job_id)
+                return None
+            if message is not None:
+                try:
+                    self.protocol.receive(message, self)
+                except BadAudio as error:
+                    self.send(self.protocol.error("bad_frame", str(error)))
+                except EndSession as ending:
+                    return ending
+            self._flush()
+        return None
+
+    def _finish(self, ending: Optional[EndSession]) -> None:
+        if ending is not None:
+            self.send(self.protocol.error(ending.code, ending.message))
+        session = self.session
+        session.stop()
+        deadline = time.monotonic() + FINISH_SECONDS
+        while not session.settled and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+            self._flush()
+        self._flush()
+        self.scheduler.close(session)
+        self._recording.close()
+        job = self._keep(session)
+        for message in self.protocol.finished(job, session.text):
+            self.send(message)
+        self._close(ending.close if ending is not None else NORMAL,
+                    ending.code if ending is not None else "session ended")
+
+    def _keep(self, session: LiveSession) -> Optional[Job]:
+        if not self._recording.samples:
+            self.jobs.discard_recording(self._job_id)
+            return None
+        transcript = Transcript(
+            task=session.options.task, language=session.language or "en",
+            language_probability=session.language_probability,
+            duration=self._recording.samples / NATIVE_RATE, model=session.model_name or "",
+            text=session.text, segments=tuple(session.segments()))
+        try:
+            return self.jobs.add_recorded(self._job_id, f"live-{time.strftime('%Y%m%d-%H%M%S')}.wav",
+                                          session.options.as_transcribe_options(), transcript)
+        except Exception:
+            log.exception("live session %s could not be kept", self._job_id)
+            return None
+
+    def _flush(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            for message in self.protocol.event(event):
+                self.send(message)
+
+    def _refuse(self, code: str, message: str, close: int, param: Optional[str] = None) -> None:
+        self.send(self.protocol.error(code, message, param))
+        self._close(close, code)
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.connected:
+            try:
+                self.ws.close(reason=code, message=reason[:120])
+            except Exception:  # already gone
+                pass
+            self.connected = False
+
+
+# --- who may connect ---------------------------------------------------------------------
+
+def live_access_allowed() -> bool:
+    """An API key in the Authorization header, or (for the live page) a browser of this
+    site: signed in where keys are needed, any where the pages are open. A browser's
+    WebSocket carries its cookies to any site, so its Origin must be this site's."""
+    settings = current_app.extensions["whisper_settings"]
+    if not settings.api_keys:
+        return _same_origin() or "Origin" not in request.headers
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key_matches(given.strip(), settings.api_keys):
+        return True
+    if not _same_origin():
+        return False
+    return settings.web_ui == "open" or signed_in()
+
+
+def _same_origin() -> bool:
+    origin = request.headers.get("Origin")
+    return bool(origin) and urlsplit(origin).netloc == request.host
+
+
+# --- the native protocol -------------------------------------------------------------------
+
+class NativeProtocol(LiveProtocol):
+    def options(self) -> Mapping[str, Any]:
+        return request.args.to_dict()
+
+    def opened(self, session_id: str, options: LiveOptions) -> List[dict]:
+        return [dict(type="ready", session=session_id, sample_rate=NATIVE_RATE,
+                     max_frame_bytes=int(MAX_FRAME_SECONDS * NATIVE_RATE * 2),
+                     max_seconds=options.max_seconds,
+                     model=options.model or current_app.extensions["whisper_service"].models.default)]
+
+    def receive(self, message: Message, connection: LiveConnection) -> None:
+        if isinstance(message, bytes):
+            connection.feed(message, NATIVE_RATE)
+            return
+        kind = _message_type(message)
+        if kind == "stop":
+            connection.stop()
+        elif kind == "commit":
+            connection.session.commit()
+        else:
+            raise BadAudio(f"text frames are JSON messages of type 'stop' or 'commit'; got "
+                           f"{message[:80]!r}")
+
+    def event(self, event: Event) -> List[dict]:
+        if isinstance(event, SpeechStarted):
+            return [dict(type="speech_started", at=round(event.at, 3))]
+        if isinstance(event, SpeechStopped):
+            return [dict(type="speech_stopped", at=round(event.at, 3))]
+        if isinstance(event, Partial):
+            return [dict(type="partial", text=event.text)]
+        if isinstance(event, Committed):
+            return [dict(type="committed", text=event.text, start=round(event.start, 3),
+                         end=round(event.end, 3))]
+        if isinstance(event, LanguageFixed):
+            return [dict(type="language", language=event.language)]
+        if isinstance(event, DecodeFailed):
+            return [self.error("decode_failed", event.message)]
+        return []
+
+    def finished(self, job: Optional[Job], text: str) -> List[dict]:
+        if job is None:
+            return [dict(type="done", job=None, url=None, text=text)]
+        return [dict(type="done", job=job.id, url=f"/jobs/{job.id}", text=text)]
+
+    def error(self, code: str, message: str, param: Optional[str] = None) -> dict:
+        return dict(type="error", code=code, message=message,
+                    **({"param": param} if param else {}))
+
+
+def _message_type(message: str) -> Optional[str]:
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return None
+    return data.get("type") if isinstance(data, dict) else None
+
+
+def serve(ws, protocol: LiveProtocol) -> None:
+    LiveConnection(ws, protocol).run()
+
+
+@sock.route("/api/live", bp=blueprint)
+def native(ws) -> None:
+    serve(ws, NativeProtocol())
+
+
+@blueprint.before_request
+def check_access() -> None:
+    if not live_access_allowed():
+        raise ApiKeyRequired()
+
+
+def register(app) -> None:
+    """The live blueprint, its WebSocket options, and the process's scheduler."""
+    from whisper_service.live.decoder import WhisperDecoder
+
+    settings = app.extensions["whisper_settings"]
+    app.config.setdefault("SOCK_SERVER_OPTIONS", {
+        "max_message_size": MAX_MESSAGE_BYTES, "ping_interval": PING_SECONDS})
+    if settings.role != "web" and settings.live_sessions:
+        app.extensions["whisper_live"] = LiveScheduler(
+            WhisperDecoder(app.extensions["whisper_service"].models), settings.live_sessions)
+    app.register_blueprint(blueprint)
+    sock.init_app(app)

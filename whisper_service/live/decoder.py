@@ -1,0 +1,126 @@
+"""Live sessions' buffers decoded together: one batch per model, language and task.
+
+Each buffer (at most 30 s) is one row of a batch: its own log-Mel window, its own prompt,
+decoded by the batched decoder (decoding/) at temperature 0 (greedy, or beam search when
+the session asked for it), then timed word by word from the cross-attention as
+whisper.transcribe does with word_timestamps. Rows whose language is still open are
+detected first, together. A decode takes the model's lock as an urgent turn (models.py's
+TurnLock): file jobs wait between their batches while live sessions decode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Dict, List, Protocol, Sequence, Tuple, Union
+
+import torch
+import whisper
+from whisper.audio import HOP_LENGTH
+from whisper.timing import add_word_timestamps
+from whisper.tokenizer import get_tokenizer
+
+from ..batch_engine import _segments
+from ..decoding import decode_batch
+from ..models import LoadedModel, ModelRegistry
+from ..transcript import Word
+from ..vad import Window
+from .session import DecodeRequest, DecodeResult
+
+log = logging.getLogger(__name__)
+
+# a row is silence when the model is this sure there is no speech (and unsure of its words)
+NO_SPEECH_PROBABILITY = 0.6
+SILENT_LOGPROB = -1.0
+
+Outcome = Union[DecodeResult, Exception]
+
+
+class LiveDecoder(Protocol):
+    """What the scheduler asks of a decoder: a result (or the error) for every request."""
+
+    def decode(self, requests: Sequence[DecodeRequest]) -> List[Outcome]: ...
+
+
+class WhisperDecoder:
+    def __init__(self, models: ModelRegistry):
+        self.models = models
+
+    def decode(self, requests: Sequence[DecodeRequest]) -> List[Outcome]:
+        outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
+        groups: Dict[Tuple, List[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            groups[(request.options.model, request.options.task)].append(index)
+        for (model, task), indices in groups.items():
+            try:
+                loaded = self.models.for_task(model, task)
+                with loaded.lock.urgent():
+                    found = _decode_rows(loaded, [requests[i] for i in indices])
+            except Exception as error:  # every session of the group learns why
+                log.exception("live decode of %d session(s) failed", len(indices))
+                found = [error] * len(indices)
+            for index, outcome in zip(indices, found):
+                outcomes[index] = outcome
+        return outcomes
+
+
+def _decode_rows(loaded: LoadedModel, requests: Sequence[DecodeRequest]) -> List[Outcome]:
+    model = loaded.model
+    mels = torch.stack([
+        whisper.log_mel_spectrogram(whisper.pad_or_trim(r.audio), model.dims.n_mels,
+                                    device=loaded.device)
+        for r in requests
+    ])
+    mels = mels.half() if loaded.fp16 else mels
+    languages = _languages(loaded, mels, requests)
+    outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
+    by_language: Dict[str, List[int]] = defaultdict(list)
+    for index, (code, _) in enumerate(languages):
+        by_language[code].append(index)
+    for code, indices in by_language.items():
+        task = requests[indices[0]].options.task
+        beam = requests[indices[0]].options.beam_size
+        tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
+                                  language=code, task=task)
+        options = whisper.DecodingOptions(task=task, language=code, temperature=0.0,
+                                          beam_size=beam, fp16=loaded.fp16)
+        results = decode_batch(model, mels[indices], options,
+                               [requests[i].prompt or None for i in indices])
+        for index, result in zip(indices, results):
+            words = _words(model, tokenizer, requests[index], mels[index], result)
+            outcomes[index] = DecodeResult(tuple(words), *languages[index], model=loaded.name)
+    return outcomes
+
+
+def _languages(loaded: LoadedModel, mels: torch.Tensor,
+               requests: Sequence[DecodeRequest]) -> List[Tuple[str, float]]:
+    """(code, probability) of each row: the session's when fixed, else detected."""
+    found: List[Tuple[str, float]] = [(r.language, 1.0) if r.language else ("en", 1.0)
+                                      for r in requests]
+    open_rows = [i for i, r in enumerate(requests) if not r.language]
+    if open_rows and loaded.is_multilingual:
+        _, probabilities = loaded.model.detect_language(mels[open_rows])
+        if isinstance(probabilities, dict):
+            probabilities = [probabilities]
+        for index, row in zip(open_rows, probabilities):
+            code = max(row, key=row.get)
+            found[index] = (code, float(row[code]))
+    return found
+
+
+def _words(model, tokenizer, request: DecodeRequest, mel: torch.Tensor, result) -> List[Word]:
+    """The decode's words, timed from the start of the request's audio."""
+    if (result.no_speech_prob > NO_SPEECH_PROBABILITY
+            and result.avg_logprob < SILENT_LOGPROB):
+        return []
+    window = Window(0, len(request.audio))
+    segments = _segments(window, result, tokenizer, start_id=0)
+    if not segments:
+        return []
+    add_word_timestamps(segments=segments, model=model, tokenizer=tokenizer, mel=mel,
+                        num_frames=len(request.audio) // HOP_LENGTH, last_speech_timestamp=0.0)
+    return [
+        Word(word=w["word"], start=float(w["start"]), end=float(w["end"]),
+             probability=float(w.get("probability", 0.0)))
+        for segment in segments for w in segment.get("words", [])
+    ]
