@@ -29,7 +29,9 @@ from web.auth import ApiKeyRequired, key_matches
 from web.signin import signed_in
 from whisper_service.errors import BadOption
 from whisper_service.jobs import Job
-from whisper_service.live.audio import BadAudio, Recording, Resampler, pcm16_samples
+from whisper_service.live.audio import (
+    BYTES_PER_SAMPLE, BadAudio, Recording, Resampler, pcm16_samples,
+)
 from whisper_service.live.scheduler import LiveScheduler, TooManySessions
 from whisper_service.live.session import (
     Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, LiveSession, Partial,
@@ -43,7 +45,6 @@ sock = Sock()
 blueprint = Blueprint("live", __name__)
 
 NATIVE_RATE = 16000  # Hz of the native protocol's PCM16 frames
-MAX_FRAME_SECONDS = 1.0  # the longest audio frame taken
 MAX_MESSAGE_BYTES = 1 << 20  # larger messages are closed with 1009 by the WebSocket layer
 POLL_SECONDS = 0.05  # while no message comes, events are sent at least this often
 FINISH_SECONDS = 120.0  # a stopped session's last decodes are awaited this long at most
@@ -65,6 +66,8 @@ class EndSession(Exception):
 
 class LiveProtocol(abc.ABC):
     """One wire protocol's messages; LiveConnection runs it."""
+
+    max_frame_seconds = 1.0  # the most audio one message may carry
 
     @abc.abstractmethod
     def options(self) -> Mapping[str, Any]:
@@ -120,11 +123,12 @@ class LiveConnection:
 
     def feed(self, pcm: bytes, rate: int) -> None:
         """PCM16 at `rate` Hz into the session; BadAudio or EndSession when refused."""
-        if len(pcm) > MAX_FRAME_SECONDS * rate * 2:
+        limit = int(self.protocol.max_frame_seconds * rate * BYTES_PER_SAMPLE)
+        if len(pcm) > limit:
             raise EndSession("frame_too_large",
-                             f"an audio frame holds at most {MAX_FRAME_SECONDS:g} s "
-                             f"({int(MAX_FRAME_SECONDS * rate * 2)} bytes at {rate} Hz); "
-                             f"this one has {len(pcm)} bytes", TOO_BIG)
+                             f"an audio frame holds at most {self.protocol.max_frame_seconds:g} s"
+                             f" ({limit} bytes at {rate} Hz); this one has {len(pcm)} bytes",
+                             TOO_BIG)
         samples = self._resampler(pcm16_samples(pcm))
         try:
             self.session.feed(samples)
@@ -265,7 +269,7 @@ class NativeProtocol(LiveProtocol):
 
     def opened(self, session_id: str, options: LiveOptions) -> List[dict]:
         return [dict(type="ready", session=session_id, sample_rate=NATIVE_RATE,
-                     max_frame_bytes=int(MAX_FRAME_SECONDS * NATIVE_RATE * 2),
+                     max_frame_bytes=int(self.max_frame_seconds * NATIVE_RATE * BYTES_PER_SAMPLE),
                      max_seconds=options.max_seconds,
                      model=options.model or current_app.extensions["whisper_service"].models.default)]
 
@@ -332,7 +336,9 @@ def check_access() -> None:
 
 
 def register(app) -> None:
-    """The live blueprint, its WebSocket options, and the process's scheduler."""
+    """The live blueprint (both protocols), its WebSocket options, and the process's
+    scheduler."""
+    from web import realtime  # noqa: F401  (its route joins the blueprint)
     from whisper_service.live.decoder import WhisperDecoder
 
     settings = app.extensions["whisper_settings"]

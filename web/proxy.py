@@ -38,6 +38,7 @@ GUNICORN_KEEPALIVE_SECONDS = 5  # gunicorn closes a connection from nginx idle t
 # nginx drops its idle connections to gunicorn a second sooner, so that it never sends a
 # request on one gunicorn is closing (which nginx would answer 502)
 UPSTREAM_IDLE_SECONDS = GUNICORN_KEEPALIVE_SECONDS - 1
+LIVE_IDLE_SECONDS = 90  # a live WebSocket with no frame either way this long is closed (pings come every 20 s)
 UPLOAD_SLACK_MB = 8  # multipart framing and form fields on top of the largest file
 STOP_SECONDS = 10  # nginx's graceful stop, then it is killed
 SOCKET_NAME = "app.sock"
@@ -129,6 +130,20 @@ http {{
             proxy_buffering on;
             proxy_read_timeout {int(config.read_timeout)}s;
             proxy_send_timeout 60s;
+        }}
+        # live captions' WebSockets: passed through as they are, both ways at once; the
+        # server pings every 20 s, so a long silence is not an idle connection
+        location ~ ^/(api/live|v1/realtime)$ {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_buffering off;
+            proxy_read_timeout {LIVE_IDLE_SECONDS}s;
+            proxy_send_timeout {LIVE_IDLE_SECONDS}s;
         }}
         error_page 413 @too_large;
         error_page 408 @too_slow;

@@ -58,9 +58,7 @@ class SpeechGate:
     """Speech transitions of one stream; push() audio in any sizes, in order."""
 
     def __init__(self, end_silence_ms: int = END_SILENCE_MS):
-        if end_silence_ms <= 0:
-            raise ValueError(f"end_silence_ms must be positive; got {end_silence_ms}")
-        self._end_silence = end_silence_ms * SAMPLE_RATE // 1000
+        self.set_end_silence(end_silence_ms)
         self._min_speech = MIN_SPEECH_MS * SAMPLE_RATE // 1000
         self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self._context = np.zeros((1, CONTEXT), dtype=np.float32)
@@ -69,6 +67,11 @@ class SpeechGate:
         self._speech_start: Optional[int] = None  # while speaking: where it started
         self._silence_start: Optional[int] = None  # while speaking: where quiet began
         self.last_probability = 0.0
+
+    def set_end_silence(self, end_silence_ms: int) -> None:
+        if end_silence_ms <= 0:
+            raise ValueError(f"end_silence_ms must be positive; got {end_silence_ms}")
+        self._end_silence = end_silence_ms * SAMPLE_RATE // 1000
 
     @property
     def speaking(self) -> bool:

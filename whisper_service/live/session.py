@@ -226,6 +226,20 @@ class LiveSession:
         self.stopped = False
         self.model_name = ""  # the model of the latest decode
 
+    def reconfigure(self, options: LiveOptions) -> None:
+        """New options for the decodes to come (a protocol's session update)."""
+        with self._lock:
+            self.options = options
+            self._gate.set_end_silence(options.end_silence_ms)
+            if options.language:
+                self.language, self.language_probability = options.language, 1.0
+
+    @property
+    def speaking(self) -> bool:
+        """An utterance is open (audio since its start not yet ended)."""
+        with self._lock:
+            return self._current is not None
+
     # --- fed by the connection's thread ---------------------------------------------------
 
     @property
