@@ -190,10 +190,9 @@ def a_server(args, folder: str):
                                 model[len(SYNTHETIC):])
     log = os.path.join(folder, "server.log")
     print(f"starting the server ({model} on {args.device}); its log: {log}", file=sys.stderr)
-    settings = {"devices": args.device}
-    if args.max_sessions:
-        settings["live_max_sessions"] = str(args.max_sessions)
-    with serving(model, args.device, log, **settings) as (base, _pid):
+    # every session of the largest row at once (gunicorn's threads follow: one each)
+    sessions = args.max_sessions or max(int(n) for n in args.sessions.split(",") if n.strip())
+    with serving(model, args.device, log, live_sessions=str(sessions)) as (base, _pid):
         yield base
 
 
@@ -207,7 +206,8 @@ def main() -> None:
                              "weights; with --server, the model the sessions ask for")
     parser.add_argument("--device", default="cpu", help="the started server's WHISPER_DEVICES")
     parser.add_argument("--max-sessions", type=int,
-                        help="WHISPER_LIVE_MAX_SESSIONS of the started server")
+                        help="WHISPER_LIVE_SESSIONS of the started server (default: the largest "
+                             "--sessions)")
     parser.add_argument("--api-key", default=os.environ.get(client.API_KEY_VARIABLE))
     parser.add_argument("--language", default="en")
     parser.add_argument("--sentences", type=int, default=3, help="utterances per session")

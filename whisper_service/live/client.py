@@ -427,6 +427,7 @@ def _receive(ws, result: LiveResult, on_event, stopped_at: List[float], done_tim
         if not isinstance(event, dict):
             continue
         kind = event.get("type")
+        log.info("received %s", message if len(message) < 200 else message[:200] + "...")
         if kind == "ready":
             result.ready = event
             result.session = event.get("session")
@@ -669,6 +670,8 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[TextIO] = None,
 
     if result.url:
         print(f"job: {result.url}", file=err)
+    elif result.error is None:
+        print("the server kept no job: it received no audio", file=err)
     code = EXIT_OK
     if args.output and result.job:
         try:
