@@ -7,7 +7,8 @@ windows at once, and each window's tokens equal `whisper.decode`'s for it alone.
 are independent: a file's initial prompt is given to each of its windows, previous text is
 not. Batches are decoded as the detector delivers windows, so detection of the rest of a
 long file overlaps decoding; windows of several files fill the same batches, so many short
-files keep a GPU as busy as one long one.
+files keep a GPU as busy as one long one. A window's segments are reported (Progress.segments)
+as soon as its decode is final and every earlier window of its file is reported.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ from .decoding import decode_batch
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .pipeline import Prefetcher, StageTimes
-from .progress import Progress, ProgressCallback
+from .progress import FinishedSegment, Progress, ProgressCallback, finished_segments
 from .vad import Window, iter_speech_windows
 
 TIME_PRECISION = 0.02  # seconds per timestamp token
@@ -60,6 +61,7 @@ class _FileState:
     segments: List[dict] = field(default_factory=list)
     error: Optional[Exception] = None  # what its progress callback raised (a cancel)
     reported: float = 0.0  # the furthest audio second reported; progress never moves back
+    finished: Tuple[FinishedSegment, ...] = ()  # `segments` as progress reports them
 
     @property
     def seconds(self) -> float:
@@ -70,7 +72,7 @@ class _FileState:
             return
         self.reported = max(self.reported, min(done_seconds, self.seconds))
         try:
-            self.request.progress(Progress(self.reported, self.seconds))
+            self.request.progress(Progress(self.reported, self.seconds, self.finished))
         except Exception as error:  # this file is given up; the others go on
             self.error = error
 
@@ -107,16 +109,11 @@ def decode_files(
             batch, mels, features = item
             with loaded.lock, times.recording():  # held a batch at a time: others
                 # wait for one batch, not the run
-                results = _decode_with_fallback(model, mels if features is None else features,
-                                                options, language,
-                                                [state.prompt for state, _ in batch],
-                                                loaded.fp16, _report_inside(batch))
-                with times.stage("segments"):
-                    for (state, window), mel, result in zip(batch, mels, results):
-                        if not _is_silence(result, options):
-                            state.segments.extend(_window_segments(
-                                model, tokenizer, window, mel, result, state.request.options,
-                                state.segments))
+                _decode_with_fallback(model, mels if features is None else features,
+                                      options, language, [state.prompt for state, _ in batch],
+                                      loaded.fp16, _report_inside(batch),
+                                      _segments_in_order(model, tokenizer, batch, mels,
+                                                         options, times))
             done = {id(state): (state, window.end) for state, window in batch}
             for state, end in done.values():
                 state.report(end / SAMPLE_RATE)
@@ -144,6 +141,44 @@ def _report_inside(batch: List[Tuple[_FileState, Window]]) -> window_progress.Re
             state.report(start + (end - start) * decoded / speech)
 
     return report
+
+
+def _segments_in_order(model, tokenizer, batch: List[Tuple[_FileState, Window]],
+                       mels: torch.Tensor, options: TranscribeOptions,
+                       times: StageTimes) -> "Settled":
+    """_decode_with_fallback's `settled` for a batch: each window's segments once its decode
+    is final, added to its file's, and reported (progress carries them) at once. A file's
+    windows lie in order in a batch, and a window waits for the file's windows before it
+    (a later one is often final first: the earlier one falls back to a higher temperature),
+    so a file's segments are never skipped nor reordered; word timestamps, which start
+    from the file's last segment, see the same segments before them as in one go."""
+    final: list = [None] * len(batch)
+    taken = [False] * len(batch)
+
+    def settled(indexes: Sequence[int], results: list) -> None:
+        for index in indexes:
+            final[index] = results[index]
+        grown: Dict[int, Tuple[_FileState, Window]] = {}
+        waiting = set()  # files with a window before still decoding
+        with times.stage("segments"):
+            for index, ((state, window), mel) in enumerate(zip(batch, mels)):
+                if taken[index] or id(state) in waiting:
+                    continue
+                result = final[index]
+                if result is None:
+                    waiting.add(id(state))
+                    continue
+                taken[index] = True
+                if not _is_silence(result, options):
+                    found = _window_segments(model, tokenizer, window, mel, result,
+                                             state.request.options, state.segments)
+                    state.segments.extend(found)
+                    state.finished += finished_segments(found)
+                grown[id(state)] = (state, window)
+        for state, window in grown.values():  # the file is done up to this window's end
+            state.report(window.end / SAMPLE_RATE)
+
+    return settled
 
 
 PreparedBatch = Tuple[List[Tuple[_FileState, Window]], torch.Tensor, Optional[torch.Tensor]]
@@ -249,12 +284,18 @@ def _window_segments(model, tokenizer, window: Window, mel: torch.Tensor, result
     return found
 
 
+Settled = Callable[[Sequence[int], list], None]
+
+
 def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str,
                           prompts: List[Optional[List[int]]], fp16: bool,
-                          reached: window_progress.Report) -> list:
+                          reached: window_progress.Report,
+                          settled: Optional[Settled] = None) -> list:
     """whisper.transcribe's temperature fallback, window by window: only the windows that
     fail the thresholds are decoded again, at the next temperature. reached: told, now and
-    then, how far into each window decoding is (a window not decoded again: finished)."""
+    then, how far into each window decoding is (a window not decoded again: finished).
+    settled: told after each temperature the windows whose results are now final (their
+    indexes, ascending, and the results so far), every window once."""
     results: list = [None] * len(mels)
     pending = list(range(len(mels)))
 
@@ -264,7 +305,8 @@ def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str
             every[index] = value
         reached(every)
 
-    for temperature in options.temperature:
+    temperatures = tuple(options.temperature)
+    for step, temperature in enumerate(temperatures):
         beam = options.beam_size if temperature == 0 else None
         decoding = whisper.DecodingOptions(
             task=options.task, language=language, temperature=temperature,
@@ -276,7 +318,12 @@ def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str
             decoded = decode_batch(model, mels[pending], decoding, [prompts[i] for i in pending])
         for index, result in zip(pending, decoded):
             results[index] = result
-        pending = [i for i in pending if _needs_fallback(results[i], options)]
+        last = step == len(temperatures) - 1
+        still = [] if last else [i for i in pending if _needs_fallback(results[i], options)]
+        if settled is not None:
+            again = set(still)
+            settled([i for i in pending if i not in again], results)
+        pending = still
         if not pending:
             break
     return results

@@ -7,7 +7,8 @@ on the CPU):
 - batched (batch_engine.py): speech windows cut at pauses, decoded many at once, each
   window's tokens equal to `whisper.decode`'s for it; several files with the same options
   can be transcribed together, their windows sharing batches.
-What we add to both: language probabilities, progress reporting and a typed result.
+What we add to both: language probabilities, progress reporting (with the segments that are
+final so far, for text shown before the end) and a typed result.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import importlib
+import sys
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from .errors import BadOption, ModelBusy
 from .models import LoadedModel
 from .options import TranscribeOptions
 from .pipeline import StageTimes
-from .progress import Progress, ProgressCallback
+from .progress import FinishedSegment, Progress, ProgressCallback, finished_segments
 from .transcript import Segment, Transcript
 
 
@@ -47,7 +49,8 @@ _current_run: contextvars.ContextVar[Optional["_SequentialProgress"]] = contextv
 
 class _SequentialProgress:
     """Progress of one whisper.transcribe() run: where each window starts, from the bar it
-    draws, and inside a window how far its decoder's timestamps reach (window_progress).
+    draws, and inside a window how far its decoder's timestamps reach (window_progress);
+    with it the segments of the windows done, final once whisper.transcribe() moved on.
     Never moves back (a window decoded again at a higher temperature starts over)."""
 
     def __init__(self, callback: ProgressCallback, total_seconds: float):
@@ -56,6 +59,8 @@ class _SequentialProgress:
         self.window_start = 0.0
         self.reported = 0.0
         self.watch: Optional[window_progress.Watch] = None
+        self.segments: Tuple[FinishedSegment, ...] = ()
+        self.segments_seen = 0  # of whisper.transcribe()'s list, which only grows
 
     @contextmanager
     def watching(self, loaded: LoadedModel) -> Iterator[None]:
@@ -68,8 +73,12 @@ class _SequentialProgress:
             finally:
                 _current_run.reset(token)
 
-    def window_done(self, seconds: float) -> None:
-        """whisper.transcribe() moved on to the window starting at `seconds`."""
+    def window_done(self, seconds: float, segments: Optional[List[dict]] = None) -> None:
+        """whisper.transcribe() moved on to the window starting at `seconds`; `segments`:
+        its list of every segment so far (those of the windows before are final)."""
+        if segments is not None and len(segments) > self.segments_seen:
+            self.segments += finished_segments(segments[self.segments_seen:])
+            self.segments_seen = len(segments)
         self.window_start = seconds
         if self.watch is not None:
             self.watch.restart()
@@ -81,12 +90,16 @@ class _SequentialProgress:
 
     def _send(self, seconds: float) -> None:
         self.reported = min(self.total, max(self.reported, seconds))
-        self.callback(Progress(self.reported, self.total))
+        self.callback(Progress(self.reported, self.total, self.segments))
 
 
 class _ProgressBar:
     """Stands in for the tqdm bar whisper.transcribe() draws, counting mel frames, and
-    tells the current thread's run where the next window starts instead of drawing."""
+    tells the current thread's run where the next window starts instead of drawing, and
+    which segments are done: whisper.transcribe() updates its bar right after it added a
+    window's segments to its list `all_segments`, read from its frame (the one place they
+    are seen before it returns; a version that names the list otherwise only loses the
+    early text, not the progress)."""
 
     def __init__(self, total: int = 0, **_ignored):
         self.total = total
@@ -102,7 +115,9 @@ class _ProgressBar:
         self.done = min(self.total, max(0, self.done + frames))
         run = _current_run.get()
         if run is not None:
-            run.window_done(self.done / FRAMES_PER_SECOND)
+            segments = sys._getframe(1).f_locals.get("all_segments")
+            run.window_done(self.done / FRAMES_PER_SECOND,
+                            segments if isinstance(segments, list) else None)
 
 
 class _ProgressBars:
@@ -159,7 +174,8 @@ def transcribe(
         with run.watching(loaded) if run else contextlib.nullcontext():
             result = whisper.transcribe(loaded.model, audio, verbose=None, **kwargs)
     if progress is not None:
-        progress(Progress(len(audio) / SAMPLE_RATE, len(audio) / SAMPLE_RATE))
+        progress(Progress(len(audio) / SAMPLE_RATE, len(audio) / SAMPLE_RATE,
+                          finished_segments(result["segments"])))
     return _transcript(loaded, audio, options, language, probability, result["text"],
                        result["segments"])
 
@@ -200,7 +216,8 @@ def transcribe_together(
         if isinstance(outcomes[index], Transcript) and request.progress is not None:
             seconds = len(request.audio) / SAMPLE_RATE
             try:
-                request.progress(Progress(seconds, seconds))
+                request.progress(Progress(seconds, seconds,
+                                          finished_segments(outcomes[index].segments)))
             except Exception as error:
                 outcomes[index] = error
     return outcomes

@@ -3,6 +3,7 @@ a file and options in, a Transcript out."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -202,12 +203,14 @@ class WhisperService:
 def _words_part(progress: Optional[ProgressCallback],
                 options: TranscribeOptions) -> Optional[ProgressCallback]:
     """The progress callback for the transcription itself: the whole bar, or with diarize
-    the part before DIARIZATION_SHARE, so that the bar never reaches the end early."""
+    the part before DIARIZATION_SHARE, so that the bar never reaches the end early. The
+    finished segments pass through as they are: speaker labels split segments but change
+    no text."""
     if progress is None or not options.diarize:
         return progress
     scale = 1.0 - DIARIZATION_SHARE
 
     def report(done: Progress) -> None:
-        progress(Progress(done.done_seconds * scale, done.total_seconds))
+        progress(dataclasses.replace(done, done_seconds=done.done_seconds * scale))
 
     return report
