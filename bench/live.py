@@ -20,8 +20,10 @@ when the words were spoken:
 
 - first text: speech onset to the first `partial` or `committed` text of that utterance;
 - first commit: speech onset to the utterance's first `committed`;
-- final commit: the utterance's speech end to its last `committed` (events are given to the
-  utterance whose onset came last before they arrived);
+- final commit: the utterance's speech end to its last `committed`;
+  (a committed text belongs to the utterance its `start` and `end` overlap; a partial to the
+  utterance of the next committed text: the words it shows are settled by that commit;
+  an utterance with no committed text is counted as missed);
 - a session keeps up when its final commit comes within --keep-up seconds (2) of the end of
   its last speech; "real time" counts the sessions that did, and the most sessions
   sustained is the largest N where all did.
@@ -128,29 +130,49 @@ class Measured:
     done_after_stop: List[float] = field(default_factory=list)
 
 
+def utterance_of(event: dict, utterances: List[Utterance]) -> int:
+    """The utterance a committed text belongs to: the one its stream times overlap most (the
+    nearest when none does)."""
+    start, end = float(event.get("start", 0)), float(event.get("end", 0))
+
+    def closeness(u: Utterance) -> float:
+        overlap = min(end, u.end) - max(start, u.onset)
+        return overlap if overlap > 0 else -min(abs(start - u.end), abs(end - u.onset))
+
+    return max(range(len(utterances)), key=lambda index: closeness(utterances[index]))
+
+
 def measure(row: List[Session], utterances: List[Utterance], keep_up: float) -> Measured:
+    """Committed texts are given to utterances by their stream times; a partial to the
+    utterance of the next committed text after it (a partial is what follows everything
+    committed, so the next commit settles the words it shows)."""
     measured = Measured()
     for session in row:
         if session.failure or session.paced is None or session.paced.started is None:
             measured.failed.append(session.failure or "did not start")
             continue
-        spoken = [(session.paced.wall_time(u.onset), session.paced.wall_time(u.end)) for u in utterances]
-        last_commits: List[Optional[float]] = [None] * len(utterances)
-        for index, (onset, end) in enumerate(spoken):
-            until = spoken[index + 1][0] if index + 1 < len(spoken) else math.inf
-            mine = [(at, e) for at, e in session.events if onset <= at < until]
-            texts = [at for at, e in mine if e.get("type") in ("partial", "committed")
-                     and str(e.get("text", "")).strip()]
-            commits = [at for at, e in mine if e.get("type") == "committed" and str(e.get("text", "")).strip()]
-            if texts:
-                measured.first_text.append(texts[0] - onset)
-            if commits:
-                measured.first_commit.append(commits[0] - onset)
-                measured.final_commit.append(commits[-1] - end)
-                last_commits[index] = commits[-1]
-            else:
+        texts: List[List[float]] = [[] for _ in utterances]
+        commits: List[List[float]] = [[] for _ in utterances]
+        waiting: List[float] = []  # partials not yet followed by a commit
+        for at, event in session.events:
+            kind, text = event.get("type"), str(event.get("text", "")).strip()
+            if kind == "partial" and text:
+                waiting.append(at)
+            elif kind == "committed" and text:
+                index = utterance_of(event, utterances)
+                texts[index] += waiting + [at]
+                commits[index].append(at)
+                waiting = []
+        for index, u in enumerate(utterances):
+            onset, end = session.paced.wall_time(u.onset), session.paced.wall_time(u.end)
+            if not commits[index]:
                 measured.missed += 1
-        if last_commits[-1] is not None and last_commits[-1] - spoken[-1][1] <= keep_up:
+                continue
+            measured.first_text.append(min(texts[index]) - onset)
+            measured.first_commit.append(min(commits[index]) - onset)
+            measured.final_commit.append(max(commits[index]) - end)
+        last = commits[-1]
+        if last and max(last) - session.paced.wall_time(utterances[-1].end) <= keep_up:
             measured.kept_up += 1
         done = [at for at, e in session.events if e.get("type") == "done"]
         if done:  # the stop goes out right after the last frame, when the audio ends
@@ -192,7 +214,7 @@ def a_server(args, folder: str):
     print(f"starting the server ({model} on {args.device}); its log: {log}", file=sys.stderr)
     # every session of the largest row at once (gunicorn's threads follow: one each)
     sessions = args.max_sessions or max(int(n) for n in args.sessions.split(",") if n.strip())
-    with serving(model, args.device, log, live_sessions=str(sessions)) as (base, _pid):
+    with serving(model, args.device, log, live_sessions=str(sessions), proxy=args.proxy) as (base, _pid):
         yield base
 
 
@@ -208,6 +230,8 @@ def main() -> None:
     parser.add_argument("--max-sessions", type=int,
                         help="WHISPER_LIVE_SESSIONS of the started server (default: the largest "
                              "--sessions)")
+    parser.add_argument("--proxy", default="nginx", choices=("nginx", "off"),
+                        help="the started server's WHISPER_PROXY (off: straight from gunicorn)")
     parser.add_argument("--api-key", default=os.environ.get(client.API_KEY_VARIABLE))
     parser.add_argument("--language", default="en")
     parser.add_argument("--sentences", type=int, default=3, help="utterances per session")
