@@ -249,7 +249,9 @@ def main() -> None:
         options = {"api_key": args.api_key, "language": args.language,
                    "model": args.model if args.server else None}  # a started server's default
         with a_server(args, folder) as server:
-            client.stream(server, client.Paced(pcm[: SAMPLE_RATE * 2]), **options)  # warm-up
+            # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)
+            warm = int((utterances[0].end + 1.0) * SAMPLE_RATE) * 2
+            client.stream(server, client.Paced(pcm[:warm]), **options)
             rows = []
             for count in counts:
                 started = time.monotonic()
