@@ -264,10 +264,15 @@
       case "done":
         session.done = true;
         partialBox.textContent = "";
-        var path = sameOriginPath(message.url) || (message.job ? jobPath(message.job) : null);
         setState("done", "Finished");
-        showResult("Saved as a job: the transcript, the recording and every download are there.",
-                   path, "Open transcript");
+        var path = typeof message.url === "string" && message.url ? sameOriginPath(message.url) : null;
+        if (!path && typeof message.job === "string" && message.job) path = jobPath(message.job);
+        if (path) {
+          showResult("Saved as a job: the transcript, the recording and every download are there.",
+                     path, "Open transcript");
+        } else {  // the server kept nothing (no sound came, or keeping it failed)
+          showResult("The session ended without a job: the server kept no sound of it.");
+        }
         break;
       default:
         break;

@@ -1,0 +1,150 @@
+"""The live page in a real browser: headless Debian Chromium, whose fake microphone plays
+espeak-ng's speech, streams it through the page's AudioWorklet and WebSocket to the production
+server (gunicorn, nginx in front) running the bundled tiny.en; tentative text shows, committed
+text grows with the spoken words, Stop ends in `done` and a link to the job, whose page and SRT
+download hold the same words."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+
+from conftest import run_ffmpeg, wait_until
+from server import Server, server_env
+from test_browser import CHROMIUM, CHROMIUM_FLAGS
+from whisper_service.checkpoints import BUNDLED
+
+SPEECH = ("Please remember to bring your umbrella tomorrow morning. "
+          "The library opens at nine o'clock on Saturday.")
+DISTINCT_WORDS = ("remember", "umbrella", "tomorrow", "morning", "library", "saturday")
+SILENCE_AFTER_SECONDS = 2
+JOB_LINK = re.compile(r"/jobs/[A-Za-z0-9_-]+$")
+SRT_CUE = re.compile(r"(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.+?)(?:\n\n|\n?$)", re.S)
+# every text the tentative and the committed lines show, as they change (a partial may last
+# a moment only), kept in the page for the test to read
+WATCHER = """
+window.seen = { partial: [], committed: [] };
+document.addEventListener("DOMContentLoaded", () => {
+  for (const name of ["partial", "committed"]) {
+    const line = document.getElementById("live-" + name);
+    if (!line) continue;
+    new MutationObserver(() => { if (line.textContent) window.seen[name].push(line.textContent); })
+      .observe(line, { childList: true, characterData: true, subtree: true });
+  }
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    """The speech (about 6.5 s) and then 2 s of silence, 48 kHz mono PCM: the fake microphone."""
+    folder = tmp_path_factory.mktemp("live-speech")
+    raw = folder / "espeak.wav"
+    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SPEECH], check=True)
+    target = folder / "speech-48k.wav"
+    run_ffmpeg("-i", str(raw), "-af", f"apad=pad_dur={SILENCE_AFTER_SECONDS}", "-ar", "48000",
+               "-ac", "1", "-c:a", "pcm_s16le", str(target))
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """gunicorn with nginx in front, one CPU worker with tiny.en in memory, on one torch
+    thread (conftest's one_torch_thread: faster for tiny.en on a shared machine)."""
+    folder = tmp_path_factory.mktemp("live-server")
+    env = server_env(BUNDLED, folder, OMP_NUM_THREADS="1")
+    running = Server(env, folder / "gunicorn.log").start()
+    try:
+        wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 60,
+                   what="the model to load")
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(spoken):
+    # %noloop: the file plays once, then the fake microphone is silent
+    flags = [*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+             f"--use-file-for-fake-audio-capture={spoken}%noloop"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield browser
+        browser.close()
+
+
+def words_heard(text: str) -> set:
+    return {word for word in DISTINCT_WORDS if word in text.lower()}
+
+
+def what_the_page_shows(page) -> str:
+    shown = [f"{name}: {page.locator(selector).inner_text()!r}" for name, selector in (
+        ("state", "#live-state"), ("committed", "#live-committed"), ("partial", "#live-partial"),
+        ("error", "#live-error"), ("result", "#live-result"))]
+    return "\n".join([*shown, f"seen: {page.evaluate('window.seen')}"])
+
+
+def wait_for(page, server, condition, seconds, what):
+    """wait_until, failing with what the page shows and the server's log."""
+    try:
+        wait_until(condition, seconds, interval=0.2, what=what)
+    except AssertionError as error:
+        log = server.log.read_text()
+        lines = [line for line in log.splitlines() if "/readyz" not in line and "/healthz" not in line]
+        raise AssertionError(f"{error}\n{what_the_page_shows(page)}\n" + "\n".join(lines[-30:])) from None
+
+
+def test_speak_see_captions_stop_and_open_the_job(browser, server):
+    context = browser.new_context(locale="en-US")
+    page = context.new_page()
+    page.add_init_script(WATCHER)
+    problems = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+
+    page.goto(server.base + "/live")
+    expect(page.get_by_role("link", name="Live", exact=True)).to_have_attribute("aria-current", "page")
+    page.select_option("#source", "microphone")
+    page.select_option("#language", "en")
+    page.click("#live-start")
+    expect(page.locator("#live-stop")).to_be_enabled()
+
+    # tentative text first (grey, italic), then committed text with the spoken words
+    wait_for(page, server, lambda: page.evaluate("window.seen.partial.length"), 40,
+             "tentative text")
+    assert page.locator("#live-partial").evaluate("e => getComputedStyle(e).fontStyle") == "italic"
+    committed = page.locator("#live-committed")
+    wait_for(page, server, lambda: len(words_heard(committed.inner_text())) >= 2, 45,
+             "committed text with the spoken words")
+    assert not page.locator("#live-error").is_visible(), page.locator("#live-error").inner_text()
+
+    page.click("#live-stop")
+    link = page.locator("#live-job-link")
+    wait_for(page, server, link.is_visible, 60, "done and the link to the job")
+    expect(link).to_have_text("Open transcript")
+    expect(page.locator("#live-start")).to_be_enabled()
+    final = committed.inner_text()
+    assert len(words_heard(final)) >= 3, final
+    # committed text only ever grew: each version begins with the one before
+    versions = page.evaluate("window.seen.committed")
+    assert all(later.startswith(earlier) for earlier, later in zip(versions, versions[1:])), versions
+    assert versions[-1] == final
+    href = link.get_attribute("href")
+    assert JOB_LINK.search(href), href
+
+    link.click()
+    page.wait_for_url(re.compile(JOB_LINK.pattern))
+    expect(page.locator(".segment").first).to_be_visible(timeout=10_000)
+    srt = page.request.get(page.url + "/transcript.srt")
+    assert srt.ok, srt.status
+    cues = SRT_CUE.findall(srt.text().replace("\r\n", "\n"))
+    assert cues, srt.text()
+    assert [int(index) for index, *_ in cues] == list(range(1, len(cues) + 1))
+    assert all(start <= end for _, start, end, _ in cues)
+    assert len(words_heard(" ".join(text for *_, text in cues)) & words_heard(final)) >= 2, srt.text()
+    assert not problems, problems
+    context.close()
