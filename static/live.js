@@ -17,6 +17,9 @@
     1013: "The server has as many live sessions as it can take; try again later.",
   };
 
+  var INSECURE_WORDS = "Browsers share a microphone or a tab only with pages served over " +
+    "HTTPS (or from localhost): open this page at its https:// address.";
+
   var form = document.getElementById("live-form");
   if (!form) return;
   var startButton = document.getElementById("live-start");
@@ -126,7 +129,7 @@
     if (source === "microphone" || source === "both") {
       chain = chain.then(function () {
         if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-          throw new Error("This browser cannot use a microphone here (the page needs HTTPS).");
+          throw new Error("This browser cannot use a microphone here.");
         }
         return navigator.mediaDevices.getUserMedia({
           audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false },
@@ -308,6 +311,10 @@
   function start() {
     if (live) return;
     clearCaptions();
+    if (!window.isSecureContext || !window.AudioWorkletNode) {
+      showError(INSECURE_WORDS);
+      return;
+    }
     setRunning(true);
     setState("starting", "Starting…");
     var session = { streams: [], waiting: [], ready: false, stopping: false, done: false };
@@ -377,4 +384,5 @@
     start();
   });
   stopButton.addEventListener("click", function () { stop(live); });
+  if (!window.isSecureContext) showError(INSECURE_WORDS);
 }());

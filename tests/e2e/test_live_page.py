@@ -15,7 +15,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from conftest import run_ffmpeg, wait_until
 from server import Server, server_env
-from test_browser import CHROMIUM, CHROMIUM_FLAGS
+from test_browser import CHROMIUM, CHROMIUM_FLAGS, DESKTOP, shoot
 from whisper_service.checkpoints import BUNDLED
 
 SPEECH = ("Please remember to bring your umbrella tomorrow morning. "
@@ -99,7 +99,7 @@ def wait_for(page, server, condition, seconds, what):
 
 
 def test_speak_see_captions_stop_and_open_the_job(browser, server):
-    context = browser.new_context(locale="en-US")
+    context = browser.new_context(locale="en-US", **DESKTOP)
     page = context.new_page()
     page.add_init_script(WATCHER)
     problems = []
@@ -135,6 +135,7 @@ def test_speak_see_captions_stop_and_open_the_job(browser, server):
     assert versions[-1] == final
     href = link.get_attribute("href")
     assert JOB_LINK.search(href), href
+    shoot(page, "desktop-live")
 
     link.click()
     page.wait_for_url(re.compile(JOB_LINK.pattern))
