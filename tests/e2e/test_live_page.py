@@ -6,6 +6,7 @@ download hold the same words."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -148,4 +149,56 @@ def test_speak_see_captions_stop_and_open_the_job(browser, server):
     assert all(start <= end for _, start, end, _ in cues)
     assert len(words_heard(" ".join(text for *_, text in cues)) & words_heard(final)) >= 2, srt.text()
     assert not problems, problems
+    context.close()
+
+
+SESSION = "Dr0pped-Sess1on-Id_abcd"
+HOSTILE = '<img src=x onerror="window.pwned = true">'
+
+
+def test_a_dropped_connection_links_to_the_saved_session_and_server_text_stays_text(browser, server):
+    """The socket is Playwright's stand-in for the server: it answers ready, hostile text in
+    every event, then drops the connection (1011) after a second of sound without `done`."""
+    context = browser.new_context(locale="en-US", **DESKTOP)
+    page = context.new_page()
+    frames, texts, urls = [], [], []
+
+    def stand_in(ws):
+        urls.append(ws.url)
+        for event in ({"type": "ready", "session": SESSION, "sample_rate": 16000,
+                       "max_frame_bytes": 32000, "max_seconds": 600, "model": BUNDLED},
+                      {"type": "speech_started", "at": 0.1},
+                      {"type": "committed", "text": " " + HOSTILE, "start": 0.1, "end": 0.5},
+                      {"type": "partial", "text": HOSTILE},
+                      {"type": "language", "language": HOSTILE},
+                      {"type": "error", "code": "bad_frame", "message": HOSTILE}):
+            ws.send(json.dumps(event))
+
+        def heard(message):
+            (frames if isinstance(message, bytes) else texts).append(message)
+            if len(frames) == 4:
+                ws.close(code=1011, reason="the worker went away")
+        ws.on_message(heard)
+
+    page.route_web_socket(re.compile(r"/api/live\b"), stand_in)
+    page.goto(server.base + "/live")
+    page.select_option("#language", "en")
+    page.check("#task-translate")
+    page.click("#live-start")
+    link = page.locator("#live-job-link")
+    expect(link).to_be_visible(timeout=15_000)
+    assert link.get_attribute("href") == f"/jobs/{SESSION}"
+    expect(page.locator("#live-result")).to_contain_text("The connection ended before the session finished")
+    expect(page.locator("#live-start")).to_be_enabled()
+    expect(page.locator("#live-state")).to_contain_text("Disconnected")
+    # the query names the options; the sound came as 0.25 s of 16 kHz PCM16, nothing else
+    assert re.search(r"^ws://127\.0\.0\.1:\d+/api/live\?model=bundled&language=en&task=translate$",
+                     urls[0]), urls
+    assert [len(frame) for frame in frames] == [8000] * 4 and texts == []
+    # server text is shown as text: no element made of it, no script run
+    assert page.locator("#live-committed").inner_text() == HOSTILE
+    expect(page.locator("#live-error")).to_have_text(f"{HOSTILE} (bad_frame)")
+    expect(page.locator("#live-language")).to_have_text(f"Language: {HOSTILE}")
+    assert page.locator("#live-text img, #live-error img, #live-language img").count() == 0
+    assert page.evaluate("window.pwned") is None
     context.close()
