@@ -188,9 +188,21 @@
   function sendFrame(session, frame) {
     if (session.stopping && session.stopSent) return;
     if (session.ready && session.socket.readyState === WebSocket.OPEN) {
-      session.socket.send(frame);
+      sendSound(session, frame);
     } else if (!session.ready && session.waiting.length < WAITING_FRAMES) {
       session.waiting.push(frame);
+    }
+  }
+
+  // a frame in pieces of at most the server's max_frame_bytes (an even number)
+  function sendSound(session, frame) {
+    var most = session.maxFrameBytes > 1 ? session.maxFrameBytes - (session.maxFrameBytes % 2) : frame.byteLength;
+    if (frame.byteLength <= most) {
+      session.socket.send(frame);
+      return;
+    }
+    for (var at = 0; at < frame.byteLength; at += most) {
+      session.socket.send(frame.slice(at, Math.min(frame.byteLength, at + most)));
     }
   }
 
@@ -228,8 +240,9 @@
       case "ready":
         session.ready = true;
         session.id = String(message.session || "");
+        session.maxFrameBytes = Number(message.max_frame_bytes) || 0;
         if (!session.stopping) setState("listening", "Listening");
-        session.waiting.forEach(function (frame) { session.socket.send(frame); });
+        session.waiting.forEach(function (frame) { sendSound(session, frame); });
         session.waiting = [];
         if (session.stopping && session.flushed) sendStop(session);
         break;

@@ -158,15 +158,17 @@ HOSTILE = '<img src=x onerror="window.pwned = true">'
 
 def test_a_dropped_connection_links_to_the_saved_session_and_server_text_stays_text(browser, server):
     """The socket is Playwright's stand-in for the server: it answers ready, hostile text in
-    every event, then drops the connection (1011) after a second of sound without `done`."""
+    every event, then drops the connection (1011) after a second of sound without `done`.
+    The sound is both sources mixed, so the screen-sharing path runs too."""
     context = browser.new_context(locale="en-US", **DESKTOP)
     page = context.new_page()
     frames, texts, urls = [], [], []
 
     def stand_in(ws):
         urls.append(ws.url)
+        # frames of at most 6000 bytes, so the page's 0.25 s (8000 bytes) go in two pieces
         for event in ({"type": "ready", "session": SESSION, "sample_rate": 16000,
-                       "max_frame_bytes": 32000, "max_seconds": 600, "model": BUNDLED},
+                       "max_frame_bytes": 6000, "max_seconds": 600, "model": BUNDLED},
                       {"type": "speech_started", "at": 0.1},
                       {"type": "committed", "text": " " + HOSTILE, "start": 0.1, "end": 0.5},
                       {"type": "partial", "text": HOSTILE},
@@ -176,12 +178,13 @@ def test_a_dropped_connection_links_to_the_saved_session_and_server_text_stays_t
 
         def heard(message):
             (frames if isinstance(message, bytes) else texts).append(message)
-            if len(frames) == 4:
+            if len(frames) == 8:
                 ws.close(code=1011, reason="the worker went away")
         ws.on_message(heard)
 
     page.route_web_socket(re.compile(r"/api/live\b"), stand_in)
     page.goto(server.base + "/live")
+    page.select_option("#source", "both")  # the microphone and the (fake) screen's sound, mixed
     page.select_option("#language", "en")
     page.check("#task-translate")
     page.click("#live-start")
@@ -191,10 +194,11 @@ def test_a_dropped_connection_links_to_the_saved_session_and_server_text_stays_t
     expect(page.locator("#live-result")).to_contain_text("The connection ended before the session finished")
     expect(page.locator("#live-start")).to_be_enabled()
     expect(page.locator("#live-state")).to_contain_text("Disconnected")
-    # the query names the options; the sound came as 0.25 s of 16 kHz PCM16, nothing else
+    # the query names the options; the sound came as 0.25 s of 16 kHz PCM16 (8000 bytes),
+    # each cut to the server's max_frame_bytes; nothing else came
     assert re.search(r"^ws://127\.0\.0\.1:\d+/api/live\?model=bundled&language=en&task=translate$",
                      urls[0]), urls
-    assert [len(frame) for frame in frames] == [8000] * 4 and texts == []
+    assert [len(frame) for frame in frames] == [6000, 2000] * 4 and texts == []
     # server text is shown as text: no element made of it, no script run
     assert page.locator("#live-committed").inner_text() == HOSTILE
     expect(page.locator("#live-error")).to_have_text(f"{HOSTILE} (bad_frame)")
