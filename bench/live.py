@@ -246,7 +246,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         pcm, utterances = make_audio(folder, args.sentences, args.pause, args.tail)
         seconds = len(pcm) / (SAMPLE_RATE * 2)
-        options = {"api_key": args.api_key, "language": args.language,
+        options = {"api_key": args.api_key, "language": args.language, "done_timeout": 900,
                    "model": args.model if args.server else None}  # a started server's default
         with a_server(args, folder) as server:
             # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)

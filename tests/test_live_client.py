@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -115,6 +117,38 @@ def test_paced_frames_come_at_real_time_speed():
     assert arrivals[-1][0] == pytest.approx(0.75 + 100 / 32000, abs=0.05)
 
 
+def fake_ffmpeg(folder, pulse: str, alsa: str):
+    """An `ffmpeg` that runs `pulse` or `alsa` (shell) by the input format it is given."""
+    script = folder / "ffmpeg"
+    script.write_text(f"""#!/bin/sh
+case "$*" in
+  *"-f pulse"*) {pulse} ;;
+  *"-f alsa"*) {alsa} ;;
+esac
+""")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_the_microphone_falls_back_from_pulseaudio_to_alsa(tmp_path, monkeypatch):
+    ffmpeg = fake_ffmpeg(tmp_path, "echo 'default: Connection refused' >&2; exit 1",
+                         f"{shutil.which('head')} -c 20000 /dev/zero")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no other ffmpeg to try
+    audio = client.open_microphone(ffmpeg=ffmpeg)
+    assert audio.command[audio.command.index("-f") + 1] == "alsa"
+    assert [len(frame) for frame in audio] == [client.FRAME_BYTES, client.FRAME_BYTES, 4000]
+
+
+def test_no_microphone_is_one_line_naming_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    ffmpeg = fake_ffmpeg(tmp_path, "echo 'default: Connection refused' >&2; exit 1",
+                         "echo 'cannot open audio device hw:7 (No such file or directory)' >&2; exit 1")
+    with pytest.raises(client.LiveError) as error:
+        client.open_microphone("hw:7", ffmpeg=ffmpeg)
+    assert str(error.value) == ("cannot open the microphone 'hw:7' (pulse: default: Connection refused; "
+                                "alsa: cannot open audio device hw:7 (No such file or directory))")
+
+
 # --- the server's answers, from a fake server --------------------------------------------------
 
 
@@ -193,6 +227,19 @@ def test_committed_text_the_job_and_a_download(capsys, fake_server, speech, tmp_
     assert code == 0, err
     assert f"job: {fake_server}/jobs/fake" in err
     assert (tmp_path / "talk.srt").read_text() == "srt of fake\n"
+
+
+def test_ctrl_c_stops_the_session_and_waits_for_the_job(fake_server, speech):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "whisper_service", "live", "--server", fake_server, "--file", str(speech),
+         "--api-key", "right"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)  # the interpreter starts, then a second or two of audio goes out
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopping: the server commits the rest" in err
+    assert f"job: {fake_server}/jobs/fake" in err and "Traceback" not in err
+    assert out.startswith("second1")  # what was sent before the stop, and no more
 
 
 def test_stream_gives_events_and_the_result(fake_server):
