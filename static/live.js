@@ -398,4 +398,10 @@
   });
   stopButton.addEventListener("click", function () { stop(live); });
   if (!window.isSecureContext) showError(INSECURE_WORDS);
+  // phones and some browsers cannot share a tab: only the microphone is offered there
+  if (window.isSecureContext && !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia)) {
+    sourceSelect.querySelectorAll('option[value="display"], option[value="both"]').forEach(function (option) {
+      option.disabled = true;
+    });
+  }
 }());
