@@ -20,9 +20,9 @@ the session changing:
 
 LocalAgreement-n (Machacek, Dabre and Bojar, "Turning Whisper into Real-Time Transcription
 System", 2023; n = 2 there, with about 3.3 s latency): commit the longest prefix of words
-that the last n hypotheses agree on. Words are compared by their text without surrounding
-white space, so a word only changing its timestamps still agrees; committed words keep the
-newest hypothesis' timestamps.
+that the last n hypotheses agree on. Words are compared by their letters and digits in lower
+case, so a word only changing its timestamps, its punctuation or its case still agrees;
+committed words are the newest hypothesis' (its spelling and timestamps).
 
 A decode of a buffer that still holds audio already committed says those words again. They
 are recognised by time (words that begin before the committed end, less
@@ -138,8 +138,9 @@ def _shifted(word: Word, offset: float) -> Word:
 
 
 def _text(word: Word) -> str:
-    """What is compared of a word: its text without the white space around it."""
-    return word.word.strip()
+    """What is compared of a word: its letters and digits, lower case. A decode that only
+    adds a comma after a word, or capitalises it, still agrees with the one before."""
+    return "".join(c for c in word.word.lower() if c.isalnum())
 
 
 def _texts(words: Sequence[Word]) -> List[str]:

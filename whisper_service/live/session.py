@@ -8,8 +8,9 @@ session for its next decode and hands back the words found. What happens between
 - While someone speaks, the utterance's buffer (from START_PAD_SECONDS before the speech)
   is decoded again each time STEP_SECONDS more of it has come. A commit policy
   (LocalAgreement-2 unless told otherwise) says which words are final.
-- Committed text is final: sent once, kept for the transcript, and its last PROMPT_CHARS
-  characters are the prompt of every later decode. Past TRIM_SECONDS the buffer is cut
+- Committed text is final: sent once, kept for the transcript; the last PROMPT_CHARS
+  characters of what was committed before the buffer begins are the prompt of its decodes
+  (committed words still in the buffer are not: the decoder would skip them as said). Past TRIM_SECONDS the buffer is cut
   after the committed words; it never holds more than one Whisper window (30 s): a full
   buffer ends the utterance there and the next one goes on.
 - END_SILENCE_MS of silence (the gate's) ends an utterance: one last decode, and all its
@@ -54,7 +55,7 @@ class LiveOptions:
     model: Optional[str] = None  # None: the default model
     language: Optional[str] = None  # a code; None: detect and fix once sure
     task: str = "transcribe"  # or translate
-    beam_size: Optional[int] = None  # None: greedy, the fastest
+    beam_size: Optional[int] = TranscribeOptions.beam_size  # as for files; None: greedy, the fastest
     initial_prompt: Optional[str] = None  # the prompt until committed text replaces it
     max_seconds: float = 4 * 3600.0  # the longest stream a session takes
     end_silence_ms: int = END_SILENCE_MS  # silence that ends an utterance
@@ -69,8 +70,7 @@ class LiveOptions:
         if unknown:
             raise BadOption(unknown[0], "is not a live option; the live options are "
                             + ", ".join(LIVE_OPTION_NAMES))
-        checked = TranscribeOptions.from_mapping(
-            {"beam_size": "greedy", **{k: v for k, v in values.items()}})
+        checked = TranscribeOptions.from_mapping(values)
         return cls(model=checked.model, language=checked.language, task=checked.task,
                    beam_size=checked.beam_size, initial_prompt=checked.initial_prompt,
                    **limits)
@@ -432,7 +432,8 @@ class LiveSession:
         self._count += 1
         if pad:
             history = np.concatenate([self._recent, before])
-            padding = history[-min(len(history), int(START_PAD_SECONDS * SAMPLE_RATE)):]
+            wanted = min(len(history), sample, int(START_PAD_SECONDS * SAMPLE_RATE))
+            padding = history[len(history) - wanted:]
         else:
             padding = np.zeros(0, dtype=np.float32)
         utterance = _Utterance(self._count, sample - len(padding), self._policy())
@@ -458,11 +459,16 @@ class LiveSession:
         self.decodes += 1
         return DecodeRequest(
             session=self, utterance=utterance, audio=utterance.buffer[:utterance.length].copy(),
-            offset=utterance.start / SAMPLE_RATE, prompt=self._prompt(), language=self.language,
+            offset=utterance.start / SAMPLE_RATE, prompt=self._prompt(utterance),
+            language=self.language,
             final=final)
 
-    def _prompt(self) -> str:
-        text = "".join(w.word for u in self._utterances() for w in u.words)
+    def _prompt(self, utterance: _Utterance) -> str:
+        """Committed text said before the buffer begins (earlier utterances, words trimmed
+        off this one): never words the buffer still holds, which the decoder would take
+        as already said and skip."""
+        before = utterance.start / SAMPLE_RATE
+        text = "".join(w.word for u in self._utterances() for w in u.words if w.end <= before)
         if not text:
             return self.options.initial_prompt or ""
         if len(text) <= PROMPT_CHARS:

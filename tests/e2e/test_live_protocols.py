@@ -1,0 +1,273 @@
+"""Live captions over the production server (gunicorn behind nginx, the bundled tiny.en):
+the native protocol from a plain WebSocket client, OpenAI Realtime from the official SDK,
+and what bad input, too many sessions, a minute of silence and the length limit get."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from openai import OpenAI
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+from werkzeug.serving import make_server
+
+from conftest import make_app, run_ffmpeg
+from server import Server, server_env
+from whisper_service.checkpoints import BUNDLED
+
+LIVE_SESSIONS = 2
+FRAME_BYTES = 8000  # 0.25 s of 16 kHz PCM16
+PACE_SECONDS = 0.1  # between frames: 2.5 times real time
+HEARD = {"quick", "brown", "fox", "lazy", "dog", "whisper", "speech", "text", "sentence"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("live-protocols")
+    running = Server(server_env(BUNDLED, folder, WHISPER_LIVE_SESSIONS=str(LIVE_SESSIONS),
+                                WHISPER_LIVE_MAX_MINUTES="1"),
+                     folder / "gunicorn.log").start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def pcm(media, tmp_path_factory):
+    """conftest's speech (two sentences, about 8 s) as raw PCM16: 16 kHz and 24 kHz."""
+    folder = tmp_path_factory.mktemp("live-pcm")
+    found = {}
+    for rate in (16000, 24000):
+        target = folder / f"speech-{rate}.raw"
+        run_ffmpeg("-i", str(media["speech.wav"]), "-af", "apad=pad_dur=1.5", "-f", "s16le",
+                   "-ac", "1", "-ar", str(rate), str(target))
+        found[rate] = target.read_bytes()
+    return found
+
+
+def ws_url(server, path: str) -> str:
+    return server.base.replace("http://", "ws://") + path
+
+
+def words_heard(text: str) -> set:
+    return HEARD & set(re.findall(r"[a-z]+", text.lower()))
+
+
+def send_paced(ws, data: bytes, frame: int = FRAME_BYTES, then=None) -> threading.Thread:
+    def send():
+        for start in range(0, len(data), frame):
+            ws.send(data[start:start + frame])
+            time.sleep(PACE_SECONDS)
+        if then is not None:
+            ws.send(then)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    return sender
+
+
+def read_until(ws, kind: str, timeout: float = 120):
+    """Events up to and including the first of `kind`."""
+    events, deadline = [], time.monotonic() + timeout
+    while True:
+        event = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+        events.append(event)
+        if event["type"] == kind:
+            return events
+
+
+def closed_with(ws) -> tuple:
+    """The close code and reason the server closed with (after its last message)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            ws.recv(timeout=30)
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+def test_native_protocol_partials_commits_and_a_finished_job(server, pcm):
+    with connect(ws_url(server, "/api/live?language=en")) as ws:
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["sample_rate"] == 16000
+        assert ready["max_frame_bytes"] == 32000 and ready["model"] == BUNDLED
+        send_paced(ws, pcm[16000], then=json.dumps({"type": "stop"}))
+        events = read_until(ws, "done")
+        assert closed_with(ws) == (1000, "session ended")
+    kinds = [e["type"] for e in events]
+    assert kinds.index("speech_started") < kinds.index("committed")
+    assert any(e["type"] == "partial" and e["text"].strip() for e in events)
+    committed = "".join(e["text"] for e in events if e["type"] == "committed")
+    assert len(words_heard(committed)) >= 4, committed
+    done = events[-1]
+    assert done["text"] == committed.strip() and done["url"] == f"/jobs/{done['job']}"
+    assert all(e["start"] < e["end"] for e in events if e["type"] == "committed")
+
+    job = requests.get(f"{server.base}/api/v1/jobs/{done['job']}", timeout=10).json()
+    assert job["state"] == "done" and job["filename"].startswith("live-")
+    srt = requests.get(f"{server.base}/jobs/{done['job']}/transcript.srt", timeout=10)
+    assert srt.status_code == 200
+    cues = srt.text.strip().split("\n\n")
+    assert cues and all(re.match(r"\d+\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}\n.+", c)
+                        for c in cues)
+    assert words_heard(srt.text) == words_heard(committed)
+    recording = requests.get(f"{server.base}/jobs/{done['job']}/media", timeout=10)
+    assert recording.status_code == 200 and recording.content[:4] == b"RIFF"
+    # the whole stream was recorded: 16 kHz PCM16 after a 44-byte header
+    assert len(recording.content) - 44 == len(pcm[16000])
+
+
+def test_openai_realtime_sdk_gets_deltas_and_completed(server, pcm):
+    client = OpenAI(base_url=f"{server.base}/v1", api_key="anything", max_retries=0)
+    audio = pcm[24000]
+    with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        connection.session.update(session={
+            "type": "transcription",
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
+                                "transcription": {"model": "gpt-4o-transcribe", "language": "en"}}},
+        })
+
+        def send():
+            for start in range(0, len(audio), 12000):  # 0.25 s at 24 kHz
+                connection.input_audio_buffer.append(
+                    audio=base64.b64encode(audio[start:start + 12000]).decode())
+                time.sleep(PACE_SECONDS)
+
+        threading.Thread(target=send, daemon=True).start()
+        events, deadline = [], time.monotonic() + 120
+        for event in connection:
+            events.append(event)
+            completed = [e for e in events
+                         if e.type == "conversation.item.input_audio_transcription.completed"]
+            if completed and words_heard(" ".join(e.transcript for e in completed)) >= {"fox"} \
+                    or time.monotonic() > deadline:
+                break
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["session.created", "session.updated"]
+    assert events[1].session.audio.input.transcription.language == "en"
+    assert "input_audio_buffer.speech_started" in kinds
+    assert "input_audio_buffer.committed" in kinds
+    deltas = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
+    assert deltas and all(e.item_id.startswith("item_") for e in deltas)
+    item = completed[-1].item_id
+    assert "".join(e.delta for e in deltas if e.item_id == item).strip() == completed[-1].transcript
+    assert len(words_heard(" ".join(e.transcript for e in completed))) >= 3
+
+
+def test_realtime_errors_name_the_problem_and_the_session_goes_on(server):
+    with connect(ws_url(server, "/v1/realtime?intent=transcription")) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
+
+        def answer(message) -> dict:
+            ws.send(json.dumps(message))
+            return json.loads(ws.recv(timeout=30))
+
+        error = answer({"type": "response.create", "event_id": "e1"})["error"]
+        assert error["code"] == "unknown_event" and error["event_id"] == "e1"
+        assert "input_audio_buffer.append" in error["message"]
+        error = answer({"type": "input_audio_buffer.append", "audio": "not base64!"})["error"]
+        assert (error["code"], error["param"]) == ("invalid_value", "audio")
+        error = answer({"type": "input_audio_buffer.commit"})["error"]
+        assert error["code"] == "input_audio_buffer_commit_empty"
+        error = answer({"type": "session.update", "session": {"type": "transcription", "audio": {
+            "input": {"format": {"type": "audio/pcm", "rate": 16000}}}}})["error"]
+        assert error["code"] == "unsupported_format" and "24000" in error["message"]
+        error = answer({"type": "transcription_session.update",
+                        "session": {"input_audio_transcription": {"language": "klingon"}}})["error"]
+        assert error["param"] == "session.input_audio_transcription.language"
+        updated = answer({"type": "transcription_session.update",
+                          "session": {"input_audio_transcription": {"model": "whisper-1",
+                                                                    "language": "en"}}})
+        assert updated["type"] == "transcription_session.updated"
+        assert updated["session"]["input_audio_transcription"]["language"] == "en"
+        assert answer({"type": "input_audio_buffer.clear"})["type"] == "input_audio_buffer.cleared"
+
+
+def test_bad_frames_get_errors_and_an_oversized_one_ends_the_session_kept(server, pcm):
+    with connect(ws_url(server, "/api/live")) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(pcm[16000][:8001])  # an odd number of bytes
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["type"], error["code"]) == ("error", "bad_frame")
+        assert "8001" in error["message"]
+        ws.send("hello")
+        assert json.loads(ws.recv(timeout=30))["code"] == "bad_frame"
+        ws.send(pcm[16000][:16000])  # a good frame: the session goes on
+        ws.send(b"\0" * 40000)  # 1.25 s: more than a frame may hold
+        events = read_until(ws, "done")
+        assert closed_with(ws) == (1009, "frame_too_large")
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors[-1]["code"] == "frame_too_large" and "32000 bytes" in errors[-1]["message"]
+    # what came before is kept
+    job = requests.get(f"{server.base}/api/v1/jobs/{events[-1]['job']}", timeout=10).json()
+    assert job["state"] == "done"
+
+
+def test_one_session_too_many_is_closed_at_once_and_the_server_goes_on(server):
+    url = ws_url(server, "/api/live")
+    held = [connect(url) for _ in range(LIVE_SESSIONS)]
+    try:
+        for ws in held:
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        with connect(url) as extra:
+            error = json.loads(extra.recv(timeout=30))
+            assert (error["type"], error["code"]) == ("error", "too_many_sessions")
+            assert f"{LIVE_SESSIONS} live session" in error["message"]
+            assert closed_with(extra) == (1013, "too_many_sessions")
+        held[0].send(json.dumps({"type": "stop"}))
+        assert read_until(held[0], "done")[-1]["job"] is None  # nothing was sent: nothing kept
+        held[0].close()
+        with connect(url) as again:  # the freed place is taken again
+            assert json.loads(again.recv(timeout=30))["type"] == "ready"
+        assert requests.get(f"{server.base}/healthz", timeout=10).status_code == 200
+    finally:
+        for ws in held:
+            ws.close()
+
+
+def test_a_minute_of_silence_gives_no_text_and_the_length_limit_ends_it(server):
+    with connect(ws_url(server, "/api/live")) as ws:
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["max_seconds"] == 60
+        send_paced(ws, b"\0" * 32000 * 61, frame=32000)
+        events = read_until(ws, "done")
+        assert closed_with(ws) == (1000, "session_too_long")
+    kinds = {e["type"] for e in events}
+    assert kinds == {"error", "done"}, events  # no speech, no partial, no text
+    assert events[0]["code"] == "session_too_long" and "1 minutes" in events[0]["message"]
+    assert events[-1]["text"] == ""
+    recording = requests.get(f"{server.base}/jobs/{events[-1]['job']}/media", timeout=10)
+    assert len(recording.content) - 44 == 60 * 32000  # exactly the limit was kept
+
+
+def test_a_bad_option_is_refused_naming_it(server):
+    with connect(ws_url(server, "/api/live?beam_size=99&model=bundled")) as ws:
+        error = json.loads(ws.recv(timeout=30))
+        assert (error["code"], error["param"]) == ("bad_option", "beam_size")
+        assert closed_with(ws)[0] == 1008
+
+
+@pytest.fixture(scope="module")
+def keyed_server(checkpoint, tmp_path_factory):
+    """The app with an API key, served in-process (no model is loaded: nothing is said)."""
+    app = make_app(checkpoint, tmp_path_factory.mktemp("live-keys"), WHISPER_API_KEYS="sesame")
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"ws://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    app.extensions["whisper_jobs"].stop()
+
+
+@pytest.mark.parametrize("path", ["/api/live", "/v1/realtime?intent=transcription"])
+def test_api_keys_apply_to_both_protocols(keyed_server, path):
+    with pytest.raises(InvalidStatus) as refused:
+        connect(keyed_server + path)
+    assert refused.value.response.status_code == 401
+    with pytest.raises(InvalidStatus):  # a browser of another site, with no key
+        connect(keyed_server + path, origin="http://evil.example")
+    with connect(keyed_server + path, additional_headers={"Authorization": "Bearer sesame"}) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] in ("ready", "session.created")
