@@ -151,7 +151,9 @@ def _segments_in_order(model, tokenizer, batch: List[Tuple[_FileState, Window]],
     windows lie in order in a batch, and a window waits for the file's windows before it
     (a later one is often final first: the earlier one falls back to a higher temperature),
     so a file's segments are never skipped nor reordered; word timestamps, which start
-    from the file's last segment, see the same segments before them as in one go."""
+    from the file's last segment, see the same segments before them as in one go. Reports
+    from here come while the model is held, so only while windows of the batch still
+    decode: those of the batch's end wait for decode_files, after the model is let go."""
     final: list = [None] * len(batch)
     taken = [False] * len(batch)
 
@@ -175,6 +177,8 @@ def _segments_in_order(model, tokenizer, batch: List[Tuple[_FileState, Window]],
                     state.segments.extend(found)
                     state.finished += finished_segments(found)
                 grown[id(state)] = (state, window)
+        if all(taken):  # decode_files reports them once the model is free for others
+            return
         for state, window in grown.values():  # the file is done up to this window's end
             state.report(window.end / SAMPLE_RATE)
 
