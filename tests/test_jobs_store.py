@@ -1,6 +1,7 @@
 """What many hosts add to the queue, on both stores: a lapsed lease puts a job back and its
-old worker writes nothing more; uploads stream through the store in pieces; an
-Idempotency-Key makes one job; /metrics and a web-only /readyz read the shared store."""
+old worker writes nothing more; uploads stream through the store in pieces; the text final
+so far travels with progress, for a web host elsewhere to stream; an Idempotency-Key makes
+one job; /metrics and a web-only /readyz read the shared store."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import io
 import os
 import re
 import threading
+import time
 import tracemalloc
 
 import pytest
 
 from conftest import make_app, wait_until
-from test_jobs import (FAST, WAIT, Blocker, Recorder, backend, make_queue,  # noqa: F401
-                       root, submit_bytes, wait_finished)
-from whisper_service.jobs import JobState
-from whisper_service.store.base import COPY_CHUNK
+from test_jobs import (FAST, WAIT, Blocker, FakeService, Recorder, backend,  # noqa: F401
+                       fake_transcript, make_queue, root, submit_bytes, wait_finished)
+from whisper_service.jobs import PROGRESS_SECONDS, JobState
+from whisper_service.progress import FinishedSegment, Progress
+from whisper_service.store.base import COPY_CHUNK, Claimant
 
 LEASE = 1.0  # seconds: short, so that a lapse is seen quickly
 UPLOAD_MB = 12  # many pieces: the memory taken must not grow with the upload
@@ -115,6 +118,111 @@ def test_an_upload_streams_through_the_store_in_pieces(make_queue, backend, tmp_
     # never the whole upload in memory: a few pieces at most
     assert submit_peak < 4 * COPY_CHUNK, submit_peak
     assert fetch_peak < 4 * COPY_CHUNK, fetch_peak
+
+
+# --- the text final so far ---------------------------------------------------------------
+
+HELLO, WORLD = FinishedSegment(0.0, 1.0, " Hello"), FinishedSegment(1.0, 2.0, " world.")
+
+
+class Speaking(FakeService):
+    """Reports the text of two segments, the second within the throttle of the first, then
+    a report without segments (as diarization's are) after it; then waits to be released."""
+
+    def __init__(self):
+        self.reported = threading.Event()
+        self.release = threading.Event()
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        progress(Progress(1.0, 10.0, (HELLO,)))
+        progress(Progress(2.0, 10.0, (HELLO, WORLD)))  # throttled: not written now ...
+        time.sleep(PROGRESS_SECONDS * 1.5)
+        progress(Progress(3.0, 10.0))  # ... but with this one, which has no segments
+        self.reported.set()
+        self.release.wait(WAIT)
+        return fake_transcript("Hello world.")
+
+
+def test_the_text_final_so_far_is_written_with_progress_and_read_anywhere(make_queue, backend,
+                                                                          tmp_path):
+    speaking = Speaking()
+    queue = make_queue(speaking)
+    job = submit_bytes(queue, "talk.mp3")
+    assert queue.get(job.id).partial_text == ""
+    queue.start()
+    try:
+        assert speaking.reported.wait(WAIT)
+        wait_until(lambda: queue.get(job.id).progress >= 0.3, WAIT, what="the third report")
+        running = queue.get(job.id)
+        assert running.state is JobState.RUNNING
+        assert running.partial_text == " Hello world."
+        if backend.name == "postgres":  # a web host elsewhere reads it from the database
+            backend.root = str(tmp_path / "web-host")
+        other = backend.store()
+        try:
+            assert other.get(job.id)["partial_text"] == " Hello world."
+        finally:
+            other.close()
+    finally:
+        speaking.release.set()
+    assert wait_finished(queue, job.id).state is JobState.DONE
+
+
+def test_the_text_final_so_far_goes_with_the_attempt(make_queue):
+    """None leaves the text as it is; a job put back in the queue, and a claim, clear it:
+    a new attempt starts over."""
+    queue = make_queue(Recorder())
+    job = submit_bytes(queue, "talk.mp3")
+    store = queue.store
+    claimant = Claimant(host="here", pid=os.getpid(), token="first")
+    [row] = store.claim(claimant, 60.0, 8, lambda rows: [rows[0]["id"]])
+    assert row["partial_text"] is None
+    assert store.progress(job.id, "first", 0.2, 5.0, " Hello")
+    assert store.progress(job.id, "first", 0.3, 4.0)
+    assert store.get(job.id)["partial_text"] == " Hello"
+    assert not store.progress(job.id, "another claim", 0.4, 3.0, " Hijacked")
+    assert store.get(job.id)["partial_text"] == " Hello"
+    settled = store.settle(job.id, "first", lambda row: queue._end_attempt(row, "it broke"))
+    assert settled.changes["state"] == JobState.QUEUED.value
+    assert queue.get(job.id).partial_text == ""
+    assert not store.progress(job.id, "first", 0.1, None, " Stale")  # its claim is gone
+    row = store.get(job.id)
+    assert row["partial_text"] is None and row["state"] == "queued"
+    # a claim clears what another attempt may have left
+    [row] = store.claim(Claimant(host="here", pid=os.getpid(), token="second"), 60.0, 8,
+                        lambda rows: [rows[0]["id"]])
+    assert row["partial_text"] is None
+
+
+def test_a_database_made_before_the_column_gets_it(make_queue, backend):
+    queue = make_queue(Recorder())
+    job = submit_bytes(queue, "talk.mp3")
+    queue.store.close()
+    _drop_column(backend, "partial_text")
+    store = backend.store()
+    try:
+        row = store.get(job.id)
+        assert "partial_text" in row and row["partial_text"] is None
+        store.claim(Claimant(host="here", pid=os.getpid(), token="t"), 60.0, 8,
+                    lambda rows: [rows[0]["id"]])
+        assert store.progress(job.id, "t", 0.5, 1.0, " Kept")
+        assert store.get(job.id)["partial_text"] == " Kept"
+    finally:
+        store.close()
+
+
+def _drop_column(backend, column: str) -> None:
+    if backend.name == "sqlite":
+        import sqlite3
+
+        with sqlite3.connect(os.path.join(backend.root, "jobs.sqlite3")) as db:
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+            assert column not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    else:
+        import psycopg
+
+        with psycopg.connect(backend.url, autocommit=True) as db:
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
 
 
 # --- through the web app -----------------------------------------------------------------

@@ -94,6 +94,9 @@ class Job:
     model: Optional[str]  # the model that produced the transcript
     media_type: Optional[str]  # what the upload's content is (never guessed from its name)
     cancel_requested: bool  # a running job stops at its next progress report
+    # while running: the text of the segments final so far ("" before the first), written
+    # with progress; it begins the transcript's text, which has the last word once done
+    partial_text: str = ""
     # the upload as a local file: fetched on first use where the store keeps it elsewhere
     media_source: Callable[[], str] = field(compare=False, repr=False, default=lambda: "")
 
@@ -590,7 +593,7 @@ class JobQueue:
                        eta_seconds=None, claim_pid=None, claim_token=None, claim_host=None,
                        lease_until=None)
         if state is JobState.QUEUED:
-            changes.update(progress=0.0, started_at=None)
+            changes.update(progress=0.0, started_at=None, partial_text=None)
         return Settlement(changes, counters, notify=state is JobState.QUEUED)
 
     @contextmanager
@@ -648,11 +651,19 @@ class JobQueue:
             self.service.prefetch(path, row["filename"])
 
     def _progress_reporter(self, job: Job, token: str) -> Callable[[Progress], None]:
+        """Progress and the text final so far, written at most every PROGRESS_SECONDS (and
+        at the end). A report carries every final segment so far; the most of them seen is
+        kept, so the text of one that came between writes goes with the next write, and a
+        report without segments (diarization's) does not take text away."""
         last_write = 0.0
         started_at = job.started_at or time.time()
+        segments: tuple = ()  # the most final segments reported
+        written = 0  # of them in the store
 
         def report(progress: Progress) -> None:
-            nonlocal last_write
+            nonlocal last_write, segments, written
+            if len(progress.segments) > len(segments):
+                segments = progress.segments
             now = time.monotonic()
             if now - last_write < PROGRESS_SECONDS and progress.fraction < 1.0:
                 return
@@ -660,11 +671,16 @@ class JobQueue:
             fraction = progress.fraction
             elapsed = time.time() - started_at
             eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
+            text = None
+            if len(segments) > written:
+                text = "".join(segment.text for segment in segments)
             try:
-                still_wanted = self.store.progress(job.id, token, fraction, eta)
+                still_wanted = self.store.progress(job.id, token, fraction, eta, text)
             except self.store.errors:
                 log.warning("job %s: progress not saved", job.id, exc_info=True)
                 return  # progress is best effort; a busy database must not fail the job
+            if text is not None:
+                written = len(segments)
             if not still_wanted:
                 raise _Aborted(job.id)
 
@@ -690,6 +706,7 @@ class JobQueue:
             model=row["model"],
             media_type=row["media_type"],
             cancel_requested=bool(row["cancel_requested"]),
+            partial_text=row.get("partial_text") or "",
             media_source=lambda: self.store.media_path(job_id) or self.store.local_media_path(job_id),
         )
 

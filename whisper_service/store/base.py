@@ -24,6 +24,7 @@ COLUMNS = (
     "id", "state", "filename", "options", "created_at", "started_at", "finished_at",
     "progress", "eta_seconds", "error", "error_kind", "error_field", "attempts", "model",
     "media_type", "cancel_requested", "claim_host", "claim_pid", "claim_token", "lease_until",
+    "partial_text",
 )
 # counters kept in the store for /metrics; they only ever grow (purges do not lower them)
 COUNTERS = ("jobs_done", "jobs_failed", "jobs_cancelled", "audio_seconds", "processing_seconds")
@@ -144,8 +145,11 @@ class JobStore(abc.ABC):
         the claimant with a lease of lease_seconds and one more attempt. The claimed rows."""
 
     @abc.abstractmethod
-    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float]) -> bool:
-        """Write progress while the claim holds and no cancel was asked; whether it did."""
+    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float],
+                 partial_text: Optional[str] = None) -> bool:
+        """Write progress while the claim holds and no cancel was asked; whether it did.
+        partial_text: the text of the segments final so far, in place of the row's (None
+        leaves it; a claim clears it, since a new attempt starts over)."""
 
     @abc.abstractmethod
     def heartbeat(self, job_ids: Iterable[str], token: str,

@@ -67,7 +67,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     claim_host TEXT,                        -- the host running it ...
     claim_pid INTEGER,                      -- ... the process ...
     claim_token TEXT,                       -- ... and which start() of that process
-    lease_until DOUBLE PRECISION            -- the claim lapses then (database clock)
+    lease_until DOUBLE PRECISION,           -- the claim lapses then (database clock)
+    partial_text TEXT                       -- while running: the text final so far
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 -- a job's files in pieces; the key is checked at commit, so the pieces of an upload can be
@@ -90,6 +91,9 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at DOUBLE PRECISION NOT NULL
 );
 """
+# columns added since the first release: a database made by an older version gets them
+# (added only where missing: ALTER TABLE would wait for every transaction on jobs)
+_ADDED_COLUMNS = {"partial_text": "TEXT"}
 _SELECT = f"""
 SELECT *, CASE WHEN state = 'queued' THEN
     (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.state = 'queued' AND ahead.seq <= jobs.seq)
@@ -166,6 +170,12 @@ class PostgresStore(JobStore):
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
             db.execute(_SCHEMA)
+            columns = {row["column_name"] for row in db.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+                "AND table_schema = current_schema()")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in columns:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     # --- submitting -------------------------------------------------------------------
 
@@ -295,8 +305,9 @@ class PostgresStore(JobStore):
                 return []
             db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = %s, "
-                "progress = 0, eta_seconds = NULL, claim_host = %s, claim_pid = %s, "
-                f"claim_token = %s, lease_until = {_NOW} + %s WHERE id = ANY(%s)",
+                "progress = 0, eta_seconds = NULL, partial_text = NULL, claim_host = %s, "
+                f"claim_pid = %s, claim_token = %s, lease_until = {_NOW} + %s "
+                "WHERE id = ANY(%s)",
                 (time.time(), claimant.host, claimant.pid, claimant.token, lease_seconds,
                  chosen),
             )
@@ -304,12 +315,14 @@ class PostgresStore(JobStore):
                 _SELECT + " WHERE id = ANY(%s)", (chosen,))}
         return [claimed[job_id] for job_id in chosen]
 
-    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float]) -> bool:
+    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float],
+                 partial_text: Optional[str] = None) -> bool:
         with self._pool.connection() as db:
             return bool(db.execute(
-                "UPDATE jobs SET progress = %s, eta_seconds = %s WHERE id = %s "
+                "UPDATE jobs SET progress = %s, eta_seconds = %s, "
+                "partial_text = COALESCE(%s, partial_text) WHERE id = %s "
                 "AND state = 'running' AND claim_token = %s AND NOT cancel_requested",
-                (fraction, eta, job_id, token),
+                (fraction, eta, partial_text, job_id, token),
             ).rowcount)
 
     def heartbeat(self, job_ids: Iterable[str], token: str,

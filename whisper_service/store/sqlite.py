@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     claim_pid INTEGER,                      -- the process running it ...
     claim_token TEXT,                       -- ... and which start() of that process
     claim_host TEXT,                        -- ... on which host
-    lease_until REAL                        -- the claim lapses then unless renewed
+    lease_until REAL,                       -- the claim lapses then unless renewed
+    partial_text TEXT                       -- while running: the text final so far
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
@@ -59,7 +60,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
 );
 """
 # columns added since the first release: a database written by an older version gets them
-_ADDED_COLUMNS = {"media_type": "TEXT", "claim_host": "TEXT", "lease_until": "REAL"}
+_ADDED_COLUMNS = {"media_type": "TEXT", "claim_host": "TEXT", "lease_until": "REAL",
+                  "partial_text": "TEXT"}
 # a queued job's 1-based place: the queued jobs submitted before it, and itself
 _SELECT = """
 SELECT *, CASE WHEN state = 'queued' THEN
@@ -193,21 +195,24 @@ class SQLiteStore(JobStore):
             for job_id in chosen:
                 db.execute(
                     "UPDATE jobs SET state = 'running', attempts = attempts + 1, "
-                    "started_at = ?, progress = 0, eta_seconds = NULL, claim_host = ?, "
-                    "claim_pid = ?, claim_token = ?, lease_until = ? WHERE id = ?",
+                    "started_at = ?, progress = 0, eta_seconds = NULL, partial_text = NULL, "
+                    "claim_host = ?, claim_pid = ?, claim_token = ?, lease_until = ? "
+                    "WHERE id = ?",
                     (now, claimant.host, claimant.pid, claimant.token, now + lease_seconds,
                      job_id),
                 )
             return [dict(db.execute(_SELECT + " WHERE id = ?", (now, job_id)).fetchone())
                     for job_id in chosen]
 
-    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float]) -> bool:
+    def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float],
+                 partial_text: Optional[str] = None) -> bool:
         with self._connect() as db:
             # one statement writes the progress and tells whether to go on
             return bool(db.execute(
-                "UPDATE jobs SET progress = ?, eta_seconds = ? WHERE id = ? "
+                "UPDATE jobs SET progress = ?, eta_seconds = ?, "
+                "partial_text = COALESCE(?, partial_text) WHERE id = ? "
                 "AND state = 'running' AND claim_token = ? AND NOT cancel_requested",
-                (fraction, eta, job_id, token),
+                (fraction, eta, partial_text, job_id, token),
             ).rowcount)
 
     def heartbeat(self, job_ids: Iterable[str], token: str,
