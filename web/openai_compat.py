@@ -6,7 +6,8 @@ done (up to WHISPER_SYNC_LIMIT, then 504; never a 202, which OpenAI's clients ca
 GET /v1/models lists the allowed models and the alias whisper-1. With stream=true a
 transcription is answered with server-sent events as OpenAI streams them (its SDKs'
 TranscriptionTextDeltaEvent, then TranscriptionTextDoneEvent): `transcript.text.delta` with
-each segment's text, then `transcript.text.done` with the whole text (transcript_events).
+the text of each segment as the running job finishes it (web/sync.py), then
+`transcript.text.done` with the whole text (transcript_events).
 
 Views only raise errors; web/errors.py renders them in OpenAI's error shape.
 
@@ -209,9 +210,10 @@ def _transcribe(task: str) -> Response:
     asked = parse_request(request.form, task, models.default, models.allowed)
     place = waiters().take()
     job = submitted(place, lambda: submit_once(queue, media.stream, media.filename or "", asked.options))
-    if asked.stream:  # events once the transcript is there, the job's progress till then
-        return stream_until_done(job, lambda job, transcript: transcript_events(transcript),
-                                 place)
+    if asked.stream:  # deltas as the job finishes windows, the whole text at the end
+        return stream_until_done(
+            job, lambda job, transcript, sent: transcript_events(transcript, sent), place,
+            delta=delta_event)
     # OpenAI's clients read nothing but the answer: held until it is there (web/sync.py)
     return hold_until_done(job, lambda job, transcript: render(asked, transcript), place,
                            heartbeat=asked.response_format in JSON_FORMATS)
@@ -234,9 +236,18 @@ def render(asked: AudioRequest, transcript: Transcript) -> Response:
     return Response(write(fmt, transcript, asked.options.layout), content_type=MEDIA_TYPES[fmt])
 
 
-def transcript_events(transcript: Transcript) -> Iterator[dict]:
-    """stream=true: a delta per segment, then the whole text. The deltas, appended, are the
-    done event's text (a client printing them as they come ends with the same text)."""
+def delta_event(piece: str) -> dict:
+    """stream=true: a piece of text the running job finished."""
+    return {"type": DELTA_EVENT, "delta": piece}
+
+
+def transcript_events(transcript: Transcript, sent: str = "") -> Iterator[dict]:
+    """stream=true, once the job is done: a delta per segment of what the deltas sent while
+    it ran (`sent`) did not carry yet, then the whole text. The deltas, appended, are the
+    done event's text (a client printing them as they come ends with the same text). The
+    done text has the last word: should it not begin with what was sent (the engine's
+    text joined otherwise than its segments', which whisper.transcribe may do where a
+    character's bytes span two segments), no more deltas come, and only done is right."""
     text = transcript.text.strip()
     pieces = [s.text for s in transcript.segments if s.text]
     if "".join(pieces).strip() != text:  # a text not made of its segments': as one piece
@@ -244,9 +255,13 @@ def transcript_events(transcript: Transcript) -> Iterator[dict]:
     if pieces:
         pieces[0] = pieces[0].lstrip()
         pieces[-1] = pieces[-1].rstrip()
+    if not text.startswith(sent):
+        pieces = []
+    skip = len(sent)  # characters of the pieces already sent
     for piece in pieces:
+        piece, skip = piece[skip:], max(0, skip - len(piece))
         if piece:
-            yield {"type": DELTA_EVENT, "delta": piece}
+            yield delta_event(piece)
     yield {"type": DONE_EVENT, "text": text}
 
 

@@ -10,7 +10,9 @@ Two kinds of caller:
   white space), so that no proxy closes the connection as idle; text formats (text, srt,
   vtt) wait silently, since white space would change them.
 - OpenAI's clients with stream=true (`stream_until_done`): server-sent events, open at once,
-  a comment with the job's progress every HEARTBEAT_SECONDS, then the transcript's events.
+  a comment with the job's progress every HEARTBEAT_SECONDS, an event with each new piece
+  of the text final so far (Job.partial_text, read from the store, so the job may run on
+  any host) as it appears, then the transcript's events.
 A caller that goes away while waiting cancels its job: nobody else knows the job's id yet.
 
 A waiting call holds one of the worker's HTTP threads, so at most WHISPER_SYNC_WAITERS calls
@@ -45,7 +47,9 @@ CLIENT_GONE_STATUS = 499  # what the access log shows for a caller that left (ng
 EVENT_STREAM = "text/event-stream"
 
 Render = Callable[[Job, Transcript], Any]
-Events = Callable[[Job, Transcript], Iterable[dict]]  # a done job's events, as JSON objects
+# a done job's events, as JSON objects; the str: the text the deltas before carried
+Events = Callable[[Job, Transcript, str], Iterable[dict]]
+Delta = Callable[[str], dict]  # the event of a new piece of text while the job runs
 
 
 class Place:
@@ -168,17 +172,21 @@ def _heartbeat_answer(job: Job, render: Render, place: Place, remaining: float) 
     return response
 
 
-def stream_until_done(job: Job, events: Events, place: Place) -> Response:
+def stream_until_done(job: Job, events: Events, place: Place,
+                      delta: Optional[Delta] = None) -> Response:
     """Server-sent events: 200 and a comment at once (proxies and the client see the answer
     begin), a comment with the job's progress every HEARTBEAT_SECONDS while it waits or
-    runs, then `events` of the done job as `data:` lines, or its error as one
-    (`{"error": ...}`, which OpenAI's clients raise). Bounded by WHISPER_SYNC_LIMIT like
-    hold_until_done; a caller that leaves cancels its job within LOOK_SECONDS."""
+    runs, `delta` of each new piece of its text as the engine finishes it (seen within
+    LOOK_SECONDS of its write), then `events` of the done job as `data:` lines, told what
+    the deltas carried, or its error as one (`{"error": ...}`, which OpenAI's clients
+    raise). Bounded by WHISPER_SYNC_LIMIT like hold_until_done; a caller that leaves
+    cancels its job within LOOK_SECONDS."""
     limit = current_app.extensions["whisper_settings"].sync_limit
     deadline = time.monotonic() + limit
 
     def body() -> Iterator[bytes]:
         answered = False
+        sent = ""  # the text the deltas carried
         try:
             yield _comment(job)
             beat = time.monotonic()
@@ -186,6 +194,10 @@ def stream_until_done(job: Job, events: Events, place: Place) -> Response:
                 waited = _queue().wait(job.id, LOOK_SECONDS)
                 if waited is None or waited.finished:
                     break
+                piece = _new_text(waited, sent) if delta is not None else ""
+                if piece:
+                    yield _data(json.dumps(delta(piece)).encode("utf-8"))
+                    sent += piece
                 if time.monotonic() >= deadline:
                     answered = True
                     _cancel_unanswered(waited, "was still unfinished at WHISPER_SYNC_LIMIT")
@@ -199,7 +211,7 @@ def stream_until_done(job: Job, events: Events, place: Place) -> Response:
             answered = True
             try:
                 made = [_data(json.dumps(event).encode("utf-8"))
-                        for event in events(waited, _transcript_of(waited))]
+                        for event in events(waited, _transcript_of(waited), sent)]
             except Exception as error:  # failed, cancelled: as an error event
                 made = [_data(_error_bytes(error))]
             yield b"".join(made)
@@ -213,6 +225,14 @@ def stream_until_done(job: Job, events: Events, place: Place) -> Response:
     response.headers["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _new_text(job: Job, sent: str) -> str:
+    """What the job's text final so far adds to `sent`: stripped as the done text is (no
+    space before the first word, none after the last, which may still be followed by
+    more), "" when nothing new, or when it does not go on from what was sent."""
+    sure = job.partial_text.strip()
+    return sure[len(sent):] if sure.startswith(sent) else ""
 
 
 def _data(json_bytes: bytes) -> bytes:

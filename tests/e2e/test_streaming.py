@@ -1,11 +1,13 @@
 """stream=true on /v1/audio/transcriptions against the app served for real on loopback: the
-official `openai` client reads the events, the bytes are OpenAI's event stream, and a
-caller that leaves mid-stream does not leave its job running."""
+official `openai` client reads the events, the bytes are OpenAI's event stream, deltas come
+while the job runs (a window's text once it is decoded), and a caller that leaves
+mid-stream does not leave its job running."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 
 import jsonschema_rs
 import openai
@@ -13,14 +15,17 @@ import pytest
 import requests
 from openai import OpenAI
 from werkzeug.serving import make_server
+from whisper.model import TextDecoder
 
 from conftest import make_app, wait_finished
 from web.openapi import document
+from whisper_service.checkpoints import BUNDLED
 
 # one greedy decode at temperature 0 (see test_openai_client.py)
 FAST = {"temperature_increment_on_fallback": 0, "beam_size": "greedy"}
 FORM = {"model": "whisper-1", "language": "en", "temperature": "0", "stream": "true",
         "temperature_increment_on_fallback": "0", "beam_size": "greedy"}
+SLOW_DECODER_STEP = 0.05  # seconds added to each decoder call of the slow server
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,54 @@ def test_a_caller_that_leaves_mid_stream_cancels_its_job(server, long_speech):
     status = wait_finished(lambda: requests.get(f"{server}/api/v1/jobs/{job_id}",
                                                 timeout=10).json(), "the abandoned job", 5)
     assert status["state"] == "cancelled"
+
+
+@pytest.fixture
+def slow_server(tmp_path, monkeypatch, one_torch_thread):
+    """The bundled tiny.en (real words, so the text can be checked), each decoder call slowed
+    so that a window takes seconds, and a window a batch in batched mode."""
+    forward = TextDecoder.forward
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(SLOW_DECODER_STEP)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(TextDecoder, "forward", slow_forward)
+    app = make_app(BUNDLED, tmp_path, WHISPER_BATCH_WINDOWS="1")
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_port}"
+    httpd.shutdown()
+    app.extensions["whisper_jobs"].stop()
+
+
+@pytest.mark.parametrize("mode", ["sequential", "batched"])
+def test_deltas_come_as_windows_finish(slow_server, long_speech, mode):
+    """The lecture is three windows: the first delta comes while the job still runs, and
+    the deltas, appended, are the done event's text, the whole of it."""
+    with open(long_speech, "rb") as f:
+        response = requests.post(f"{slow_server}/v1/audio/transcriptions",
+                                 data={**FORM, "mode": mode},
+                                 files={"file": (long_speech.name, f.read())}, stream=True,
+                                 timeout=120)
+    assert response.status_code == 200, response.text
+    job_id = response.headers["X-Job-Id"]
+    deltas, done, at_first_delta = [], None, None
+    for line in response.iter_lines(decode_unicode=True):
+        if not line.startswith("data: "):
+            continue
+        event = json.loads(line[len("data: "):])
+        assert "error" not in event, event
+        if event["type"] == "transcript.text.delta":
+            if at_first_delta is None:  # where the job is when its first text arrives
+                at_first_delta = requests.get(f"{slow_server}/api/v1/jobs/{job_id}",
+                                              timeout=10).json()
+            deltas.append(event["delta"])
+        else:
+            done = event
+    assert done is not None and done["type"] == "transcript.text.done"
+    assert at_first_delta["state"] == "running" and at_first_delta["progress"] < 1, at_first_delta
+    assert len(deltas) >= 2
+    assert "".join(deltas) == done["text"]
+    assert done["text"].lower().count("this sentence") == 3, done["text"]
+    assert done["text"] == done["text"].strip()
