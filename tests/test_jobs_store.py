@@ -165,7 +165,8 @@ def test_the_text_final_so_far_is_written_with_progress_and_read_anywhere(make_q
             other.close()
     finally:
         speaking.release.set()
-    assert wait_finished(queue, job.id).state is JobState.DONE
+    done = wait_finished(queue, job.id)
+    assert (done.state, done.partial_text) == (JobState.DONE, "")  # the transcript has it
 
 
 def test_the_text_final_so_far_goes_with_the_attempt(make_queue):

@@ -95,7 +95,7 @@ class Job:
     media_type: Optional[str]  # what the upload's content is (never guessed from its name)
     cancel_requested: bool  # a running job stops at its next progress report
     # while running: the text of the segments final so far ("" before the first), written
-    # with progress; it begins the transcript's text, which has the last word once done
+    # with progress; it begins the transcript's text, which takes its place once done
     partial_text: str = ""
     # the upload as a local file: fetched on first use where the store keeps it elsewhere
     media_source: Callable[[], str] = field(compare=False, repr=False, default=lambda: "")
@@ -550,7 +550,8 @@ class JobQueue:
             self.store.settle(job.id, token, lambda row: Settlement(
                 dict(state=JobState.FAILED.value, error=str(outcome)[:MAX_ERROR_CHARS],
                      error_kind=type(outcome).__name__, error_field=outcome.field,
-                     eta_seconds=None, finished_at=time.time(), lease_until=None),
+                     eta_seconds=None, finished_at=time.time(), lease_until=None,
+                     partial_text=None),
                 counters={"jobs_failed": 1}))
             log.warning("job %s failed: %s", job.id, outcome)
         else:
@@ -566,7 +567,8 @@ class JobQueue:
             now = time.time()
             return Settlement(
                 dict(state=JobState.DONE.value, progress=1.0, eta_seconds=None,
-                     finished_at=now, model=transcript.model, lease_until=None),
+                     finished_at=now, model=transcript.model, lease_until=None,
+                     partial_text=None),
                 counters={"jobs_done": 1, "audio_seconds": transcript.duration or 0.0,
                           "processing_seconds": now - (row["started_at"] or now)})
 
@@ -589,11 +591,12 @@ class JobQueue:
             counters["jobs_failed"] = 1
         else:
             state, error, finished_at = JobState.QUEUED, None, None
+        # the text final so far goes too: the transcript has it, or another attempt starts over
         changes = dict(state=state.value, error=error, finished_at=finished_at,
                        eta_seconds=None, claim_pid=None, claim_token=None, claim_host=None,
-                       lease_until=None)
+                       lease_until=None, partial_text=None)
         if state is JobState.QUEUED:
-            changes.update(progress=0.0, started_at=None, partial_text=None)
+            changes.update(progress=0.0, started_at=None)
         return Settlement(changes, counters, notify=state is JobState.QUEUED)
 
     @contextmanager

@@ -149,7 +149,8 @@ class JobStore(abc.ABC):
                  partial_text: Optional[str] = None) -> bool:
         """Write progress while the claim holds and no cancel was asked; whether it did.
         partial_text: the text of the segments final so far, in place of the row's (None
-        leaves it; a claim clears it, since a new attempt starts over)."""
+        leaves it; a claim clears it, since a new attempt starts over, and jobs.py clears
+        it when the attempt ends)."""
 
     @abc.abstractmethod
     def heartbeat(self, job_ids: Iterable[str], token: str,
