@@ -16,9 +16,10 @@ from werkzeug.serving import make_server
 
 from conftest import make_app, wait_until
 from web import sync
-from web.openai_compat import GRANULARITY_FIELD, parse_request
+from web.openai_compat import GRANULARITY_FIELD, parse_request, transcript_events
 from whisper_service.errors import BadOption
 from whisper_service.options import DEFAULT_TEMPERATURES
+from whisper_service.transcript import Segment, Transcript
 
 # one greedy decode at temperature 0: a random-weight model would otherwise fall back
 # through every temperature (seconds per call instead of a fraction of one)
@@ -127,6 +128,45 @@ def test_openai_only_fields_that_change_nothing_are_ignored():
 
 def test_stream_true_asks_for_events():
     assert parse(stream="true").stream and parse(stream="true", response_format="text").stream
+
+
+def _said(*texts: str) -> Transcript:
+    segments = tuple(Segment(id=i, seek=0, start=i, end=i + 1, text=text, tokens=(),
+                             temperature=0.0, avg_logprob=0.0, compression_ratio=1.0,
+                             no_speech_prob=0.0) for i, text in enumerate(texts))
+    return Transcript(task="transcribe", language="en", language_probability=1.0,
+                      duration=len(texts), model="m", text="".join(texts), segments=segments)
+
+
+def _deltas(events):
+    events = list(events)
+    assert events[-1]["type"] == "transcript.text.done"
+    return [e["delta"] for e in events[:-1]], events[-1]["text"]
+
+
+def test_events_of_a_done_job_go_on_from_what_the_deltas_sent():
+    transcript = _said(" One two.", " Three four.", " Five.")
+    assert _deltas(transcript_events(transcript)) == (
+        ["One two.", " Three four.", " Five."], "One two. Three four. Five.")
+    # sent while it ran: the first segment and part of the second (stripped as done is)
+    assert _deltas(transcript_events(transcript, "One two. Three")) == (
+        [" four.", " Five."], "One two. Three four. Five.")
+    assert _deltas(transcript_events(transcript, "One two. Three four. Five.")) == (
+        [], "One two. Three four. Five.")
+    # a done text that does not go on from what was sent: it alone has the last word
+    assert _deltas(transcript_events(transcript, "One too.")) == ([], "One two. Three four. Five.")
+
+
+@pytest.mark.parametrize("partial, sent, new", [
+    ("", "", ""),
+    (" Hello", "", "Hello"),
+    (" Hello world. ", "Hello", " world."),  # no space after the last word: more may follow
+    (" Hello world.", "Hello world.", ""),
+    (" Goodbye", "Hello", ""),  # another attempt's text: nothing that contradicts the sent
+])
+def test_a_running_job_s_new_text(partial, sent, new):
+    job = type("RunningJob", (), {"partial_text": partial})()
+    assert sync._new_text(job, sent) == new
 
 
 # --- over HTTP -----------------------------------------------------------------------------
