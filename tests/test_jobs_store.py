@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -244,6 +245,56 @@ def _post(client, media, key, name="talk.wav", url="/api/v1/transcriptions", **f
     data = {"file": (io.BytesIO(media.read_bytes()), name), **FIELDS, **fields}
     headers = {"Idempotency-Key": key} if key else {}
     return client.post(url, data=data, headers=headers, query_string=ASYNC)
+
+
+class Dictating(FakeService):
+    """A worker on another host that says its text a segment at a time, reporting as an
+    engine does while it decodes, and goes on only once the caller has heard it."""
+
+    def __init__(self):
+        self.heard = threading.Semaphore(0)
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        said = ()
+        for segment in (HELLO, WORLD):
+            said += (segment,)
+            deadline = time.monotonic() + WAIT
+            while not self.heard.acquire(timeout=0.1):
+                assert time.monotonic() < deadline, "the caller never heard " + segment.text
+                progress(Progress(len(said), 3.0, said))
+        return fake_transcript(" Hello world.")
+
+
+def test_a_stream_on_the_web_host_sends_what_a_worker_elsewhere_finished(web_app, make_queue,
+                                                                         backend, media, tmp_path):
+    """stream=true on a web-only host: each delta is read from the store while the job runs
+    on another host's worker, and the deltas make the done event's text."""
+    if backend.name == "postgres":
+        backend.root = str(tmp_path / "gpu-host")
+    dictating = Dictating()
+    worker = make_queue(dictating)
+    worker.start()
+    with open(media["speech.wav"], "rb") as f:
+        response = web_app.test_client().post(
+            "/v1/audio/transcriptions", buffered=False,
+            data={"file": (f, "talk.wav"), "model": "whisper-1", "stream": "true", **FIELDS})
+    assert response.status_code == 200
+    job_id = response.headers["X-Job-Id"]
+    deltas, done = [], None
+    for chunk in response.response:
+        for line in chunk.decode("utf-8").splitlines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[len("data: "):])
+            if event["type"] == "transcript.text.delta":
+                assert worker.get(job_id).state is JobState.RUNNING
+                deltas.append(event["delta"])
+                dictating.heard.release()
+            else:
+                done = event
+    response.close()
+    assert deltas == ["Hello", " world."]
+    assert done == {"type": "transcript.text.done", "text": "Hello world."}
 
 
 def test_the_same_idempotency_key_makes_one_job(web_app, media):
