@@ -53,7 +53,7 @@
     resultBox.appendChild(document.createTextNode(words + (href ? " " : "")));
     if (href) {
       var link = document.createElement("a");
-      link.href = href;
+      link.href = href + "?mine=1";  // the job page lists it among this browser's jobs
       link.id = "live-job-link";
       link.textContent = linkText;
       resultBox.appendChild(link);

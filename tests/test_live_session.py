@@ -69,6 +69,10 @@ class ScriptedDecoder:
         self.calls: List[int] = []  # rows per call
         self.requests = []
 
+    def check(self, options):
+        if options.model not in (None, "tiny"):
+            raise BadOption("model", "'nope' is not offered here; choose one of tiny")
+
     def decode(self, requests):
         self.calls.append(len(requests))
         self.requests.extend(requests)
@@ -231,6 +235,8 @@ def test_the_scheduler_decodes_sessions_together_and_bounds_them(sentence):
     sessions = [scheduler.open(LiveOptions(), lambda event: None) for _ in range(3)]
     with pytest.raises(TooManySessions, match="3 live session"):
         scheduler.open(LiveOptions(), lambda event: None)
+    with pytest.raises(BadOption, match="not offered"):
+        scheduler.open(LiveOptions(model="nope"), lambda event: None)
     for start in range(0, len(sentence), FRAME):
         for session in sessions:
             session.feed(sentence[start:start + FRAME])

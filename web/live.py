@@ -17,6 +17,7 @@ import abc
 import json
 import logging
 import queue
+import threading
 import time
 from typing import Any, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
@@ -193,6 +194,13 @@ class LiveConnection:
             time.sleep(POLL_SECONDS)
             self._flush()
         self._flush()
+        if not session.settled:  # the decoder is far behind: keep what is committed
+            log.warning("live session %s: last decodes not done in %d s", self._job_id,
+                        FINISH_SECONDS)
+            self.send(self.protocol.error(
+                "unfinished", f"the server could not decode the last words within "
+                f"{FINISH_SECONDS:g} s (it is overloaded); what was committed and the whole "
+                "recording are kept"))
         self.scheduler.close(session)
         self._recording.close()
         job = self._keep(session)
@@ -347,5 +355,8 @@ def register(app) -> None:
     if settings.role != "web" and settings.live_sessions:
         app.extensions["whisper_live"] = LiveScheduler(
             WhisperDecoder(app.extensions["whisper_service"].models), settings.live_sessions)
+        if settings.preload:
+            threading.Thread(target=WhisperDecoder.warm_up, name="live-warm-up",
+                             daemon=True).start()
     app.register_blueprint(blueprint)
     sock.init_app(app)

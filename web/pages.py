@@ -131,6 +131,8 @@ def recent():
 @blueprint.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = _job(job_id)
+    if request.args.get("mine") and job.id not in session.get("jobs", []):
+        remember([job.id])  # a live session's job, opened from the live page
     transcript = jobs().transcript(job.id) if job.state == "done" else None
     return render_template(
         "job.html", job=job, transcript=transcript, formats=FORMATS,

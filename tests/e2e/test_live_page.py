@@ -23,7 +23,7 @@ SPEECH = ("Please remember to bring your umbrella tomorrow morning. "
           "The library opens at nine o'clock on Saturday.")
 DISTINCT_WORDS = ("remember", "umbrella", "tomorrow", "morning", "library", "saturday")
 SILENCE_AFTER_SECONDS = 2
-JOB_LINK = re.compile(r"/jobs/[A-Za-z0-9_-]+$")
+JOB_LINK = re.compile(r"/jobs/([A-Za-z0-9_-]+)\?mine=1$")
 SRT_CUE = re.compile(r"(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.+?)(?:\n\n|\n?$)", re.S)
 # every text the tentative and the committed lines show, as they change (a partial may last
 # a moment only), kept in the page for the test to read
@@ -142,13 +142,17 @@ def test_speak_see_captions_stop_and_open_the_job(browser, server):
     link.click()
     page.wait_for_url(re.compile(JOB_LINK.pattern))
     expect(page.locator(".segment").first).to_be_visible(timeout=10_000)
-    srt = page.request.get(page.url + "/transcript.srt")
+    job_url = page.url.split("?")[0]
+    srt = page.request.get(job_url + "/transcript.srt")
     assert srt.ok, srt.status
     cues = SRT_CUE.findall(srt.text().replace("\r\n", "\n"))
     assert cues, srt.text()
     assert [int(index) for index, *_ in cues] == list(range(1, len(cues) + 1))
     assert all(start <= end for _, start, end, _ in cues)
     assert len(words_heard(" ".join(text for *_, text in cues)) & words_heard(final)) >= 2, srt.text()
+    # opened from the live page, the job is among this browser's recent jobs
+    page.goto(server.base + "/jobs")
+    expect(page.locator(f'a[href="/jobs/{JOB_LINK.search(href).group(1)}"]').first).to_be_visible()
     assert not problems, problems
     context.close()
 
@@ -191,7 +195,7 @@ def test_a_dropped_connection_links_to_the_saved_session_and_server_text_stays_t
     page.click("#live-start")
     link = page.locator("#live-job-link")
     expect(link).to_be_visible(timeout=15_000)
-    assert link.get_attribute("href") == f"/jobs/{SESSION}"
+    assert link.get_attribute("href") == f"/jobs/{SESSION}?mine=1"
     expect(page.locator("#live-result")).to_contain_text("The connection ended before the session finished")
     expect(page.locator("#live-start")).to_be_enabled()
     expect(page.locator("#live-state")).to_contain_text("Disconnected")

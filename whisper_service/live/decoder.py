@@ -17,7 +17,7 @@ from typing import Dict, List, Protocol, Sequence, Tuple, Union
 import torch
 import whisper
 from whisper.audio import HOP_LENGTH
-from whisper.timing import add_word_timestamps
+from whisper.timing import add_word_timestamps, dtw
 from whisper.tokenizer import get_tokenizer
 
 from ..batch_engine import _segments
@@ -25,7 +25,7 @@ from ..decoding import decode_batch
 from ..models import LoadedModel, ModelRegistry
 from ..transcript import Word
 from ..vad import Window
-from .session import DecodeRequest, DecodeResult
+from .session import DecodeRequest, DecodeResult, LiveOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,22 @@ class LiveDecoder(Protocol):
 
     def decode(self, requests: Sequence[DecodeRequest]) -> List[Outcome]: ...
 
+    def check(self, options: LiveOptions) -> None: ...
+
 
 class WhisperDecoder:
     def __init__(self, models: ModelRegistry):
         self.models = models
+
+    def check(self, options: LiveOptions) -> None:
+        """BadOption for a model this server does not offer, before a session opens."""
+        self.models.check_allowed(options.model)
+
+    @staticmethod
+    def warm_up() -> None:
+        """Compile whisper's word timing (numba's first call takes seconds), so that a
+        server's first live session does not wait for it."""
+        dtw(torch.zeros(4, 4))
 
     def decode(self, requests: Sequence[DecodeRequest]) -> List[Outcome]:
         outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
@@ -72,7 +84,9 @@ def _decode_rows(loaded: LoadedModel, requests: Sequence[DecodeRequest]) -> List
         for r in requests
     ])
     mels = mels.half() if loaded.fp16 else mels
-    languages = _languages(loaded, mels, requests)
+    with torch.no_grad():
+        features = model.encoder(mels)  # once: the search, language and word timing share it
+    languages = _languages(loaded, features, requests)
     outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
     by_language: Dict[str, List[int]] = defaultdict(list)
     for index, (code, _) in enumerate(languages):
@@ -84,22 +98,22 @@ def _decode_rows(loaded: LoadedModel, requests: Sequence[DecodeRequest]) -> List
                                   language=code, task=task)
         options = whisper.DecodingOptions(task=task, language=code, temperature=0.0,
                                           beam_size=beam, fp16=loaded.fp16)
-        results = decode_batch(model, mels[indices], options,
+        results = decode_batch(model, features[indices], options,
                                [requests[i].prompt or None for i in indices])
         for index, result in zip(indices, results):
-            words = _words(model, tokenizer, requests[index], mels[index], result)
+            words = _words(model, tokenizer, requests[index], features[index], result)
             outcomes[index] = DecodeResult(tuple(words), *languages[index], model=loaded.name)
     return outcomes
 
 
-def _languages(loaded: LoadedModel, mels: torch.Tensor,
+def _languages(loaded: LoadedModel, features: torch.Tensor,
                requests: Sequence[DecodeRequest]) -> List[Tuple[str, float]]:
     """(code, probability) of each row: the session's when fixed, else detected."""
     found: List[Tuple[str, float]] = [(r.language, 1.0) if r.language else ("en", 1.0)
                                       for r in requests]
     open_rows = [i for i, r in enumerate(requests) if not r.language]
     if open_rows and loaded.is_multilingual:
-        _, probabilities = loaded.model.detect_language(mels[open_rows])
+        _, probabilities = loaded.model.detect_language(features[open_rows])
         if isinstance(probabilities, dict):
             probabilities = [probabilities]
         for index, row in zip(open_rows, probabilities):
@@ -108,7 +122,22 @@ def _languages(loaded: LoadedModel, mels: torch.Tensor,
     return found
 
 
-def _words(model, tokenizer, request: DecodeRequest, mel: torch.Tensor, result) -> List[Word]:
+class _Encoded:
+    """The model as whisper's word timing sees it when handed audio features the decode
+    already encoded: called, it runs the decoder only (the encoder would run again)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def __call__(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self._model.decoder(tokens, features)
+
+
+def _words(model, tokenizer, request: DecodeRequest, features: torch.Tensor,
+           result) -> List[Word]:
     """The decode's words, timed from the start of the request's audio."""
     if (result.no_speech_prob > NO_SPEECH_PROBABILITY
             and result.avg_logprob < SILENT_LOGPROB):
@@ -117,7 +146,7 @@ def _words(model, tokenizer, request: DecodeRequest, mel: torch.Tensor, result) 
     segments = _segments(window, result, tokenizer, start_id=0)
     if not segments:
         return []
-    add_word_timestamps(segments=segments, model=model, tokenizer=tokenizer, mel=mel,
+    add_word_timestamps(segments=segments, model=_Encoded(model), tokenizer=tokenizer, mel=features,
                         num_frames=len(request.audio) // HOP_LENGTH, last_speech_timestamp=0.0)
     return [
         Word(word=w["word"], start=float(w["start"]), end=float(w["end"]),

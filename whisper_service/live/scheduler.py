@@ -52,7 +52,9 @@ class LiveScheduler:
             return len(self._sessions)
 
     def open(self, options: LiveOptions, on_event: Callable[[Event], None]) -> LiveSession:
-        """A new session, decoded from now on; TooManySessions when all places are taken."""
+        """A new session, decoded from now on; TooManySessions when all places are taken,
+        BadOption when the decoder cannot take its options."""
+        self.decoder.check(options)
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise TooManySessions(self.max_sessions)
