@@ -11,7 +11,7 @@ import jiwer
 from whisper.normalizers import EnglishTextNormalizer
 
 from whisper_service.checkpoints import BUNDLED
-from whisper_service.config import Settings
+from whisper_service.config import Settings, bundled_ffmpeg
 from whisper_service.models import LoadedModel, ModelRegistry
 
 ESPEAK_WORDS_PER_MINUTE = "150"  # as conftest's media fixture speaks
@@ -26,6 +26,19 @@ def bundled_model() -> LoadedModel:
 def speak(text: str, path: Path) -> Path:
     subprocess.run(["espeak-ng", "-s", ESPEAK_WORDS_PER_MINUTE, "-w", str(path), text], check=True)
     return path
+
+
+def spoken_wav(text: str, folder: Path, *, rate: int = 16000, before: float = 0.0,
+               after: float = 0.0, words_per_minute: str = ESPEAK_WORDS_PER_MINUTE) -> Path:
+    """espeak-ng's speech of `text` as a mono PCM16 WAV at `rate`, with `before` and `after`
+    seconds of silence around it (what a live stream or a fake microphone plays)."""
+    raw = folder / "espeak.wav"
+    subprocess.run(["espeak-ng", "-s", words_per_minute, "-w", str(raw), text], check=True)
+    target = folder / f"speech-{rate}.wav"
+    subprocess.run([bundled_ffmpeg(), "-nostdin", "-loglevel", "error", "-y", "-i", str(raw),
+                    "-af", f"adelay={int(before * 1000)},apad=pad_dur={after}", "-ar", str(rate),
+                    "-ac", "1", "-c:a", "pcm_s16le", str(target)], check=True)
+    return target
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator
 
 import pytest
 
@@ -154,6 +156,48 @@ def settings(checkpoint, tmp_path) -> Settings:
 @pytest.fixture
 def service(settings) -> WhisperService:
     return WhisperService(settings)
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """The app on a loopback port, served by werkzeug's threaded server in a thread; its
+    base URL. Afterwards the server and the app's job consumer stop."""
+    from werkzeug.serving import make_server
+
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        jobs = app.extensions.get("whisper_jobs")
+        if jobs is not None:
+            jobs.stop()
+
+
+LIVE_SESSIONS = 2  # the shared live server's sessions at once
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """What every live test (the page, the command line, both protocols) talks to: gunicorn
+    with nginx in front, one CPU worker with the bundled tiny.en loaded on one torch thread
+    (faster for tiny.en on a shared machine), LIVE_SESSIONS sessions of at most a minute."""
+    from e2e.server import Server, server_env
+    from whisper_service.checkpoints import BUNDLED
+
+    folder = tmp_path_factory.mktemp("live-server")
+    env = server_env(BUNDLED, folder, WHISPER_LIVE_SESSIONS=str(LIVE_SESSIONS),
+                     WHISPER_LIVE_MAX_MINUTES="1", OMP_NUM_THREADS="1")
+    running = Server(env, folder / "gunicorn.log").start()
+    try:
+        import requests
+
+        wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 60,
+                   what="the model to load")
+        yield running
+    finally:
+        running.stop()
 
 
 def make_app(checkpoint, folder, **config):

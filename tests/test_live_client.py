@@ -13,19 +13,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import requests
 from flask import Flask, request
 from flask_sock import Sock
-from werkzeug.serving import make_server
 
-from conftest import run_ffmpeg, wait_until
-from e2e.server import Server, free_port, server_env
+from bundled_model import spoken_wav
+from conftest import serving
+from e2e.server import free_port
 from test_cli import call_cli
-from whisper_service.checkpoints import BUNDLED
 from whisper_service.live import client
 from whisper_service.live.client import Captions, Paced, live_url, server_base
 
@@ -44,13 +42,8 @@ def run_live(*args, timeout=60):
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory):
     """About 3.5 s of espeak-ng's speech, then a second of silence, as a 16 kHz WAV."""
-    folder = tmp_path_factory.mktemp("live-client")
-    raw = folder / "espeak.wav"
-    subprocess.run(["espeak-ng", "-s", "160", "-w", str(raw), SPEECH], check=True)
-    target = folder / "speech.wav"
-    run_ffmpeg("-i", str(raw), "-af", f"apad=pad_dur={SILENCE_AFTER_SECONDS}", "-ar", "16000",
-               "-ac", "1", str(target))
-    return target
+    return spoken_wav(SPEECH, tmp_path_factory.mktemp("live-client"), rate=16000,
+                      after=SILENCE_AFTER_SECONDS, words_per_minute="160")
 
 
 # --- options ---------------------------------------------------------------------------------
@@ -199,11 +192,8 @@ def fake_server():
     def transcript(job, fmt):
         return f"{fmt} of {job}\n"
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(app) as base:
+        yield base
 
 
 @pytest.mark.parametrize("model, key, said", [
@@ -262,19 +252,6 @@ def test_an_unreachable_server_is_one_line_and_exit_1(speech):
 
 
 # --- end to end ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    """gunicorn with nginx in front, one CPU worker with tiny.en in memory."""
-    folder = tmp_path_factory.mktemp("live-client-server")
-    running = Server(server_env(BUNDLED, folder), folder / "gunicorn.log").start()
-    try:
-        wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 60,
-                   what="the model to load")
-        yield running
-    finally:
-        running.stop()
 
 
 def test_a_file_streamed_live_comes_out_as_text_and_a_job(live_server, speech, tmp_path):

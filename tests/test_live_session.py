@@ -12,8 +12,7 @@ from typing import List
 import numpy as np
 import pytest
 
-from bundled_model import speak
-from conftest import run_ffmpeg
+from bundled_model import spoken_wav
 from whisper_service.errors import BadOption
 from whisper_service.live.audio import BadAudio, Recording, Resampler, pcm16_samples
 from whisper_service.live.scheduler import LiveScheduler, TooManySessions
@@ -37,23 +36,15 @@ def read_pcm(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sentence(tmp_path_factory) -> np.ndarray:
     """About 4 s of speech at 16 kHz, 1 s of silence before and after."""
-    folder = tmp_path_factory.mktemp("live")
-    spoken = speak("The quick brown fox jumps over the lazy dog.", folder / "raw.wav")
-    target = folder / "sentence.wav"
-    run_ffmpeg("-i", str(spoken), "-af", "adelay=1000,apad=pad_dur=1", "-ar", str(RATE),
-               "-ac", "1", str(target))
-    return read_pcm(target)
+    return read_pcm(spoken_wav("The quick brown fox jumps over the lazy dog.",
+                               tmp_path_factory.mktemp("live"), before=1.0, after=1.0))
 
 
 @pytest.fixture(scope="module")
 def long_speech(tmp_path_factory) -> np.ndarray:
     """About 40 s of speech without a pause of half a second: no silence ends it."""
-    folder = tmp_path_factory.mktemp("live-long")
     text = " ".join(["one two three four five six seven eight nine ten"] * 12)
-    spoken = speak(text, folder / "raw.wav")
-    target = folder / "long.wav"
-    run_ffmpeg("-i", str(spoken), "-ar", str(RATE), "-ac", "1", str(target))
-    return read_pcm(target)
+    return read_pcm(spoken_wav(text, tmp_path_factory.mktemp("live-long")))
 
 
 class ScriptedDecoder:

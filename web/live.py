@@ -52,7 +52,7 @@ FINISH_SECONDS = 120.0  # a stopped session's last decodes are awaited this long
 PING_SECONDS = 20  # keeps proxies from closing a connection through long silences
 
 # close codes (RFC 6455)
-NORMAL, UNSUPPORTED, POLICY, TOO_BIG, TRY_LATER = 1000, 1003, 1008, 1009, 1013
+NORMAL, POLICY, TOO_BIG, SERVER_ERROR, TRY_LATER = 1000, 1008, 1009, 1011, 1013
 
 Message = Union[str, bytes]
 
@@ -119,9 +119,6 @@ class LiveConnection:
             except ConnectionClosed:
                 self.connected = False
 
-    def set_rate(self, rate: int) -> None:
-        self._resampler = Resampler(rate)
-
     def feed(self, pcm: bytes, rate: int) -> None:
         """PCM16 at `rate` Hz into the session; BadAudio or EndSession when refused."""
         limit = int(self.protocol.max_frame_seconds * rate * BYTES_PER_SAMPLE)
@@ -130,6 +127,8 @@ class LiveConnection:
                              f"an audio frame holds at most {self.protocol.max_frame_seconds:g} s"
                              f" ({limit} bytes at {rate} Hz); this one has {len(pcm)} bytes",
                              TOO_BIG)
+        if self._resampler.rate != rate:  # the stream's rate, set by its first frame
+            self._resampler = Resampler(rate)
         samples = self._resampler(pcm16_samples(pcm))
         try:
             self.session.feed(samples)
@@ -181,6 +180,10 @@ class LiveConnection:
                     self.send(self.protocol.error("bad_frame", str(error)))
                 except EndSession as ending:
                     return ending
+                except Exception:  # a bug here must still end the session cleanly, kept
+                    log.exception("live session %s: a message could not be handled", self._job_id)
+                    return EndSession("server_error", "the server failed to handle a message; "
+                                      "the session ends here, kept as a job", SERVER_ERROR)
             self._flush()
         return None
 

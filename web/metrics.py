@@ -16,7 +16,10 @@ blueprint.before_request(require_api_key)
 @blueprint.get("/metrics")
 def prometheus():
     queue: JobQueue = current_app.extensions["whisper_jobs"]
-    text = metrics.render(queue.store.counts(), queue.store.counters(), queue.live_workers())
+    scheduler = current_app.extensions.get("whisper_live")
+    live = (scheduler.active, scheduler.max_sessions) if scheduler is not None else None
+    text = metrics.render(queue.store.counts(), queue.store.counters(), queue.live_workers(),
+                          live)
     return Response(text, content_type=metrics.CONTENT_TYPE)
 
 

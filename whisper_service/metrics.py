@@ -41,7 +41,9 @@ def gpu_utilization(device: str) -> Optional[float]:
 
 
 def render(counts: Dict[str, int], totals: Dict[str, float],
-           workers: List[Dict[str, object]]) -> str:
+           workers: List[Dict[str, object]], live: Optional[Tuple[int, int]] = None) -> str:
+    """live: (sessions open, sessions taken at most) of this server process, where it takes
+    live sessions."""
     lines: List[str] = []
 
     def metric(name: str, kind: str, text: str, samples: List[Tuple[str, float]]) -> None:
@@ -60,6 +62,12 @@ def render(counts: Dict[str, int], totals: Dict[str, float],
            "Busy fraction of each worker's GPU, where its driver tells.",
            [(_worker_labels(w), w["info"]["gpu_utilization"]) for w in workers
             if w["info"].get("gpu_utilization") is not None])
+    if live is not None:
+        metric("whisper_live_sessions", "gauge", "Live sessions open in this server process.",
+               [("", live[0])])
+        metric("whisper_live_sessions_limit", "gauge",
+               "Live sessions this server process takes at once (WHISPER_LIVE_SESSIONS).",
+               [("", live[1])])
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -15,9 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
-from werkzeug.serving import make_server
 
-from conftest import make_app, wait_until
+from conftest import make_app, serving, wait_until
 from whisper.model import TextDecoder
 from whisper_service.checkpoints import BUNDLED
 
@@ -50,13 +48,8 @@ SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d\n.+
 
 @pytest.fixture
 def live_server(checkpoint, tmp_path):
-    app = make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50")
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50")) as base:
+        yield base
 
 
 @pytest.fixture
@@ -64,10 +57,8 @@ def idle_server(checkpoint, tmp_path):
     """A server whose job consumer is stopped: uploads stay queued."""
     app = make_app(checkpoint, tmp_path)
     app.extensions["whisper_jobs"].stop()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with serving(app) as base:
+        yield base
 
 
 @pytest.fixture
@@ -264,12 +255,8 @@ def slow_real_server(tmp_path, monkeypatch):
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(TextDecoder, "forward", slow_forward)
-    app = make_app(BUNDLED, tmp_path)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(make_app(BUNDLED, tmp_path)) as base:
+        yield base
 
 
 def test_progress_moves_before_the_first_window_ends(page, slow_real_server, media):

@@ -8,14 +8,12 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
-from conftest import make_app, run_ffmpeg, wait_until
+from conftest import make_app, run_ffmpeg, serving, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_TESTS = ROOT / "tests" / "node"
@@ -25,11 +23,8 @@ SRT_START = re.compile(r"^1\n00:00:\d\d,\d\d\d --> ")
 
 
 def serve(app):
-    running = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=running.serve_forever, daemon=True).start()
-    yield app, f"http://127.0.0.1:{running.server_port}"
-    running.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(app) as base:
+        yield app, base
 
 
 @pytest.fixture(scope="module")

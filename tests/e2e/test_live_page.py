@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
-import requests
 from playwright.sync_api import expect, sync_playwright
 
-from conftest import run_ffmpeg, wait_until
-from server import Server, server_env
+from bundled_model import spoken_wav
+from conftest import wait_until
 from test_browser import CHROMIUM, CHROMIUM_FLAGS, DESKTOP, shoot
 from whisper_service.checkpoints import BUNDLED
 
@@ -43,28 +41,14 @@ document.addEventListener("DOMContentLoaded", () => {
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory):
     """The speech (about 6.5 s) and then 2 s of silence, 48 kHz mono PCM: the fake microphone."""
-    folder = tmp_path_factory.mktemp("live-speech")
-    raw = folder / "espeak.wav"
-    subprocess.run(["espeak-ng", "-s", "150", "-w", str(raw), SPEECH], check=True)
-    target = folder / "speech-48k.wav"
-    run_ffmpeg("-i", str(raw), "-af", f"apad=pad_dur={SILENCE_AFTER_SECONDS}", "-ar", "48000",
-               "-ac", "1", "-c:a", "pcm_s16le", str(target))
-    return target
+    return spoken_wav(SPEECH, tmp_path_factory.mktemp("live-speech"), rate=48000,
+                      after=SILENCE_AFTER_SECONDS)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """gunicorn with nginx in front, one CPU worker with tiny.en in memory, on one torch
-    thread (conftest's one_torch_thread: faster for tiny.en on a shared machine)."""
-    folder = tmp_path_factory.mktemp("live-server")
-    env = server_env(BUNDLED, folder, OMP_NUM_THREADS="1")
-    running = Server(env, folder / "gunicorn.log").start()
-    try:
-        wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 60,
-                   what="the model to load")
-        yield running
-    finally:
-        running.stop()
+def server(live_server):
+    """conftest's live server (gunicorn, nginx, tiny.en), shared by every live test."""
+    return live_server
 
 
 @pytest.fixture(scope="module")

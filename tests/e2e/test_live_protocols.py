@@ -10,33 +10,25 @@ import json
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from openai import OpenAI
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
-from werkzeug.serving import make_server
 
-from conftest import make_app, run_ffmpeg
-from server import Server, server_env
+from conftest import LIVE_SESSIONS, make_app, run_ffmpeg, serving, wait_until
 from whisper_service.checkpoints import BUNDLED
 
-LIVE_SESSIONS = 2
 FRAME_BYTES = 8000  # 0.25 s of 16 kHz PCM16
 PACE_SECONDS = 0.1  # between frames: 2.5 times real time
 HEARD = {"quick", "brown", "fox", "lazy", "dog", "whisper", "speech", "text", "sentence"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("live-protocols")
-    running = Server(server_env(BUNDLED, folder, WHISPER_LIVE_SESSIONS=str(LIVE_SESSIONS),
-                                WHISPER_LIVE_MAX_MINUTES="1"),
-                     folder / "gunicorn.log").start()
-    yield running
-    running.stop()
+def server(live_server):
+    """conftest's live server: LIVE_SESSIONS sessions of at most a minute, tiny.en."""
+    return live_server
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +158,12 @@ def test_openai_realtime_sdk_gets_deltas_and_completed(server, pcm):
     for done in completed:  # the deltas of an item, appended, are its transcript
         assert "".join(e.delta for e in deltas if e.item_id == done.item_id).strip() == done.transcript
     assert len(words_heard(" ".join(e.transcript for e in completed))) >= 3
+    # the session is kept once the client leaves: its recording is the 24 kHz stream at 16 kHz
+    job = events[0].session.id.removeprefix("sess_")
+    wait_until(lambda: requests.get(f"{server.base}/api/v1/jobs/{job}", timeout=10).ok, 60,
+               what="the Realtime session's job")
+    recording = requests.get(f"{server.base}/jobs/{job}/media", timeout=10).content
+    assert abs((len(recording) - 44) - len(audio) * 2 // 3) <= 4
 
 
 def test_realtime_errors_name_the_problem_and_the_session_goes_on(server):
@@ -219,6 +217,9 @@ def test_bad_frames_get_errors_and_an_oversized_one_ends_the_session_kept(server
 
 def test_one_session_too_many_is_closed_at_once_and_the_server_goes_on(server):
     url = ws_url(server, "/api/live")
+    wait_until(lambda: "whisper_live_sessions 0\n" in requests.get(f"{server.base}/metrics",
+                                                                  timeout=10).text,
+               60, what="the shared server's other sessions to end")
     with contextlib.ExitStack() as stack:
         held = [stack.enter_context(connect(url)) for _ in range(LIVE_SESSIONS)]
         for ws in held:
@@ -228,6 +229,9 @@ def test_one_session_too_many_is_closed_at_once_and_the_server_goes_on(server):
             assert (error["type"], error["code"]) == ("error", "too_many_sessions")
             assert f"{LIVE_SESSIONS} live session" in error["message"]
             assert closed_with(extra) == (1013, "too_many_sessions")
+        metrics = requests.get(f"{server.base}/metrics", timeout=10).text
+        assert f"whisper_live_sessions {LIVE_SESSIONS}\n" in metrics
+        assert f"whisper_live_sessions_limit {LIVE_SESSIONS}\n" in metrics
         held[0].send(json.dumps({"type": "stop"}))
         assert read_until(held[0], "done")[-1]["job"] is None  # nothing was sent: nothing kept
         held[0].close()
@@ -262,11 +266,8 @@ def test_a_bad_option_is_refused_naming_it(server):
 def keyed_server(checkpoint, tmp_path_factory):
     """The app with an API key, served in-process (no model is loaded: nothing is said)."""
     app = make_app(checkpoint, tmp_path_factory.mktemp("live-keys"), WHISPER_API_KEYS="sesame")
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"ws://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(app) as base:
+        yield base.replace("http://", "ws://")
 
 
 @pytest.mark.parametrize("path", ["/api/live", "/v1/realtime?intent=transcription"])

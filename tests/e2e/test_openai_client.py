@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import re
-import threading
 
 import openai
 import pytest
 from openai import OpenAI
-from werkzeug.serving import make_server
 
-from conftest import make_app
+from conftest import make_app, serving
 
 API_KEY = "k1"
 # temperature 0 alone means the fallback schedule (OpenAI's semantics), through which a
@@ -22,12 +20,8 @@ SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d\n.+
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
     app = make_app(checkpoint, tmp_path_factory.mktemp("openai-e2e"), WHISPER_API_KEYS=API_KEY)
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield app, f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(app) as base:
+        yield app, base
 
 
 @pytest.fixture(scope="module")

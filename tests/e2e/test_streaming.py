@@ -6,7 +6,6 @@ mid-stream does not leave its job running."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import jsonschema_rs
@@ -14,10 +13,9 @@ import openai
 import pytest
 import requests
 from openai import OpenAI
-from werkzeug.serving import make_server
 from whisper.model import TextDecoder
 
-from conftest import make_app, wait_finished
+from conftest import make_app, serving, wait_finished
 from web.openapi import document
 from whisper_service.checkpoints import BUNDLED
 
@@ -30,13 +28,8 @@ SLOW_DECODER_STEP = 0.05  # seconds added to each decoder call of the slow serve
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
-    app = make_app(checkpoint, tmp_path_factory.mktemp("streaming-e2e"))
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(make_app(checkpoint, tmp_path_factory.mktemp("streaming-e2e"))) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -124,12 +117,8 @@ def slow_server(tmp_path, monkeypatch, one_torch_thread):
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(TextDecoder, "forward", slow_forward)
-    app = make_app(BUNDLED, tmp_path, WHISPER_BATCH_WINDOWS="1")
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    app.extensions["whisper_jobs"].stop()
+    with serving(make_app(BUNDLED, tmp_path, WHISPER_BATCH_WINDOWS="1")) as base:
+        yield base
 
 
 @pytest.mark.parametrize("mode", ["sequential", "batched"])

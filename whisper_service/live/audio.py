@@ -39,6 +39,7 @@ class Resampler:
         if not LOWEST_RATE <= rate <= HIGHEST_RATE:
             raise BadAudio(f"sample rates from {LOWEST_RATE} to {HIGHEST_RATE} Hz are taken; "
                            f"got {rate}")
+        self.rate = rate
         common = gcd(rate, SAMPLE_RATE)
         self.up, self.down = SAMPLE_RATE // common, rate // common
         self._taps = None
