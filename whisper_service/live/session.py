@@ -303,14 +303,6 @@ class LiveSession:
         self._wake()
 
     @property
-    def idle(self) -> bool:
-        """Nothing left to decode or in flight."""
-        with self._lock:
-            return not self._in_flight and not self._ending and (
-                self._current is None or self._current.length - self._current.decoded
-                < STEP_SECONDS * SAMPLE_RATE)
-
-    @property
     def settled(self) -> bool:
         """Stopped, and every utterance's last decode applied."""
         with self._lock:
