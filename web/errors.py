@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 
 from flask import Flask, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import WebsocketMismatch
 
 from whisper_service import errors as service_errors
 from whisper_service.jobs import Job, QueueFull
@@ -135,6 +136,9 @@ def register(app: Flask) -> None:
             field = "file"
         elif error.code == 404 and message == NotFound.description:
             message = "There is no such page or transcript."  # unless the view said more
+        elif isinstance(error, WebsocketMismatch):
+            message = ("This address is a WebSocket (live captions): connect to it with a "
+                       "WebSocket client (ws:// or wss://); the README gives its protocol.")
         response = app.make_response(error_response(error.code, error_code(error), message, field))
         for name, value in error.get_headers():
             if name.lower() in ("www-authenticate", "allow", "retry-after"):

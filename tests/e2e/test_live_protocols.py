@@ -262,6 +262,15 @@ def test_a_bad_option_is_refused_naming_it(server):
         assert closed_with(ws)[0] == 1008
 
 
+def test_plain_http_to_a_websocket_address_is_told_so(server):
+    for path, shape in (("/api/live", "code"), ("/v1/realtime", "type")):
+        answer = requests.get(server.base + path, timeout=10)
+        assert answer.status_code == 400
+        error = answer.json()["error"]
+        assert error["code"] == "websocket_mismatch" and shape in error
+        assert "WebSocket client (ws:// or wss://)" in error["message"]
+
+
 @pytest.fixture(scope="module")
 def keyed_server(checkpoint, tmp_path_factory):
     """The app with an API key, served in-process (no model is loaded: nothing is said)."""
