@@ -38,7 +38,6 @@ from whisper_service.live.session import (
     Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, LiveSession, Partial,
     SessionTooLong, SpeechStarted, SpeechStopped,
 )
-from whisper_service.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +130,9 @@ class LiveConnection:
             self._resampler = Resampler(rate)
         samples = self._resampler(pcm16_samples(pcm))
         try:
-            self.session.feed(samples)
+            self.session.feed(samples)  # what it takes goes to the recording
         except SessionTooLong as error:
             raise EndSession("session_too_long", error.message) from None
-        finally:  # what the session took, and no more
-            self._recording.write(samples[:self.session.samples - self._recording.samples])
 
     def stop(self) -> None:
         self.stopping = True
@@ -148,13 +145,16 @@ class LiveConnection:
                 self.protocol.options(), max_seconds=self.settings.live_max_minutes * 60)
             if self.scheduler is None:
                 raise TooManySessions(0)
-            self.session = self.scheduler.open(options, self.events.put)
-        except BadOption as error:
-            return self._refuse("bad_option", error.message, POLICY, error.field)
-        except TooManySessions as error:
+            self._job_id, path = self.jobs.new_recording()
+            self._recording = Recording(path)
+            self.session = self.scheduler.open(options, self.events.put, self._recording.write)
+        except (BadOption, TooManySessions) as error:
+            if self._recording is not None:
+                self._recording.close()
+                self.jobs.discard_recording(self._job_id)
+            if isinstance(error, BadOption):
+                return self._refuse("bad_option", error.message, POLICY, error.field)
             return self._refuse("too_many_sessions", error.message, TRY_LATER)
-        self._job_id, path = self.jobs.new_recording()
-        self._recording = Recording(path)
         log.info("live session %s opened (%d live now)", self._job_id, self.scheduler.active)
         ending: Optional[EndSession] = None
         try:
@@ -216,14 +216,10 @@ class LiveConnection:
         if not self._recording.samples:
             self.jobs.discard_recording(self._job_id)
             return None
-        transcript = Transcript(
-            task=session.options.task, language=session.language or "en",
-            language_probability=session.language_probability,
-            duration=self._recording.samples / NATIVE_RATE, model=session.model_name or "",
-            text=session.text, segments=tuple(session.segments()))
         try:
             return self.jobs.add_recorded(self._job_id, f"live-{time.strftime('%Y%m%d-%H%M%S')}.wav",
-                                          session.options.as_transcribe_options(), transcript)
+                                          session.options.as_transcribe_options(),
+                                          session.transcript())
         except Exception:
             log.exception("live session %s could not be kept", self._job_id)
             return None

@@ -25,7 +25,6 @@ STATE_SHAPE = (2, 1, 128)  # the model's recurrent state for one stream
 SPEECH_PROBABILITY = 0.5  # a frame this likely to be speech starts speech (or keeps it going)
 SILENCE_PROBABILITY = 0.35  # a frame below this counts toward the silence that ends speech
 END_SILENCE_MS = 500  # this much silence ends an utterance
-MIN_SPEECH_MS = 96  # a shorter burst ending in silence is a click, not speech (3 frames)
 
 _session = None
 _session_lock = threading.Lock()
@@ -59,14 +58,12 @@ class SpeechGate:
 
     def __init__(self, end_silence_ms: int = END_SILENCE_MS):
         self.set_end_silence(end_silence_ms)
-        self._min_speech = MIN_SPEECH_MS * SAMPLE_RATE // 1000
         self._state = np.zeros(STATE_SHAPE, dtype=np.float32)
         self._context = np.zeros((1, CONTEXT), dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)  # less than a frame, not yet judged
         self._position = 0  # samples judged so far
         self._speech_start: Optional[int] = None  # while speaking: where it started
         self._silence_start: Optional[int] = None  # while speaking: where quiet began
-        self.last_probability = 0.0
 
     def set_end_silence(self, end_silence_ms: int) -> None:
         if end_silence_ms <= 0:
@@ -115,16 +112,13 @@ class SpeechGate:
             self._silence_start = at
         if self._position - self._silence_start < self._end_silence:
             return None
-        stop, began = self._silence_start, self._speech_start
+        stop = self._silence_start
         self._speech_start = self._silence_start = None
-        if stop - began < self._min_speech:
-            return Transition(False, began)  # a click: ends where it began
-        return Transition(False, stop)
+        return Transition(False, stop)  # too short to be speech? the session judges that
 
     def _probability(self, frame: np.ndarray) -> float:
         x = np.concatenate([self._context, frame[None, :]], axis=1)
         out, self._state = _model().run(None, {
             "input": x, "state": self._state, "sr": np.array(SAMPLE_RATE, dtype=np.int64)})
         self._context = x[:, -CONTEXT:]
-        self.last_probability = float(out[0][0])
-        return self.last_probability
+        return float(out[0][0])

@@ -14,6 +14,8 @@ import logging
 import threading
 from typing import Callable, List, Optional
 
+import numpy as np
+
 from ..errors import ServiceError
 from .decoder import LiveDecoder
 from .session import DecodeRequest, DecodeResult, Event, LiveOptions, LiveSession
@@ -43,22 +45,22 @@ class LiveScheduler:
         self._doorbell = threading.Event()
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.batches = 0  # decoder calls made
-        self.decoded = 0  # rows decoded
 
     @property
     def active(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def open(self, options: LiveOptions, on_event: Callable[[Event], None]) -> LiveSession:
-        """A new session, decoded from now on; TooManySessions when all places are taken,
-        BadOption when the decoder cannot take its options."""
+    def open(self, options: LiveOptions, on_event: Callable[[Event], None],
+             record: Callable[[np.ndarray], None] = lambda samples: None) -> LiveSession:
+        """A new session, decoded from now on (on_event and record: as LiveSession takes
+        them); TooManySessions when all places are taken, BadOption when the decoder cannot
+        take its options."""
         self.decoder.check(options)
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise TooManySessions(self.max_sessions)
-            session = LiveSession(options, on_event, wake=self._doorbell.set)
+            session = LiveSession(options, on_event, wake=self._doorbell.set, record=record)
             self._sessions.append(session)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="live-scheduler",
@@ -100,8 +102,6 @@ class LiveScheduler:
         except Exception as error:  # a decoder bug must not stop every session's captions
             log.exception("live decoder failed")
             outcomes = [error] * len(requests)
-        self.batches += 1
-        self.decoded += len(requests)
         for request, outcome in zip(requests, outcomes):
             try:
                 if isinstance(outcome, DecodeResult):

@@ -34,7 +34,7 @@ from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 from ..errors import BadOption, ServiceError
 from ..options import TranscribeOptions
-from ..transcript import Segment, Word
+from ..transcript import Segment, Transcript, Word
 from .gate import END_SILENCE_MS, SpeechGate, Transition
 from .policy import CommitPolicy, LocalAgreement, Update
 
@@ -176,7 +176,6 @@ class _Utterance:
         self.buffer = np.zeros(MAX_BUFFER_SAMPLES, dtype=np.float32)  # allocated once
         self.length = 0  # samples in the buffer
         self.decoded = 0  # samples the last decode request saw
-        self.ended = False
         self.policy = policy
         self.words: List[Word] = []  # committed, on the stream's timeline
 
@@ -203,11 +202,14 @@ class _Utterance:
 class LiveSession:
     def __init__(self, options: LiveOptions, on_event: Callable[[Event], None],
                  policy: Callable[[], CommitPolicy] = LocalAgreement,
-                 wake: Callable[[], None] = lambda: None):
+                 wake: Callable[[], None] = lambda: None,
+                 record: Callable[[np.ndarray], None] = lambda samples: None):
         """on_event: told every event. policy: makes a commit policy per utterance. wake:
-        called when a decode may be due (the scheduler's doorbell)."""
+        called when a decode may be due (the scheduler's doorbell). record: given every
+        sample the session takes, in order (the recording)."""
         self.options = options
         self._on_event = on_event
+        self._record = record
         self._policy = policy
         self._wake = wake
         self._lock = threading.RLock()
@@ -260,6 +262,7 @@ class LiveSession:
             if room <= 0 or self.stopped:
                 raise SessionTooLong(self.options.max_seconds)
             taken = samples[:room]
+            self._record(taken)
             self._take(taken, self._gate.push(taken))
             self._samples += len(taken)
             self._recent = np.concatenate([self._recent, taken])[-len(self._recent):]
@@ -362,6 +365,13 @@ class LiveSession:
         with self._lock:
             return "".join(w.word for u in self._utterances() for w in u.words).strip()
 
+    def transcript(self) -> Transcript:
+        """What was committed, as the transcript of the whole stream."""
+        return Transcript(
+            task=self.options.task, language=self.language or "en",
+            language_probability=self.language_probability, duration=self.seconds,
+            model=self.model_name, text=self.text, segments=tuple(self.segments()))
+
     def segments(self) -> List[Segment]:
         """The committed words as transcript segments: cut after a sentence, or once
         MAX_SEGMENT_SECONDS long, and always at an utterance's end."""
@@ -437,7 +447,6 @@ class LiveSession:
         if utterance is self._current:
             self._current = None
         utterance.length = min(utterance.length, max(0, sample - utterance.start))
-        utterance.ended = True
         self._emit(SpeechStopped(utterance.number, sample / SAMPLE_RATE))
         if (sample - utterance.first) / SAMPLE_RATE < MIN_UTTERANCE_SECONDS \
                 and not utterance.words and utterance.decoded == 0:
