@@ -19,7 +19,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# nginx stands in front of gunicorn, started by it (web/proxy.py): slow clients meet nginx
+# nginx stands in front of gunicorn, started by it (web/http/proxy.py): slow clients meet nginx
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates nginx \
     && rm -rf /var/lib/apt/lists/* \

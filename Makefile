@@ -3,7 +3,7 @@
 #   make test   install what the tests need and run them
 VENV ?= .venv
 PYTHON ?= python3
-# nginx stands in front of gunicorn (web/proxy.py), so slow clients cannot hold its threads
+# nginx stands in front of gunicorn (web/http/proxy.py), so slow clients cannot hold its threads
 APP_APT_PACKAGES = nginx
 # espeak-ng speaks the test audio; chromium is the browser the end-to-end test drives;
 # postgresql gives the tests initdb and pg_ctl for a cluster of their own

@@ -13,12 +13,15 @@ from typing import Any, Mapping, Optional
 
 from flask import Flask
 
-from web import api, docs, errors, live, metrics, openai_compat, pages, sagemaker, security, signin
-from web.sync import SyncWaiters
+from web import live
+from web.api import docs, metrics, native, openai_compat, sagemaker
+from web.http import errors, security, signin
+from web.http.sync import SyncWaiters
+from web.pages import views
 from whisper_service.config import Settings
-from whisper_service.jobs import JobQueue
+from whisper_service.queue.jobs import JobQueue
 from whisper_service.service import WhisperService
-from whisper_service.store import open_store
+from whisper_service.queue.store import open_store
 
 HOURS = 3600
 
@@ -52,13 +55,13 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
                           whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
 
-    app.register_blueprint(pages.blueprint)
+    app.register_blueprint(views.blueprint)
     app.register_blueprint(signin.blueprint)
     app.register_blueprint(docs.blueprint)
-    app.register_blueprint(api.blueprint)
+    app.register_blueprint(native.blueprint)
     app.register_blueprint(sagemaker.blueprint)
     app.register_blueprint(sagemaker.probes)
-    app.register_blueprint(api.public)
+    app.register_blueprint(native.public)
     app.register_blueprint(openai_compat.blueprint)
     app.register_blueprint(metrics.blueprint)
     live.register(app)

@@ -4,7 +4,7 @@
 
 Each worker process owns one model on one device and one job consumer; HTTP runs on
 threads, so uploads, status polls and /healthz stay responsive while the GPU works.
-Clients meet nginx, which the master starts as its child (web/proxy.py): it reads each
+Clients meet nginx, which the master starts as its child (web/http/proxy.py): it reads each
 request whole before a gunicorn thread sees it, so slow clients cannot hold the threads.
 Settings read here (besides the app's WHISPER_* variables): WHISPER_HOST, WHISPER_PORT,
 WHISPER_PROXY, WHISPER_DEVICES, WHISPER_WORKERS, WHISPER_THREADS, WHISPER_GRACEFUL_TIMEOUT.
@@ -21,7 +21,7 @@ import tempfile
 
 from gunicorn.glogging import Logger
 
-from web import proxy
+from web.http import proxy
 
 HOST = os.environ.get("WHISPER_HOST", "0.0.0.0")
 PORT = int(os.environ.get("WHISPER_PORT", "8000"))

@@ -1,5 +1,5 @@
 """Decoding benchmark: stock whisper.decode, one window at a time (the baseline, measured
-in the same run), against whisper_service.batched.decode_batch on the same windows.
+in the same run), against whisper_service.engines.decoding.decode_batch on the same windows.
 
     python bench/decode_windows.py                                   # CPU, tiny-dimension model
     python bench/decode_windows.py --shape large-v3 --device cuda --windows 64 --batch 32
@@ -29,7 +29,7 @@ import whisper
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from whisper_service.batched import decode_batch  # noqa: E402
+from whisper_service.engines.decoding import decode_batch  # noqa: E402
 from whisper_service.synthetic import make_checkpoint  # noqa: E402
 
 SENTENCES = [

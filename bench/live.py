@@ -8,7 +8,7 @@
 
 Without --server it starts `gunicorn -c gunicorn.conf.py` (one worker, nginx in front) with
 the model, as bench/transcribe.py does, and waits for /readyz. Each session is a thread
-running the `live` command's own streaming function (whisper_service.live.client.stream),
+running the `live` command's own streaming function (whisper_service.cli.live_client.stream),
 not a subprocess: frames of 0.25 s, each sent when a microphone would have it (the audio at
 p seconds into the stream exists p seconds after the session started). Sessions start
 --stagger seconds apart in turn, as people do not all begin on the same frame.
@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
 
 from transcribe import SAMPLE_RATE, spoken_sentences, serving  # noqa: E402  (the end-to-end bench's helpers)
-from whisper_service.live import client  # noqa: E402
+from whisper_service.cli import live_client  # noqa: E402
 
 SPEECH_LEVEL = 0.01  # of full scale: quieter samples at the ends of espeak's output are silence
 SYNTHETIC = "synthetic:"
@@ -69,9 +69,9 @@ class Utterance:
 class Session:
     index: int
     delay: float  # seconds after the row's start that it began
-    paced: Optional[client.Paced] = None
+    paced: Optional[live_client.Paced] = None
     events: List[Tuple[float, dict]] = field(default_factory=list)  # (clock, event)
-    result: Optional[client.LiveResult] = None
+    result: Optional[live_client.LiveResult] = None
     failure: Optional[str] = None
 
 
@@ -94,16 +94,16 @@ def make_audio(folder: str, sentences: int, pause: float, tail: float) -> Tuple[
 
 def run_session(session: Session, server: str, pcm: bytes, start: float, options: dict) -> None:
     time.sleep(max(0.0, start + session.delay - time.monotonic()))
-    session.paced = client.Paced(pcm)
+    session.paced = live_client.Paced(pcm)
 
     def record(event: dict) -> None:
         session.events.append((time.monotonic(), event))
 
     try:
-        session.result = client.stream(server, session.paced, on_event=record, **options)
+        session.result = live_client.stream(server, session.paced, on_event=record, **options)
         if session.result.error is not None:
             session.failure = str(session.result.error)
-    except client.LiveError as error:
+    except live_client.LiveError as error:
         session.failure = str(error)
 
 
@@ -232,7 +232,7 @@ def main() -> None:
                              "--sessions)")
     parser.add_argument("--proxy", default="nginx", choices=("nginx", "off"),
                         help="the started server's WHISPER_PROXY (off: straight from gunicorn)")
-    parser.add_argument("--api-key", default=os.environ.get(client.API_KEY_VARIABLE))
+    parser.add_argument("--api-key", default=os.environ.get(live_client.API_KEY_VARIABLE))
     parser.add_argument("--language", default="en")
     parser.add_argument("--sentences", type=int, default=3, help="utterances per session")
     parser.add_argument("--pause", type=float, default=1.5, help="seconds of silence before each")
@@ -251,7 +251,7 @@ def main() -> None:
         with a_server(args, folder) as server:
             # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)
             warm = int((utterances[0].end + 1.0) * SAMPLE_RATE) * 2
-            client.stream(server, client.Paced(pcm[:warm]), **options)
+            live_client.stream(server, live_client.Paced(pcm[:warm]), **options)
             rows = []
             for count in counts:
                 started = time.monotonic()

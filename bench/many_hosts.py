@@ -26,9 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 from postgres import Cluster  # noqa: E402  (the tests' cluster helper)
-from whisper_service.jobs import JobQueue  # noqa: E402
+from whisper_service.queue.jobs import JobQueue  # noqa: E402
 from whisper_service.options import TranscribeOptions  # noqa: E402
-from whisper_service.store import open_store  # noqa: E402
+from whisper_service.queue.store import open_store  # noqa: E402
 from whisper_service.synthetic import make_checkpoint  # noqa: E402
 from whisper_service.transcript import Transcript  # noqa: E402
 

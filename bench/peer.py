@@ -33,7 +33,7 @@ from whisper.tokenizer import get_tokenizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from decode_windows import speech_windows, timed  # noqa: E402  (same windows, same clock)
-from whisper_service.decoding import decode_batch  # noqa: E402
+from whisper_service.engines.decoding import decode_batch  # noqa: E402
 from whisper_service.synthetic import DIMENSIONS, make_checkpoint  # noqa: E402
 
 PEER_BATCH = 24  # insanely-fast-whisper's default batch size

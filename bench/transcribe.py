@@ -108,11 +108,11 @@ def run_engine(engine: str, checkpoint: str, audio_path: str, device: str, beam:
 
     from whisper_service.audio import DecodeLimits, decode_file
     from whisper_service.config import bundled_ffmpeg
-    from whisper_service.engine import transcribe
+    from whisper_service.engines import transcribe
     from whisper_service.models import LoadedModel
     from whisper_service.options import TranscribeOptions
 
-    from whisper_service.pipeline import StageTimes
+    from whisper_service.engines.pipeline import StageTimes
 
     model = whisper.load_model(checkpoint, device=device)
     times = StageTimes(torch.device(device))

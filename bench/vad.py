@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=60)
     args = parser.parse_args()
 
-    from whisper_service import vad
+    from whisper_service.engines import vad
     from whisper_service.audio import DecodeLimits, decode_file
     from whisper_service.config import bundled_ffmpeg
 

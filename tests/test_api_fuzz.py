@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from conftest import make_app
-from web.openapi import document
+from web.api.openapi import document
 from whisper_service.options import OPTION_NAMES
 from whisper_service.writers import FORMATS
 

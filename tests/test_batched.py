@@ -12,7 +12,7 @@ import whisper
 from whisper.audio import N_FRAMES, SAMPLE_RATE
 from whisper.tokenizer import get_tokenizer
 
-from whisper_service.decoding import decode_batch, runner, steps
+from whisper_service.engines.decoding import decode_batch, runner, steps
 from whisper_service.synthetic import make_checkpoint
 
 SECONDS = 30

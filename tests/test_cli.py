@@ -10,7 +10,7 @@ from typing import Tuple
 
 import pytest
 
-from whisper_service.__main__ import build_parser, main
+from whisper_service.cli.main import build_parser, main
 
 SRT_CUE = re.compile(r"^(\d+)\n(\d\d:\d\d:\d\d,\d\d\d) --> (\d\d:\d\d:\d\d,\d\d\d)\n(.*)$", re.S)
 VTT_TIMING = re.compile(r"^(\d\d:)?\d\d:\d\d\.\d\d\d --> (\d\d:)?\d\d:\d\d\.\d\d\d$")

@@ -11,9 +11,9 @@ import whisper
 from whisper.audio import N_FRAMES
 
 from whisper_service import cancel
-from whisper_service.decoding import decode_batch, steps
-from whisper_service.decoding.plan import DecodePlan
-from whisper_service.decoding.search import WindowInputs
+from whisper_service.engines.decoding import decode_batch, steps
+from whisper_service.engines.decoding.plan import DecodePlan
+from whisper_service.engines.decoding.search import WindowInputs
 from whisper_service.synthetic import make_checkpoint
 
 WINDOWS = 3  # a bucket of 4: one padding window

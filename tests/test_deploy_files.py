@@ -112,7 +112,7 @@ def test_env_names_are_one_set(spec):
 
 
 def test_the_many_hosts_profile_runs_roles_that_exist():
-    from whisper_service.__main__ import WORKER
+    from whisper_service.cli.main import WORKER
 
     services = compose_services()
     assert services["web"]["environment"]["WHISPER_ROLE"] == "web"
@@ -157,7 +157,7 @@ def test_sagemaker_serve_runs_the_same_server_on_8080(app, tmp_path):
 def test_nginx_never_reuses_a_connection_gunicorn_is_closing(tmp_path):
     """nginx keeps connections to gunicorn open between requests; one that gunicorn closes
     for idleness just as nginx sends on it is a 502 (seen in a two-worker run)."""
-    from web import proxy
+    from web.http import proxy
 
     config = proxy.ProxyConfig(host="127.0.0.1", port=8000, upstream_socket=str(tmp_path / "s"),
                                folder=str(tmp_path), max_upload_mb=10, read_timeout=60)

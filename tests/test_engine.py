@@ -9,10 +9,11 @@ import pytest
 import torch
 import whisper
 
-from whisper_service import batch_engine, engine
+from whisper_service.engines import batched
+from whisper_service import engines
 from whisper_service.errors import BadOption
 from whisper_service.options import TranscribeOptions
-from whisper_service.vad import speech_windows
+from whisper_service.engines.vad import speech_windows
 
 FAST = dict(temperature=(0.0,))  # one decode per window keeps the suite fast
 
@@ -165,7 +166,7 @@ def test_concurrent_callers_on_one_model_get_serial_results(service, media):
 def test_detect_language_without_lock_contention_returns_all(service, media):
     audio = service.decode(str(media["speech.wav"]))
     loaded = service.models.get(service.models.default)
-    probabilities = engine.detect_language(loaded, audio)
+    probabilities = engines.detect_language(loaded, audio)
     assert set(probabilities) == set(list(whisper.tokenizer.LANGUAGES)[:99])
 
 
@@ -183,7 +184,7 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
     reports = []
     options = TranscribeOptions(mode="batched", beam_size=5, patience=2.0, language="en",
                                 temperature=(0.0,), word_timestamps=True)
-    transcript = engine.transcribe(loaded, audio, options, progress=reports.append)
+    transcript = engines.transcribe(loaded, audio, options, progress=reports.append)
     assert transcript.segments
     for segment in transcript.segments:
         assert not (gap_start + 0.5 < segment.start < gap_end - 0.5), "no text in the silence"
@@ -203,8 +204,8 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
 
 def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
     loaded = service.models.get(service.models.default)
-    assert engine.mode_of(loaded, TranscribeOptions()) == "sequential"
-    assert engine.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
+    assert engines.mode_of(loaded, TranscribeOptions()) == "sequential"
+    assert engines.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
     with pytest.raises(BadOption, match="mode: must be one of batched, sequential"):
         TranscribeOptions.from_mapping({"mode": "turbo"})
 
@@ -214,18 +215,18 @@ def test_batch_windows_setting_changes_batches_not_results(service, long_speech,
     loaded = service.models.get(service.models.default)
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     sizes = []
-    original = batch_engine.decode_batch
+    original = batched.decode_batch
 
     def recording(model, mels, decoding, *args, **kwargs):
         sizes.append(len(mels))
         return original(model, mels, decoding, *args, **kwargs)
 
-    monkeypatch.setattr(batch_engine, "decode_batch", recording)
+    monkeypatch.setattr(batched, "decode_batch", recording)
     windows = len(speech_windows(audio))
-    together = engine.transcribe(loaded, audio, options)
+    together = engines.transcribe(loaded, audio, options)
     assert windows >= 2 and sizes == [windows]  # one batch on the CPU (8 windows at most)
     sizes.clear()
-    one_by_one = engine.transcribe(loaded, audio, options, batch_windows=1)
+    one_by_one = engines.transcribe(loaded, audio, options, batch_windows=1)
     assert sizes == [1] * windows
 
     def said(transcript):  # batching may change float rounding, never what is said
@@ -248,7 +249,7 @@ class _Dims:
     (8, "large-v3", 5, 5),
     (8, "large-v3", None, 14),  # one row a window: a much smaller cache
     (8, "turbo", 5, 39),        # four decoder layers
-    (80, "turbo", 5, batch_engine.MAX_BATCH_WINDOWS),
+    (80, "turbo", 5, batched.MAX_BATCH_WINDOWS),
     (0.1, "large-v3", 5, 1),    # never none
 ])
 def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
@@ -258,12 +259,12 @@ def test_windows_per_batch_follows_free_gpu_memory_and_model_size(
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (int(free_gib * 2**30), 0))
     loaded = LoadedModel("m", _Dims(shape), torch.device("cuda"), fp16=True, load_seconds=0.0)
-    assert batch_engine.windows_per_batch(loaded, beam) == expected
+    assert batched.windows_per_batch(loaded, beam) == expected
 
 
 def test_windows_per_batch_on_the_cpu_is_fixed(service):
     loaded = service.models.get(service.models.default)
-    assert batch_engine.windows_per_batch(loaded, 5) == batch_engine.BATCH_WINDOWS_CPU
+    assert batched.windows_per_batch(loaded, 5) == batched.BATCH_WINDOWS_CPU
 
 
 def _said(transcript):
@@ -278,19 +279,19 @@ def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     prompted = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en",
                                  initial_prompt="Glossary: Whisper, ffmpeg.", **FAST)
-    alone = [engine.transcribe(loaded, short, prompted), engine.transcribe(loaded, long, options)]
+    alone = [engines.transcribe(loaded, short, prompted), engines.transcribe(loaded, long, options)]
     sizes = []
-    original = batch_engine.decode_batch
+    original = batched.decode_batch
 
     def recording(model, mels, decoding, prompts=None):
         sizes.append(len(mels))
         return original(model, mels, decoding, prompts)
 
-    monkeypatch.setattr(batch_engine, "decode_batch", recording)
+    monkeypatch.setattr(batched, "decode_batch", recording)
     reports = {0: [], 1: []}
-    together = engine.transcribe_together(loaded, [
-        engine.FileRequest(short, prompted, reports[0].append),
-        engine.FileRequest(long, options, reports[1].append),
+    together = engines.transcribe_together(loaded, [
+        engines.FileRequest(short, prompted, reports[0].append),
+        engines.FileRequest(long, options, reports[1].append),
     ])
     windows = len(speech_windows(short)) + len(speech_windows(long))
     assert sizes == [windows] and windows >= 3  # one batch held the windows of both
@@ -307,10 +308,10 @@ def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, 
     def cancelled(progress):
         raise RuntimeError("cancelled by its owner")
 
-    alone = engine.transcribe(loaded, second, options)
-    outcomes = engine.transcribe_together(loaded, [
-        engine.FileRequest(first, options, cancelled),
-        engine.FileRequest(second, options),
+    alone = engines.transcribe(loaded, second, options)
+    outcomes = engines.transcribe_together(loaded, [
+        engines.FileRequest(first, options, cancelled),
+        engines.FileRequest(second, options),
     ], batch_windows=1)
     assert isinstance(outcomes[0], RuntimeError) and "cancelled" in str(outcomes[0])
     assert _said(outcomes[1]) == _said(alone) and outcomes[1].segments
@@ -328,10 +329,10 @@ def test_language_detection_runs_between_batches_of_a_transcription(service, lon
         # come while the model is held: the one after the batch comes once it is let go
         if not detected and progress.fraction < 1.0 and not loaded.lock.locked():
             other = threading.Thread(
-                target=lambda: detected.append(engine.detect_language(loaded, audio, wait=5)))
+                target=lambda: detected.append(engines.detect_language(loaded, audio, wait=5)))
             other.start()
             other.join()
 
     options = TranscribeOptions(mode="batched", beam_size=None, language="en", **FAST)
-    engine.transcribe(loaded, audio, options, progress=between_batches, batch_windows=1)
+    engines.transcribe(loaded, audio, options, progress=between_batches, batch_windows=1)
     assert len(detected) == 1 and sum(detected[0].values()) == pytest.approx(1.0, abs=1e-2)

@@ -12,9 +12,10 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
-from whisper_service import batch_engine, engine
+from whisper_service.engines import batched
+from whisper_service import engines
 from whisper_service.audio import DecodeLimits, decode_file
-from whisper_service.batch_engine import FileRequest
+from whisper_service.engines.batched import FileRequest
 from whisper_service.config import bundled_ffmpeg
 from whisper_service.options import TranscribeOptions
 from whisper_service.progress import FinishedSegment, Progress, finished_segments
@@ -53,7 +54,7 @@ def assert_grows_into(reports: List[Progress], transcript: Transcript) -> None:
 def test_the_first_window_s_segments_come_before_the_end(two_windows, mode):
     reports: List[Progress] = []
     # batched: a window a batch, so the first is done while the second decodes
-    transcript = engine.transcribe(bundled_model(), two_windows,
+    transcript = engines.transcribe(bundled_model(), two_windows,
                                    TranscribeOptions(mode=mode, **GREEDY),
                                    progress=reports.append, batch_windows=1)
     assert transcript.text.lower().count("this sentence") == 2
@@ -77,13 +78,13 @@ def test_a_window_waits_for_the_one_before_it_that_falls_back(speech, two_window
         calls.append(result)
         return len(calls) == 1
 
-    monkeypatch.setattr(batch_engine, "_needs_fallback", needs_fallback)
+    monkeypatch.setattr(batched, "_needs_fallback", needs_fallback)
     seen: List[Tuple[str, Progress]] = []
     options = TranscribeOptions(mode="batched", language="en", beam_size=1,
                                 temperature=(0.0, 0.2))
     requests = [FileRequest(audio, options, lambda report, name=name: seen.append((name, report)))
                 for name, audio in (("A", two_windows), ("B", speech))]
-    a, b = engine.transcribe_together(bundled_model(), requests, batch_windows=8)
+    a, b = engines.transcribe_together(bundled_model(), requests, batch_windows=8)
     assert isinstance(a, Transcript) and isinstance(b, Transcript)
     order = [name for name, report in seen if report.segments]
     assert order[0] == "B", order  # while A's first window decodes again
@@ -109,15 +110,15 @@ def test_settled_windows_are_told_once_each_in_order(monkeypatch):
         decoded.append(decoding.temperature)
         return [Result(int(m), decoding.temperature) for m in mels]
 
-    monkeypatch.setattr(batch_engine, "decode_batch", fake_decode)
+    monkeypatch.setattr(batched, "decode_batch", fake_decode)
     # windows 1 and 3 fail the thresholds at 0.0, window 3 at 0.5 too
-    monkeypatch.setattr(batch_engine, "_needs_fallback",
+    monkeypatch.setattr(batched, "_needs_fallback",
                         lambda r, o: (r.index, r.temperature) in {(1, 0.0), (3, 0.0), (3, 0.5)})
     told = []
     options = TranscribeOptions(temperature=(0.0, 0.5, 1.0))
     import torch
 
-    results = batch_engine._decode_with_fallback(
+    results = batched._decode_with_fallback(
         None, torch.arange(4), options, "en", [None] * 4, False, lambda reached: None,
         lambda indexes, so_far: told.append([(i, so_far[i].temperature) for i in indexes]))
     assert decoded == [0.0, 0.5, 1.0]

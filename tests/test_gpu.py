@@ -38,16 +38,17 @@ def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, f
 
 
 def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settings, media):
-    from whisper_service import batch_engine, engine
-    from whisper_service.vad import speech_windows
+    from whisper_service.engines import batched
+    from whisper_service import engines
+    from whisper_service.engines.vad import speech_windows
 
     service = WhisperService(replace(settings, device="cuda"))
     loaded = service.models.get(settings.model)
     audio = service.decode(str(media["speech.wav"]))
     options = TranscribeOptions(beam_size=5, patience=1.0, language="en", temperature=(0.0,))
-    assert engine.mode_of(loaded, options) == "batched"
-    assert batch_engine.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
-    transcript = engine.transcribe(loaded, audio, options)
+    assert engines.mode_of(loaded, options) == "batched"
+    assert batched.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
+    transcript = engines.transcribe(loaded, audio, options)
     first = speech_windows(audio)[0]
     mel = whisper.log_mel_spectrogram(
         whisper.pad_or_trim(audio[first.start:first.end]), device="cuda").half()
@@ -76,7 +77,7 @@ def _window_mels(count: int) -> torch.Tensor:
     (None, None, True), (None, None, False), (5, 1.0, True), (5, 2.0, False),
 ])
 def test_replayed_graph_gives_the_eager_tokens(cuda_model, beam_size, patience, timestamps):
-    from whisper_service.decoding import decode_batch, steps
+    from whisper_service.engines.decoding import decode_batch, steps
 
     options = whisper.DecodingOptions(language="en", fp16=True, beam_size=beam_size,
                                       patience=patience, without_timestamps=not timestamps)

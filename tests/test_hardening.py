@@ -21,7 +21,7 @@ from conftest import make_app, wait_until
 from whisper_service import cancel
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.config import bundled_ffmpeg
-from whisper_service.jobs import MAX_FILENAME_CHARS, JobQueue, JobState
+from whisper_service.queue.jobs import MAX_FILENAME_CHARS, JobQueue, JobState
 from whisper_service.options import MAX_PROMPT_TOKENS, MAX_TEMPERATURES, TranscribeOptions
 
 FAST = {"temperature": "0", "beam_size": "greedy", "language": "en"}
@@ -417,7 +417,7 @@ def test_a_failed_job_is_logged_as_a_warning_with_its_reason(english_checkpoint,
                                                              media, caplog):
     app = make_app(english_checkpoint, tmp_path)
     try:
-        with caplog.at_level("INFO", logger="whisper_service.jobs"):
+        with caplog.at_level("INFO", logger="whisper_service.queue.jobs"):
             answer = app.test_client().post("/api/v1/transcriptions", data={
                 "file": (io.BytesIO(media["speech.wav"].read_bytes()), "a.wav"), "language": "ko"})
             assert answer.status_code == 400

@@ -20,10 +20,10 @@ import pytest
 from conftest import wait_until
 from whisper_service.errors import ServiceError
 from whisper_service.errors import NotMedia
-from whisper_service.jobs import Job, JobQueue, JobState, QueueFull
+from whisper_service.queue.jobs import Job, JobQueue, JobState, QueueFull
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress
-from whisper_service.store import open_store
+from whisper_service.queue.store import open_store
 from whisper_service.transcript import Transcript
 
 FAST = TranscribeOptions(temperature=(0.0,), beam_size=2)  # one short beam: a fast real run

@@ -19,9 +19,9 @@ import pytest
 from conftest import make_app, wait_until
 from test_jobs import (FAST, WAIT, Blocker, FakeService, Recorder, backend,  # noqa: F401
                        fake_transcript, make_queue, root, submit_bytes, wait_finished)
-from whisper_service.jobs import PROGRESS_SECONDS, JobState
+from whisper_service.queue.jobs import PROGRESS_SECONDS, JobState
 from whisper_service.progress import FinishedSegment, Progress
-from whisper_service.store.base import COPY_CHUNK, Claimant
+from whisper_service.queue.store.base import COPY_CHUNK, Claimant
 
 LEASE = 1.0  # seconds: short, so that a lapse is seen quickly
 UPLOAD_MB = 12  # many pieces: the memory taken must not grow with the upload

@@ -24,8 +24,8 @@ from bundled_model import spoken_wav
 from conftest import serving
 from e2e.server import free_port
 from test_cli import call_cli
-from whisper_service.live import client
-from whisper_service.live.client import Captions, Paced, live_url, server_base
+from whisper_service.cli import live_client
+from whisper_service.cli.live_client import Captions, Paced, live_url, server_base
 
 SPEECH = "Please remember to bring your umbrella tomorrow morning."
 DISTINCT_WORDS = ("remember", "umbrella", "tomorrow", "morning")
@@ -61,7 +61,7 @@ def speech(tmp_path_factory):
 ])
 def test_bad_options_are_refused_before_anything_starts(capsys, args, said):
     code, err = call_cli(capsys, "live", *args)
-    assert code == client.EXIT_USAGE
+    assert code == live_client.EXIT_USAGE
     assert said in err
     assert "Traceback" not in err
 
@@ -69,7 +69,7 @@ def test_bad_options_are_refused_before_anything_starts(capsys, args, said):
 def test_output_to_a_folder_is_refused(capsys, speech, tmp_path):
     code, err = call_cli(capsys, "live", "--server", "http://127.0.0.1:8000", "--file", speech,
                          "-o", tmp_path)
-    assert code == client.EXIT_USAGE
+    assert code == live_client.EXIT_USAGE
     assert "is a folder" in err
 
 
@@ -79,9 +79,9 @@ def test_addresses():
     assert live_url("http://127.0.0.1:8000") == "ws://127.0.0.1:8000/api/live"
     assert (live_url("https://example.org/w", model="tiny.en", language="en", task="translate")
             == "wss://example.org/w/api/live?model=tiny.en&language=en&task=translate")
-    assert client.output_format("talk.srt", None) == "srt"
-    assert client.output_format("talk.txt", None) is None  # the text shown, not a download
-    assert client.output_format("talk.txt", "txt") == "txt"
+    assert live_client.output_format("talk.srt", None) == "srt"
+    assert live_client.output_format("talk.txt", None) is None  # the text shown, not a download
+    assert live_client.output_format("talk.txt", "txt") == "txt"
 
 
 def test_captions_print_committed_text_one_line_per_utterance():
@@ -100,12 +100,12 @@ def test_captions_print_committed_text_one_line_per_utterance():
 
 
 def test_paced_frames_come_at_real_time_speed():
-    pcm = bytes(client.FRAME_BYTES * 3 + 100)
+    pcm = bytes(live_client.FRAME_BYTES * 3 + 100)
     paced = Paced(pcm)
     arrivals = []
     for frame in paced:
         arrivals.append((time.monotonic() - paced.started, len(frame)))
-    assert [size for _, size in arrivals] == [client.FRAME_BYTES] * 3 + [100]
+    assert [size for _, size in arrivals] == [live_client.FRAME_BYTES] * 3 + [100]
     assert arrivals[0][0] == pytest.approx(0.25, abs=0.05)
     assert arrivals[-1][0] == pytest.approx(0.75 + 100 / 32000, abs=0.05)
 
@@ -127,17 +127,17 @@ def test_the_microphone_falls_back_from_pulseaudio_to_alsa(tmp_path, monkeypatch
     ffmpeg = fake_ffmpeg(tmp_path, "echo 'default: Connection refused' >&2; exit 1",
                          f"{shutil.which('head')} -c 20000 /dev/zero")
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no other ffmpeg to try
-    audio = client.open_microphone(ffmpeg=ffmpeg)
+    audio = live_client.open_microphone(ffmpeg=ffmpeg)
     assert audio.command[audio.command.index("-f") + 1] == "alsa"
-    assert [len(frame) for frame in audio] == [client.FRAME_BYTES, client.FRAME_BYTES, 4000]
+    assert [len(frame) for frame in audio] == [live_client.FRAME_BYTES, live_client.FRAME_BYTES, 4000]
 
 
 def test_no_microphone_is_one_line_naming_what_was_tried(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     ffmpeg = fake_ffmpeg(tmp_path, "echo 'default: Connection refused' >&2; exit 1",
                          "echo 'cannot open audio device hw:7 (No such file or directory)' >&2; exit 1")
-    with pytest.raises(client.LiveError) as error:
-        client.open_microphone("hw:7", ffmpeg=ffmpeg)
+    with pytest.raises(live_client.LiveError) as error:
+        live_client.open_microphone("hw:7", ffmpeg=ffmpeg)
     assert str(error.value) == ("cannot open the microphone 'hw:7' (pulse: default: Connection refused; "
                                 "alsa: cannot open audio device hw:7 (No such file or directory))")
 
@@ -206,12 +206,12 @@ def fake_server():
 def test_server_errors_are_one_line_and_exit_1(capsys, fake_server, speech, model, key, said):
     code, err = call_cli(capsys, "live", "--server", fake_server, "--file", speech,
                          "--model", model, "--api-key", key)
-    assert code == client.EXIT_FAILED
+    assert code == live_client.EXIT_FAILED
     assert err.strip().splitlines()[-1] == f"error: {said}"
 
 
 def test_committed_text_the_job_and_a_download(capsys, fake_server, speech, tmp_path, monkeypatch):
-    monkeypatch.setenv(client.API_KEY_VARIABLE, "right")
+    monkeypatch.setenv(live_client.API_KEY_VARIABLE, "right")
     code, err = call_cli(capsys, "live", "--server", fake_server, "--file", speech,
                          "-o", tmp_path / "talk.srt")
     assert code == 0, err
@@ -234,7 +234,7 @@ def test_ctrl_c_stops_the_session_and_waits_for_the_job(fake_server, speech):
 
 def test_stream_gives_events_and_the_result(fake_server):
     events = []
-    result = client.stream(fake_server, Paced(bytes(32000 * 2)), api_key="right", model="m",
+    result = live_client.stream(fake_server, Paced(bytes(32000 * 2)), api_key="right", model="m",
                            on_event=events.append)
     assert [e["type"] for e in events] == ["ready", "committed", "committed", "speech_stopped", "done"]
     assert result.committed == [" second1", " second2"]
@@ -245,7 +245,7 @@ def test_stream_gives_events_and_the_result(fake_server):
 def test_an_unreachable_server_is_one_line_and_exit_1(speech):
     port = free_port()  # nothing listens there
     done = run_live("--server", f"http://127.0.0.1:{port}", "--file", speech)
-    assert done.returncode == client.EXIT_FAILED
+    assert done.returncode == live_client.EXIT_FAILED
     assert done.stderr.strip().splitlines() == [
         f"error: cannot reach the server at 127.0.0.1:{port}: Connection refused"]
     assert done.stdout == ""
@@ -272,5 +272,5 @@ def test_a_file_streamed_live_comes_out_as_text_and_a_job(live_server, speech, t
     assert job["state"] == "done", job
     saved = requests.get(f"{live_server.base}/api/v1/jobs/{job_id}/transcript.txt", timeout=10).text
     assert all(word in saved.lower() for word in heard), saved
-    srt = client.fetch_transcript(live_server.base, job_id, "srt", None).decode("utf-8")  # --format's path
+    srt = live_client.fetch_transcript(live_server.base, job_id, "srt", None).decode("utf-8")  # --format's path
     assert srt.startswith("1\n00:00:") and all(word in srt.lower() for word in heard), srt

@@ -15,8 +15,8 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
 from conftest import make_app, wait_until
-from web import sync
-from web.openai_compat import GRANULARITY_FIELD, parse_request, transcript_events
+from web.http import sync
+from web.api.openai_compat import GRANULARITY_FIELD, parse_request, transcript_events
 from whisper_service.errors import BadOption
 from whisper_service.options import DEFAULT_TEMPERATURES
 from whisper_service.transcript import Segment, Transcript

@@ -10,8 +10,8 @@ import pytest
 import schemathesis
 from openapi_spec_validator import validate
 
-from web import openai_compat
-from web.openapi import document
+from web.api import openai_compat
+from web.api.openapi import document
 from whisper_service.options import OPTION_NAMES, TranscribeOptions
 
 API_PREFIXES = ("/api/", "/v1/", "/invocations", "/readyz", "/healthz", "/ping")

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import make_app
 from test_app import FAST, JOB_URL, csrf, upload, wait_until_finished
-from web.pages import retention_words, state_words
-from whisper_service.jobs import JobState
+from web.pages.views import retention_words, state_words
+from whisper_service.queue.jobs import JobState
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"

@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from whisper_service import batch_engine, engine
+from whisper_service.engines import batched
+from whisper_service import engines
 from whisper_service.options import TranscribeOptions
-from whisper_service.pipeline import STAGES, Prefetcher, StageTimes
+from whisper_service.engines.pipeline import STAGES, Prefetcher, StageTimes
 
 FAST = dict(temperature=(0.0,), beam_size=None, language="en", mode="batched")
 
@@ -20,8 +21,8 @@ def test_batched_run_measures_every_engine_stage_and_logs_them(service, long_spe
     loaded = service.models.get(service.settings.model)
     audio = service.decode(str(long_speech))
     times = StageTimes(loaded.device)
-    with caplog.at_level(logging.INFO, logger="whisper_service.batch_engine"):
-        transcript = engine.transcribe(loaded, audio, TranscribeOptions(**FAST),
+    with caplog.at_level(logging.INFO, logger="whisper_service.engines.batched"):
+        transcript = engines.transcribe(loaded, audio, TranscribeOptions(**FAST),
                                        batch_windows=1, times=times)
     assert transcript.segments
     seconds = times.as_dict()
@@ -36,7 +37,7 @@ def test_next_batch_is_prepared_while_this_one_decodes(service, long_speech, mon
     loaded = service.models.get(service.settings.model)
     audio = service.decode(str(long_speech))
     events = []
-    make_mels, decode = batch_engine._window_mels, batch_engine.decode_batch
+    make_mels, decode = batched._window_mels, batched.decode_batch
 
     def recording_mels(*args):
         events.append(("mel", threading.current_thread().name))
@@ -49,9 +50,9 @@ def test_next_batch_is_prepared_while_this_one_decodes(service, long_speech, mon
         events.append(("decoded", threading.current_thread().name))
         return result
 
-    monkeypatch.setattr(batch_engine, "_window_mels", recording_mels)
-    monkeypatch.setattr(batch_engine, "decode_batch", slow_decode)
-    engine.transcribe(loaded, audio, TranscribeOptions(**FAST), batch_windows=1)
+    monkeypatch.setattr(batched, "_window_mels", recording_mels)
+    monkeypatch.setattr(batched, "decode_batch", slow_decode)
+    engines.transcribe(loaded, audio, TranscribeOptions(**FAST), batch_windows=1)
     kinds = [kind for kind, _ in events]
     assert kinds.count("decode") == kinds.count("mel") >= 2
     # the second batch's mel was made before the first batch finished decoding

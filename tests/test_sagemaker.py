@@ -8,7 +8,7 @@ import io
 import pytest
 
 from conftest import make_app
-from web.sagemaker import ATTRIBUTES_HEADER, RAW_TYPES
+from web.api.sagemaker import ATTRIBUTES_HEADER, RAW_TYPES
 
 # greedy at one temperature: the fastest decode, given as SageMaker's CustomAttributes
 FAST = {ATTRIBUTES_HEADER: "beam_size=greedy&temperature=0&language=en"}

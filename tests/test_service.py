@@ -53,7 +53,7 @@ def test_files_prefetched_but_never_used_are_let_go(service, media, monkeypatch)
 
 
 def test_preload_loads_the_default_model_and_the_detector(service, monkeypatch):
-    from whisper_service import vad
+    from whisper_service.engines import vad
 
     monkeypatch.setattr(vad, "_model", None)
     service.preload_in_background().join(60)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import whisper
 
-from whisper_service import vad
+from whisper_service.engines import vad
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.config import bundled_ffmpeg
 
@@ -27,7 +27,7 @@ def test_first_use_leaves_torch_threads_alone():
     script = (
         "import numpy as np, torch\n"
         "torch.set_num_threads(2)\n"
-        "from whisper_service.vad import speech_windows\n"
+        "from whisper_service.engines.vad import speech_windows\n"
         "speech_windows(np.zeros(32000, np.float32))\n"
         "print(torch.get_num_threads())\n"
     )
@@ -83,7 +83,7 @@ def test_a_transcription_stopped_mid_file_leaves_no_detection_running(spoken, se
     """A cancelled job (its progress callback raises) stops the detection threads too."""
     import threading
 
-    from whisper_service import engine
+    from whisper_service import engines
     from whisper_service.options import TranscribeOptions
 
     audio = np.concatenate([spoken, np.zeros(RATE, np.float32)] * 60)  # several sections
@@ -95,5 +95,5 @@ def test_a_transcription_stopped_mid_file_leaves_no_detection_running(spoken, se
 
     options = TranscribeOptions(mode="batched", beam_size=None, language="en", temperature=(0.0,))
     with pytest.raises(RuntimeError, match="cancelled"):
-        engine.transcribe(loaded, audio, options, progress=cancel, batch_windows=1)
+        engines.transcribe(loaded, audio, options, progress=cancel, batch_windows=1)
     assert not [t for t in threading.enumerate() if t.name.startswith("vad")]

@@ -22,8 +22,8 @@ from typing import Optional, Tuple
 import ffmpeg
 import numpy as np
 
-from . import cancel
-from .errors import (
+from whisper_service import cancel
+from whisper_service.errors import (
     DecodeTimeout,
     EmptyMedia,
     MediaTooLong,

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-from .checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
-from .errors import ConfigError
+from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
+from whisper_service.errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
 DIARIZATION_CHOICES = ("embedded", "pyannote")  # whisper_service.speakers' backends

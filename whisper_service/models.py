@@ -26,10 +26,11 @@ from typing import Dict, Iterator, List, Optional
 import torch
 import whisper
 
-from .checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
-from . import cancel, window_progress
-from .config import Settings, split_alias
-from .errors import BadOption, ModelUnavailable
+from whisper_service.checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
+from whisper_service import cancel
+from whisper_service.engines import window_progress
+from whisper_service.config import Settings, split_alias
+from whisper_service.errors import BadOption, ModelUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Tuple
 
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_tokenizer
 
-from .errors import BadOption
+from whisper_service.errors import BadOption
 
 TASKS = ("transcribe", "translate")
 MODES = ("batched", "sequential")

@@ -13,14 +13,17 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import batch_engine, engine, speakers, vad
-from .audio import DecodeLimits, MediaInfo, check_file, decode_file
-from .config import Settings
-from .progress import Progress, ProgressCallback
-from .errors import ModelUnavailable, ServiceError
-from .models import ModelRegistry, pick_device
-from .options import TranscribeOptions
-from .transcript import Transcript
+from whisper_service import speakers
+from whisper_service.engines import batched
+from whisper_service import engines
+from whisper_service.engines import vad
+from whisper_service.audio import DecodeLimits, MediaInfo, check_file, decode_file
+from whisper_service.config import Settings
+from whisper_service.progress import Progress, ProgressCallback
+from whisper_service.errors import ModelUnavailable, ServiceError
+from whisper_service.models import ModelRegistry, pick_device
+from whisper_service.options import TranscribeOptions
+from whisper_service.transcript import Transcript
 
 
 log = logging.getLogger(__name__)
@@ -135,7 +138,7 @@ class WhisperService:
         self.models.check_allowed(options.model)
         audio = self.decode(path, display_name)
         loaded = self.models.for_task(options.model, options.task)
-        transcript = engine.transcribe(loaded, audio, options, _words_part(progress, options),
+        transcript = engines.transcribe(loaded, audio, options, _words_part(progress, options),
                                        batch_windows=self.settings.batch_windows or None)
         return self.with_speakers(transcript, audio, options, progress)
 
@@ -148,9 +151,9 @@ class WhisperService:
             device = pick_device(self.settings.device)
         except ServiceError:
             return None
-        if engine.resolved_mode(options, device) != "batched":
+        if engines.resolved_mode(options, device) != "batched":
             return None
-        return name, batch_engine.shared_options(options)
+        return name, batched.shared_options(options)
 
     def transcribe_together(
         self, files: Sequence[FileJob]
@@ -175,12 +178,12 @@ class WhisperService:
             if isinstance(audio, Exception):
                 outcomes[index] = audio
             else:
-                requests.append(engine.FileRequest(audio, file[1], _words_part(file[3], file[1])))
+                requests.append(engines.FileRequest(audio, file[1], _words_part(file[3], file[1])))
                 where.append(index)
         if requests:
             first = requests[0].options
             loaded = self.models.for_task(first.model, first.task)
-            results = engine.transcribe_together(
+            results = engines.transcribe_together(
                 loaded, requests, batch_windows=self.settings.batch_windows or None)
             for index, request, result in zip(where, requests, results):
                 if isinstance(result, Transcript):
@@ -197,7 +200,7 @@ class WhisperService:
         name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
         # a caller waits for the model as long as for any synchronous answer
-        return engine.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
+        return engines.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
 
 
 def _words_part(progress: Optional[ProgressCallback],

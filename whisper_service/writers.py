@@ -30,9 +30,9 @@ import json
 import re
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
-from .errors import BadOption
-from .options import SubtitleLayout
-from .transcript import Segment, Transcript
+from whisper_service.errors import BadOption
+from whisper_service.options import SubtitleLayout
+from whisper_service.transcript import Segment, Transcript
 
 FORMATS = ("txt", "srt", "vtt", "tsv", "json")
 MEDIA_TYPES = {

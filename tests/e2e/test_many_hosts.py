@@ -19,7 +19,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from whisper_service.jobs import host_name
+from whisper_service.queue.jobs import host_name
 from conftest import make_app, run_ffmpeg, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from openai import OpenAI
 from whisper.model import TextDecoder
 
 from conftest import make_app, serving, wait_finished
-from web.openapi import document
+from web.api.openapi import document
 from whisper_service.checkpoints import BUNDLED
 
 # one greedy decode at temperature 0 (see test_openai_client.py)

@@ -23,9 +23,9 @@ from typing import Optional
 
 import whisper
 
-from ..errors import ModelUnavailable
-from . import ctranslate2, huggingface
-from .files import DownloadFailed
+from whisper_service.errors import ModelUnavailable
+from whisper_service.checkpoints import ctranslate2, huggingface
+from whisper_service.checkpoints.files import DownloadFailed
 
 __all__ = ["BUNDLED", "BUNDLED_LABEL", "DownloadFailed", "bundled_folder", "describe",
            "kind_of", "load_checkpoint"]

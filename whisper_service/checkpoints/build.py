@@ -7,7 +7,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from ..errors import ModelUnavailable
+from whisper_service.errors import ModelUnavailable
 
 
 def build_model(dims: ModelDimensions, state: Dict[str, torch.Tensor],

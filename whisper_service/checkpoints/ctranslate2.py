@@ -38,10 +38,10 @@ from typing import BinaryIO, Dict
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from ..errors import ModelUnavailable
-from . import vocabulary
-from .build import build_model
-from .files import read_json
+from whisper_service.errors import ModelUnavailable
+from whisper_service.checkpoints import vocabulary
+from whisper_service.checkpoints.build import build_model
+from whisper_service.checkpoints.files import read_json
 
 WEIGHTS_FILE = "model.bin"
 CONFIG_FILE = "config.json"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..errors import ModelUnavailable
+from whisper_service.errors import ModelUnavailable
 
 
 class DownloadFailed(ModelUnavailable):

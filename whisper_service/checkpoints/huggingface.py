@@ -18,10 +18,10 @@ from typing import Dict, List
 import torch
 from whisper.model import ModelDimensions, Whisper
 
-from ..errors import ModelUnavailable
-from . import vocabulary
-from .build import build_model
-from .files import DownloadFailed, read_json
+from whisper_service.errors import ModelUnavailable
+from whisper_service.checkpoints import vocabulary
+from whisper_service.checkpoints.build import build_model
+from whisper_service.checkpoints.files import DownloadFailed, read_json
 
 log = logging.getLogger(__name__)
 

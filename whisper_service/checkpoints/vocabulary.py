@@ -15,8 +15,8 @@ from typing import Dict, List, Mapping, Optional
 
 from whisper.tokenizer import get_encoding
 
-from ..errors import ModelUnavailable
-from .files import read_json
+from whisper_service.errors import ModelUnavailable
+from whisper_service.checkpoints.files import read_json
 
 ENGLISH_VOCABULARY = 51864  # tokens of the *.en models (99 language tokens, unused)
 MULTILINGUAL_VOCABULARIES = (51865, 51866)  # 99 languages; 100 (large-v3, turbo)

@@ -7,5 +7,4 @@ policy.py     which words of repeated decodes of a growing buffer are final (Loc
 scheduler.py  one thread decoding every session's due buffer together
 decoder.py    those batches on the model, before file jobs
 audio.py      PCM frames, resampling to 16 kHz, the recording
-client.py     `python -m whisper_service live`: a stream from the microphone or a file
 """

@@ -20,12 +20,12 @@ from whisper.audio import HOP_LENGTH
 from whisper.timing import add_word_timestamps, dtw
 from whisper.tokenizer import get_tokenizer
 
-from ..batch_engine import _segments
-from ..decoding import decode_batch
-from ..models import LoadedModel, ModelRegistry
-from ..transcript import Word
-from ..vad import Window
-from .session import DecodeRequest, DecodeResult, LiveOptions
+from whisper_service.engines.batched import _segments
+from whisper_service.engines.decoding import decode_batch
+from whisper_service.models import LoadedModel, ModelRegistry
+from whisper_service.transcript import Word
+from whisper_service.engines.vad import Window
+from whisper_service.live.session import DecodeRequest, DecodeResult, LiveOptions
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import List, Protocol, Sequence, Tuple
 
-from ..transcript import Word
+from whisper_service.transcript import Word
 
 # a new word that begins this much before the committed end may still be a new word (the
 # decoder's timestamps wander by a frame or two between decodes)

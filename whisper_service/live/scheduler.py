@@ -16,9 +16,9 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ..errors import ServiceError
-from .decoder import LiveDecoder
-from .session import DecodeRequest, DecodeResult, Event, LiveOptions, LiveSession
+from whisper_service.errors import ServiceError
+from whisper_service.live.decoder import LiveDecoder
+from whisper_service.live.session import DecodeRequest, DecodeResult, Event, LiveOptions, LiveSession
 
 log = logging.getLogger(__name__)
 

@@ -32,11 +32,11 @@ from typing import Any, Callable, Deque, List, Mapping, Optional, Sequence, Tupl
 import numpy as np
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
-from ..errors import BadOption, ServiceError
-from ..options import TranscribeOptions
-from ..transcript import Segment, Transcript, Word
-from .gate import END_SILENCE_MS, SpeechGate, Transition
-from .policy import CommitPolicy, LocalAgreement, Update
+from whisper_service.errors import BadOption, ServiceError
+from whisper_service.options import TranscribeOptions
+from whisper_service.transcript import Segment, Transcript, Word
+from whisper_service.live.gate import END_SILENCE_MS, SpeechGate, Transition
+from whisper_service.live.policy import CommitPolicy, LocalAgreement, Update
 
 STEP_SECONDS = 0.5  # a speaking utterance is decoded again once this much more has come
 START_PAD_SECONDS = 0.2  # kept before the gate's start of speech, so no onset is clipped

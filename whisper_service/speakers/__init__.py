@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 from typing import Dict, Tuple
 
-from .assign import assign_speakers
-from .base import DiarizationUnavailable, Diarizer, SpeakerHints, SpeakerTurn
-from .embedded import EmbeddedDiarizer
-from .pyannote import PyannoteDiarizer
+from whisper_service.speakers.assign import assign_speakers
+from whisper_service.speakers.base import DiarizationUnavailable, Diarizer, SpeakerHints, SpeakerTurn
+from whisper_service.speakers.embedded import EmbeddedDiarizer
+from whisper_service.speakers.pyannote import PyannoteDiarizer
 
 BACKENDS = ("embedded", "pyannote")
 

@@ -14,8 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..transcript import Segment, Speaker, Transcript, Word
-from .base import SpeakerTurn
+from whisper_service.transcript import Segment, Speaker, Transcript, Word
+from whisper_service.speakers.base import SpeakerTurn
 
 MIN_PIECE_SECONDS = 0.5  # a segment without words is split only into pieces at least this long
 

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Protocol
 
 import numpy as np
 
-from ..errors import ModelUnavailable, ServiceError
+from whisper_service.errors import ModelUnavailable, ServiceError
 
 # reports how far diarization has come, 0.0 to 1.0
 FractionCallback = Callable[[float], None]

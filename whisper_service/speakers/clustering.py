@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
 
-from .base import SpeakerHints
+from whisper_service.speakers.base import SpeakerHints
 
 # Cosine distance between the mean voices of two groups of 1.6 s windows above which they
 # are different speakers. Measured on espeak-ng conversations (tests/conversations.py,

@@ -16,12 +16,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 from whisper.audio import SAMPLE_RATE
 
-from . import encoder as voice
-from .base import (
+from whisper_service.speakers import encoder as voice
+from whisper_service.speakers.base import (
     DiarizationUnavailable, FractionCallback, SpeakerHints, SpeakerTurn, merged,
     numbered_in_order,
 )
-from .clustering import cluster
+from whisper_service.speakers.clustering import cluster
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def _gain(audio: np.ndarray, stretches, level: np.ndarray) -> float:
 def speech_stretches(audio: np.ndarray) -> List[Tuple[float, float]]:
     """(start, end) seconds of each stretch of speech, from Silero VAD; short pauses split
     stretches, so that a change of speaker at a pause falls between two of them."""
-    from .. import vad
+    from whisper_service.engines import vad
 
     import silero_vad
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from whisper.audio import SAMPLE_RATE
 
-from .base import DiarizationUnavailable, FractionCallback, SpeakerHints, SpeakerTurn, numbered_in_order
+from whisper_service.speakers.base import DiarizationUnavailable, FractionCallback, SpeakerHints, SpeakerTurn, numbered_in_order
 
 log = logging.getLogger(__name__)
 
