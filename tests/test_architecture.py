@@ -52,11 +52,12 @@ def _modules() -> Dict[str, str]:
 
 def _imports(modules: Dict[str, str]) -> Dict[str, Set[str]]:
     """module -> the project's modules it imports (at any depth of the file: a function's
-    import is an edge too). Importing a submodule runs its package's __init__ too, but
-    that is Python's doing, not a dependency the code chose: it is no edge."""
+    import is an edge too). Importing `a.b.c` also runs the `__init__` of `a` and `a.b`,
+    so those are edges as well, but for the importer's own packages (already running)."""
     graph: Dict[str, Set[str]] = defaultdict(set)
     for name, path in modules.items():
         package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        own = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
         for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
             targets: List[str] = []
             if isinstance(node, ast.Import):
@@ -73,8 +74,11 @@ def _imports(modules: Dict[str, str]) -> Dict[str, Set[str]]:
             for target in targets:
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
-                if target and target != name:
-                    graph[name].add(target)
+                parts = target.split(".")
+                for depth in range(1, len(parts) + 1):
+                    step = ".".join(parts[:depth])
+                    if step in modules and step != name and step not in own:
+                        graph[name].add(step)
     return graph
 
 
@@ -136,6 +140,25 @@ def test_the_imports_form_no_circle():
 
 def test_a_circle_would_be_found():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_a_package_init_that_imports_back_is_a_circle(tmp_path, monkeypatch):
+    """models -> engines.vad runs engines/__init__; if that imports engines.batched, which
+    imports models, Python fails on the partly initialised module: that is a circle."""
+    files = {"whisper_service/__init__.py": "",
+             "whisper_service/models.py": "from whisper_service.engines import vad\n",
+             "whisper_service/engines/__init__.py": "from whisper_service.engines import batched\n",
+             "whisper_service/engines/vad.py": "",
+             "whisper_service/engines/batched.py": "from whisper_service.models import X\n"}
+    modules = {}
+    for relative, text in files.items():
+        path = tmp_path / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        dotted = relative[:-3].replace("/", ".").removesuffix(".__init__")
+        modules[dotted] = str(path)
+    assert _cycles(_imports(modules)) == [[
+        "whisper_service.engines", "whisper_service.engines.batched", "whisper_service.models"]]
 
 
 def test_the_core_never_imports_the_web_layer_or_flask():

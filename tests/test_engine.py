@@ -9,8 +9,7 @@ import pytest
 import torch
 import whisper
 
-from whisper_service.engines import batched
-from whisper_service import engines
+from whisper_service.engines import batched, dispatch
 from whisper_service.errors import BadOption
 from whisper_service.options import TranscribeOptions
 from whisper_service.engines.vad import speech_windows
@@ -166,7 +165,7 @@ def test_concurrent_callers_on_one_model_get_serial_results(service, media):
 def test_detect_language_without_lock_contention_returns_all(service, media):
     audio = service.decode(str(media["speech.wav"]))
     loaded = service.models.get(service.models.default)
-    probabilities = engines.detect_language(loaded, audio)
+    probabilities = dispatch.detect_language(loaded, audio)
     assert set(probabilities) == set(list(whisper.tokenizer.LANGUAGES)[:99])
 
 
@@ -184,7 +183,7 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
     reports = []
     options = TranscribeOptions(mode="batched", beam_size=5, patience=2.0, language="en",
                                 temperature=(0.0,), word_timestamps=True)
-    transcript = engines.transcribe(loaded, audio, options, progress=reports.append)
+    transcript = dispatch.transcribe(loaded, audio, options, progress=reports.append)
     assert transcript.segments
     for segment in transcript.segments:
         assert not (gap_start + 0.5 < segment.start < gap_end - 0.5), "no text in the silence"
@@ -204,8 +203,8 @@ def test_batched_mode_decodes_speech_windows_only(service, media):
 
 def test_mode_defaults_to_sequential_on_cpu_and_can_be_chosen(service):
     loaded = service.models.get(service.models.default)
-    assert engines.mode_of(loaded, TranscribeOptions()) == "sequential"
-    assert engines.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
+    assert dispatch.mode_of(loaded, TranscribeOptions()) == "sequential"
+    assert dispatch.mode_of(loaded, TranscribeOptions(mode="batched")) == "batched"
     with pytest.raises(BadOption, match="mode: must be one of batched, sequential"):
         TranscribeOptions.from_mapping({"mode": "turbo"})
 
@@ -223,10 +222,10 @@ def test_batch_windows_setting_changes_batches_not_results(service, long_speech,
 
     monkeypatch.setattr(batched, "decode_batch", recording)
     windows = len(speech_windows(audio))
-    together = engines.transcribe(loaded, audio, options)
+    together = dispatch.transcribe(loaded, audio, options)
     assert windows >= 2 and sizes == [windows]  # one batch on the CPU (8 windows at most)
     sizes.clear()
-    one_by_one = engines.transcribe(loaded, audio, options, batch_windows=1)
+    one_by_one = dispatch.transcribe(loaded, audio, options, batch_windows=1)
     assert sizes == [1] * windows
 
     def said(transcript):  # batching may change float rounding, never what is said
@@ -279,7 +278,7 @@ def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
     options = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en", **FAST)
     prompted = TranscribeOptions(mode="batched", beam_size=5, patience=1.0, language="en",
                                  initial_prompt="Glossary: Whisper, ffmpeg.", **FAST)
-    alone = [engines.transcribe(loaded, short, prompted), engines.transcribe(loaded, long, options)]
+    alone = [dispatch.transcribe(loaded, short, prompted), dispatch.transcribe(loaded, long, options)]
     sizes = []
     original = batched.decode_batch
 
@@ -289,9 +288,9 @@ def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
 
     monkeypatch.setattr(batched, "decode_batch", recording)
     reports = {0: [], 1: []}
-    together = engines.transcribe_together(loaded, [
-        engines.FileRequest(short, prompted, reports[0].append),
-        engines.FileRequest(long, options, reports[1].append),
+    together = dispatch.transcribe_together(loaded, [
+        dispatch.FileRequest(short, prompted, reports[0].append),
+        dispatch.FileRequest(long, options, reports[1].append),
     ])
     windows = len(speech_windows(short)) + len(speech_windows(long))
     assert sizes == [windows] and windows >= 3  # one batch held the windows of both
@@ -308,10 +307,10 @@ def test_a_file_given_up_together_with_others_leaves_them_alone(service, media, 
     def cancelled(progress):
         raise RuntimeError("cancelled by its owner")
 
-    alone = engines.transcribe(loaded, second, options)
-    outcomes = engines.transcribe_together(loaded, [
-        engines.FileRequest(first, options, cancelled),
-        engines.FileRequest(second, options),
+    alone = dispatch.transcribe(loaded, second, options)
+    outcomes = dispatch.transcribe_together(loaded, [
+        dispatch.FileRequest(first, options, cancelled),
+        dispatch.FileRequest(second, options),
     ], batch_windows=1)
     assert isinstance(outcomes[0], RuntimeError) and "cancelled" in str(outcomes[0])
     assert _said(outcomes[1]) == _said(alone) and outcomes[1].segments
@@ -329,10 +328,10 @@ def test_language_detection_runs_between_batches_of_a_transcription(service, lon
         # come while the model is held: the one after the batch comes once it is let go
         if not detected and progress.fraction < 1.0 and not loaded.lock.locked():
             other = threading.Thread(
-                target=lambda: detected.append(engines.detect_language(loaded, audio, wait=5)))
+                target=lambda: detected.append(dispatch.detect_language(loaded, audio, wait=5)))
             other.start()
             other.join()
 
     options = TranscribeOptions(mode="batched", beam_size=None, language="en", **FAST)
-    engines.transcribe(loaded, audio, options, progress=between_batches, batch_windows=1)
+    dispatch.transcribe(loaded, audio, options, progress=between_batches, batch_windows=1)
     assert len(detected) == 1 and sum(detected[0].values()) == pytest.approx(1.0, abs=1e-2)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import whisper
 
-from whisper_service import engines
+from whisper_service.engines import dispatch
 
 
 class _Detected(Exception):
@@ -38,7 +38,7 @@ def test_language_is_detected_from_the_mel_whisper_transcribe_detects_it_from(
 
     monkeypatch.setattr(loaded.model, "detect_language", recording_detect)
     monkeypatch.setattr(whisper, "log_mel_spectrogram", recording_log_mel)
-    probabilities = engines.detect_language(loaded, audio)
+    probabilities = dispatch.detect_language(loaded, audio)
     with pytest.raises(_Detected):
         whisper.transcribe(loaded.model, audio, fp16=False)
     assert devices == [None]

@@ -12,8 +12,7 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
-from whisper_service.engines import batched
-from whisper_service import engines
+from whisper_service.engines import batched, dispatch
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.engines.batched import FileRequest
 from whisper_service.config import bundled_ffmpeg
@@ -54,7 +53,7 @@ def assert_grows_into(reports: List[Progress], transcript: Transcript) -> None:
 def test_the_first_window_s_segments_come_before_the_end(two_windows, mode):
     reports: List[Progress] = []
     # batched: a window a batch, so the first is done while the second decodes
-    transcript = engines.transcribe(bundled_model(), two_windows,
+    transcript = dispatch.transcribe(bundled_model(), two_windows,
                                    TranscribeOptions(mode=mode, **GREEDY),
                                    progress=reports.append, batch_windows=1)
     assert transcript.text.lower().count("this sentence") == 2
@@ -84,7 +83,7 @@ def test_a_window_waits_for_the_one_before_it_that_falls_back(speech, two_window
                                 temperature=(0.0, 0.2))
     requests = [FileRequest(audio, options, lambda report, name=name: seen.append((name, report)))
                 for name, audio in (("A", two_windows), ("B", speech))]
-    a, b = engines.transcribe_together(bundled_model(), requests, batch_windows=8)
+    a, b = dispatch.transcribe_together(bundled_model(), requests, batch_windows=8)
     assert isinstance(a, Transcript) and isinstance(b, Transcript)
     order = [name for name, report in seen if report.segments]
     assert order[0] == "B", order  # while A's first window decodes again

@@ -38,17 +38,16 @@ def test_auto_device_picks_cuda_with_fp16_and_matches_whisper(settings, media, f
 
 
 def test_batched_is_the_default_on_cuda_and_says_what_whisper_decode_says(settings, media):
-    from whisper_service.engines import batched
-    from whisper_service import engines
+    from whisper_service.engines import batched, dispatch
     from whisper_service.engines.vad import speech_windows
 
     service = WhisperService(replace(settings, device="cuda"))
     loaded = service.models.get(settings.model)
     audio = service.decode(str(media["speech.wav"]))
     options = TranscribeOptions(beam_size=5, patience=1.0, language="en", temperature=(0.0,))
-    assert engines.mode_of(loaded, options) == "batched"
+    assert dispatch.mode_of(loaded, options) == "batched"
     assert batched.windows_per_batch(loaded, 5) >= 8  # a test model leaves most memory free
-    transcript = engines.transcribe(loaded, audio, options)
+    transcript = dispatch.transcribe(loaded, audio, options)
     first = speech_windows(audio)[0]
     mel = whisper.log_mel_spectrogram(
         whisper.pad_or_trim(audio[first.start:first.end]), device="cuda").half()

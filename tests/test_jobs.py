@@ -18,8 +18,7 @@ from typing import List
 import pytest
 
 from conftest import wait_until
-from whisper_service.errors import ServiceError
-from whisper_service.errors import NotMedia
+from whisper_service.errors import ServiceError, NotMedia
 from whisper_service.queue.jobs import Job, JobQueue, JobState, QueueFull
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress

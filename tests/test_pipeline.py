@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from whisper_service.engines import batched
-from whisper_service import engines
+from whisper_service.engines import batched, dispatch
 from whisper_service.options import TranscribeOptions
 from whisper_service.engines.pipeline import STAGES, Prefetcher, StageTimes
 
@@ -22,7 +21,7 @@ def test_batched_run_measures_every_engine_stage_and_logs_them(service, long_spe
     audio = service.decode(str(long_speech))
     times = StageTimes(loaded.device)
     with caplog.at_level(logging.INFO, logger="whisper_service.engines.batched"):
-        transcript = engines.transcribe(loaded, audio, TranscribeOptions(**FAST),
+        transcript = dispatch.transcribe(loaded, audio, TranscribeOptions(**FAST),
                                        batch_windows=1, times=times)
     assert transcript.segments
     seconds = times.as_dict()
@@ -52,7 +51,7 @@ def test_next_batch_is_prepared_while_this_one_decodes(service, long_speech, mon
 
     monkeypatch.setattr(batched, "_window_mels", recording_mels)
     monkeypatch.setattr(batched, "decode_batch", slow_decode)
-    engines.transcribe(loaded, audio, TranscribeOptions(**FAST), batch_windows=1)
+    dispatch.transcribe(loaded, audio, TranscribeOptions(**FAST), batch_windows=1)
     kinds = [kind for kind, _ in events]
     assert kinds.count("decode") == kinds.count("mel") >= 2
     # the second batch's mel was made before the first batch finished decoding

@@ -20,7 +20,7 @@ from whisper.normalizers import EnglishTextNormalizer
 
 from bundled_model import bundled_model, speak, word_error_rate
 from conftest import SPEECH
-from whisper_service import engines
+from whisper_service.engines import dispatch
 from whisper_service.cli import evaluate
 from whisper_service.cli.main import main
 from whisper_service.audio import DecodeLimits, decode_file
@@ -57,7 +57,7 @@ def speech(media) -> np.ndarray:
 @pytest.mark.parametrize("mode", ["sequential", "batched"])
 def test_both_engines_transcribe_real_speech(speech, mode, beam_size):
     options = TranscribeOptions(mode=mode, beam_size=beam_size, temperature=(0.0,), language="en")
-    transcript = engines.transcribe(bundled_model(), speech, options, batch_windows=4)
+    transcript = dispatch.transcribe(bundled_model(), speech, options, batch_windows=4)
     heard = EnglishTextNormalizer()(transcript.text)
     assert word_error_rate(SPEECH, transcript.text) <= WER_BOUND[beam_size], transcript.text
     assert all(words in heard for words in HEARD_EVERYWHERE), transcript.text
@@ -69,14 +69,14 @@ def test_an_hour_of_silence_yields_no_text():
     gets no chance to invent text for it (as the sequential engine's whisper.transcribe does:
     ' You' from a minute of digital silence)."""
     hour = np.zeros(HOUR * SAMPLE_RATE, dtype=np.float32)
-    transcript = engines.transcribe(bundled_model(), hour, TranscribeOptions(mode="batched"))
+    transcript = dispatch.transcribe(bundled_model(), hour, TranscribeOptions(mode="batched"))
     assert transcript.text == "" and transcript.segments == ()
     assert transcript.duration == HOUR
 
 
 def test_music_yields_no_text():
     """Chords, a bass note and a noise drum: no speech, so no text."""
-    transcript = engines.transcribe(bundled_model(), music(100), TranscribeOptions(mode="batched"))
+    transcript = dispatch.transcribe(bundled_model(), music(100), TranscribeOptions(mode="batched"))
     assert transcript.text == "" and transcript.segments == ()
 
 

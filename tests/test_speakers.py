@@ -12,7 +12,7 @@ import whisper.audio
 
 from bundled_model import bundled_model
 from conversations import conversation, diarization_error_rate
-from whisper_service import engines
+from whisper_service.engines import dispatch
 from whisper_service.errors import BadOption, ModelUnavailable
 from whisper_service.options import TranscribeOptions
 from whisper_service.speakers import SpeakerHints, SpeakerTurn, assign_speakers, encoder
@@ -277,7 +277,7 @@ def test_real_words_get_the_speaker_who_said_them(mode, service, short_talk, tmp
     options = TranscribeOptions(language="en", beam_size=None, temperature=(0.0,), mode=mode,
                                 word_timestamps=True, diarize=True)
     audio = service.decode(str(path))
-    words_only = engines.transcribe(bundled_model(), audio, options)
+    words_only = dispatch.transcribe(bundled_model(), audio, options)
     seen = []
     result = service.with_speakers(words_only, audio, options, seen.append)
     assert [s.name for s in result.speakers] == ["Speaker 1", "Speaker 2"]

@@ -83,7 +83,7 @@ def test_a_transcription_stopped_mid_file_leaves_no_detection_running(spoken, se
     """A cancelled job (its progress callback raises) stops the detection threads too."""
     import threading
 
-    from whisper_service import engines
+    from whisper_service.engines import dispatch
     from whisper_service.options import TranscribeOptions
 
     audio = np.concatenate([spoken, np.zeros(RATE, np.float32)] * 60)  # several sections
@@ -95,5 +95,5 @@ def test_a_transcription_stopped_mid_file_leaves_no_detection_running(spoken, se
 
     options = TranscribeOptions(mode="batched", beam_size=None, language="en", temperature=(0.0,))
     with pytest.raises(RuntimeError, match="cancelled"):
-        engines.transcribe(loaded, audio, options, progress=cancel, batch_windows=1)
+        dispatch.transcribe(loaded, audio, options, progress=cancel, batch_windows=1)
     assert not [t for t in threading.enumerate() if t.name.startswith("vad")]

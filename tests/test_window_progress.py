@@ -11,8 +11,7 @@ import pytest
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
-from whisper_service import engines
-from whisper_service.engines import window_progress
+from whisper_service.engines import dispatch, window_progress
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.config import bundled_ffmpeg
 from whisper_service.options import TranscribeOptions
@@ -43,7 +42,7 @@ def speech(media) -> np.ndarray:
 def transcribe_watched(audio: np.ndarray, **options):
     reports = []
     options = TranscribeOptions(temperature=(0.0,), language="en", **options)  # no sampling
-    transcript = engines.transcribe(bundled_model(), audio, options, progress=reports.append)
+    transcript = dispatch.transcribe(bundled_model(), audio, options, progress=reports.append)
     return transcript, [report.done_seconds for report in reports]
 
 
@@ -112,5 +111,5 @@ def test_a_report_that_raises_stops_the_window(speech, every_step):
             raise Stop
 
     with pytest.raises(Stop):
-        engines.transcribe(bundled_model(), speech, TranscribeOptions(mode="sequential"),
+        dispatch.transcribe(bundled_model(), speech, TranscribeOptions(mode="sequential"),
                           progress=progress)

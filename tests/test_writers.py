@@ -8,8 +8,7 @@ import random
 import re
 
 import pytest
-from whisper.utils import format_timestamp as whisper_format_timestamp
-from whisper.utils import get_writer
+from whisper.utils import format_timestamp as whisper_format_timestamp, get_writer
 
 from whisper_service.errors import BadOption
 from whisper_service.options import SubtitleLayout

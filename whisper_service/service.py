@@ -14,9 +14,7 @@ from typing import Dict, Hashable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from whisper_service import speakers
-from whisper_service.engines import batched
-from whisper_service import engines
-from whisper_service.engines import vad
+from whisper_service.engines import batched, dispatch, vad
 from whisper_service.audio import DecodeLimits, MediaInfo, check_file, decode_file
 from whisper_service.config import Settings
 from whisper_service.progress import Progress, ProgressCallback
@@ -138,7 +136,7 @@ class WhisperService:
         self.models.check_allowed(options.model)
         audio = self.decode(path, display_name)
         loaded = self.models.for_task(options.model, options.task)
-        transcript = engines.transcribe(loaded, audio, options, _words_part(progress, options),
+        transcript = dispatch.transcribe(loaded, audio, options, _words_part(progress, options),
                                        batch_windows=self.settings.batch_windows or None)
         return self.with_speakers(transcript, audio, options, progress)
 
@@ -151,7 +149,7 @@ class WhisperService:
             device = pick_device(self.settings.device)
         except ServiceError:
             return None
-        if engines.resolved_mode(options, device) != "batched":
+        if dispatch.resolved_mode(options, device) != "batched":
             return None
         return name, batched.shared_options(options)
 
@@ -178,12 +176,12 @@ class WhisperService:
             if isinstance(audio, Exception):
                 outcomes[index] = audio
             else:
-                requests.append(engines.FileRequest(audio, file[1], _words_part(file[3], file[1])))
+                requests.append(dispatch.FileRequest(audio, file[1], _words_part(file[3], file[1])))
                 where.append(index)
         if requests:
             first = requests[0].options
             loaded = self.models.for_task(first.model, first.task)
-            results = engines.transcribe_together(
+            results = dispatch.transcribe_together(
                 loaded, requests, batch_windows=self.settings.batch_windows or None)
             for index, request, result in zip(where, requests, results):
                 if isinstance(result, Transcript):
@@ -200,7 +198,7 @@ class WhisperService:
         name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
         # a caller waits for the model as long as for any synchronous answer
-        return engines.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
+        return dispatch.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
 
 
 def _words_part(progress: Optional[ProgressCallback],
