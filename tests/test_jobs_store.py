@@ -227,6 +227,50 @@ def _drop_column(backend, column: str) -> None:
             db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
 
 
+def test_a_claim_holds_only_the_jobs_it_takes(postgres_url, tmp_path):
+    """PostgreSQL: another host that claims while a claim is choosing gets the oldest job
+    this one leaves queued, never one behind it; otherwise that host runs a newer job
+    before an older one (a worker was seen starting seq 14 before 13). A companion chosen
+    to share the run that the other host took meanwhile stays the other host's."""
+    from whisper_service.queue.jobs import JobQueue
+    from whisper_service.queue.store import open_store
+
+    here = JobQueue(open_store(postgres_url, str(tmp_path / "here")), Recorder())
+    there = open_store(postgres_url, str(tmp_path / "there"))
+    elsewhere = Claimant(host="there", pid=2, token="there")
+
+    def claim_elsewhere() -> list:
+        return [row["id"] for row in there.claim(elsewhere, 60, 64, lambda rows: [rows[0]["id"]])]
+
+    try:
+        ids = [submit_bytes(here, f"{n}.mp3").id for n in range(5)]
+        meanwhile = []
+
+        def choose(rows):
+            assert [row["id"] for row in rows] == ids
+            meanwhile.extend(claim_elsewhere())
+            return [ids[0], ids[2]]  # the oldest, and one to share its run
+
+        taken = here.store.claim(Claimant(host="here", pid=1, token="here"), 60, 64, choose)
+        assert meanwhile == [ids[1]]
+        assert [row["id"] for row in taken] == [ids[0], ids[2]]
+
+        def choose_the_next_two(rows):
+            assert [row["id"] for row in rows] == ids[3:]
+            meanwhile.extend(claim_elsewhere())
+            return [ids[3], ids[4]]
+
+        taken = here.store.claim(Claimant(host="here", pid=1, token="here"), 60, 64,
+                                 choose_the_next_two)
+        assert meanwhile == [ids[1], ids[4]]
+        assert [row["id"] for row in taken] == [ids[3]]
+        assert [(job.state, job.attempts) for job in map(here.get, ids)] == \
+            [(JobState.RUNNING, 1)] * 5
+    finally:
+        here.store.close()
+        there.close()
+
+
 # --- through the web app -----------------------------------------------------------------
 
 ASYNC = {"async": "1"}

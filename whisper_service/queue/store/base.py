@@ -142,7 +142,9 @@ class JobStore(abc.ABC):
               choose: Callable[[List[Row]], List[str]]) -> List[Row]:
         """Atomically: look at the oldest `lookahead` queued rows (none that another
         claimer holds at this moment), let choose() pick ids, and mark those running under
-        the claimant with a lease of lease_seconds and one more attempt. The claimed rows."""
+        the claimant with a lease of lease_seconds and one more attempt. The claimed rows.
+        A claim holds no row it does not take: a concurrent claim skips no job that stays
+        queued, so each consumer takes jobs in submission order."""
 
     @abc.abstractmethod
     def progress(self, job_id: str, token: str, fraction: float, eta: Optional[float],

@@ -297,12 +297,25 @@ class PostgresStore(JobStore):
     def claim(self, claimant: Claimant, lease_seconds: float, lookahead: int,
               choose: Callable[[List[Row]], List[str]]) -> List[Row]:
         with self._transaction() as db:
-            rows = db.execute(
-                "SELECT id, options, attempts FROM jobs WHERE state = 'queued' "
-                "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED", (lookahead,)).fetchall()
-            chosen = choose(rows) if rows else []
+            # only the oldest free job is locked before choosing: locking the whole
+            # lookahead would make a concurrent claim skip jobs this one leaves queued, and
+            # run a newer job before them
+            first = db.execute(
+                "SELECT seq, id, options, attempts FROM jobs WHERE state = 'queued' "
+                "ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED").fetchone()
+            if first is None:
+                return []
+            rows = [first, *db.execute(
+                "SELECT seq, id, options, attempts FROM jobs WHERE state = 'queued' "
+                "AND seq > %s ORDER BY seq LIMIT %s", (first["seq"], lookahead - 1))]
+            chosen = choose(rows)
             if not chosen:
                 return []
+            # the companions chosen are locked now; one another claim took meanwhile is left
+            free = {row["id"] for row in db.execute(
+                "SELECT id FROM jobs WHERE id = ANY(%s) AND state = 'queued' "
+                "FOR UPDATE SKIP LOCKED", (chosen,))}
+            chosen = [job_id for job_id in chosen if job_id in free]
             db.execute(
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = %s, "
                 "progress = 0, eta_seconds = NULL, partial_text = NULL, claim_host = %s, "
