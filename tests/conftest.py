@@ -54,6 +54,33 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+class FakeClock:
+    """Time for tests whose subject is time: a monotonic clock that moves only when told,
+    and a sleep that moves it instead of waiting. Code under test takes it where it takes a
+    clock (or a module's `time` is replaced by it, see as_time_module)."""
+
+    def __init__(self, start: float = 1000.0):
+        self.now = start
+        self.slept: list = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(0.0, seconds)
+
+    def as_time_module(self):
+        """A stand-in for the `time` module of code that calls time.monotonic() and
+        time.sleep() itself."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(monotonic=self, perf_counter=self, sleep=self.sleep)
+
+
 def wait_until(condition: Callable[[], object], seconds: float = 20.0, interval: float = 0.05,
                what: str = "the condition") -> None:
     """Poll until condition() is true; fail the test after `seconds`."""

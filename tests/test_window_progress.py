@@ -4,13 +4,12 @@ their decoder has sampled reach, not only that the window is done. The bundled t
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from whisper.audio import SAMPLE_RATE
 
 from bundled_model import bundled_model
+from conftest import FakeClock
 from whisper_service.engines import dispatch, window_progress
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.config import bundled_ffmpeg
@@ -81,23 +80,31 @@ def test_every_window_of_a_file_moves_on_its_own(speech, every_step):
 
 def test_reports_come_at_most_twice_a_second(speech, monkeypatch):
     """Without the test's override a report waits REPORT_EVERY_SECONDS after the last one:
-    a slow decoder (each step 40 ms here) reports a few times per window, not every step."""
-    steps = []
+    a slow decoder (each step 40 ms here, on a fake clock, so a loaded machine changes
+    nothing) reports a few times per window, not every step."""
+    clock = FakeClock()
+    monkeypatch.setattr(window_progress, "time", clock.as_time_module())
+    steps, reported_at = [], []
 
     def slow_step(module, args):
-        steps.append(time.monotonic())
-        time.sleep(0.04)
+        steps.append(clock())
+        clock.advance(0.04)
 
     handle = bundled_model().model.decoder.register_forward_pre_hook(slow_step)
     try:
-        _, seen = transcribe_watched(speech, mode="sequential", beam_size=1)
+        options = TranscribeOptions(temperature=(0.0,), language="en", mode="sequential",
+                                    beam_size=1)
+        dispatch.transcribe(bundled_model(), speech, options,
+                            progress=lambda report: reported_at.append(clock()))
     finally:
         handle.remove()
     took = steps[-1] - steps[0]
-    inside = seen[:-1]
+    inside = reported_at[:-1]
     # the reports a period apart, and the one at the window's end
     assert 1 <= len(inside) <= took / window_progress.REPORT_EVERY_SECONDS + 2, (len(inside), took)
     assert len(inside) < len(steps) / 4  # far fewer reports than decoder steps
+    # and they keep coming while the window decodes: none missing for a whole period more
+    assert len(inside) >= took // window_progress.REPORT_EVERY_SECONDS - 1, (len(inside), took)
 
 
 def test_a_report_that_raises_stops_the_window(speech, every_step):
