@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import requests
@@ -21,7 +20,7 @@ from flask import Flask, request
 from flask_sock import Sock
 
 from bundled_model import spoken_wav
-from conftest import serving
+from conftest import FakeClock, serving
 from e2e.server import free_port
 from test_cli import call_cli
 from whisper_service.cli import live_client
@@ -100,14 +99,27 @@ def test_captions_print_committed_text_one_line_per_utterance():
 
 
 def test_paced_frames_come_at_real_time_speed():
+    """On a fake clock: frame k is given out when its audio's end is due, and a consumer that
+    fell behind gets the frames already due at once, without waiting again."""
     pcm = bytes(live_client.FRAME_BYTES * 3 + 100)
-    paced = Paced(pcm)
+    clock = FakeClock()
+    paced = Paced(pcm, clock=clock, sleep=clock.sleep)
     arrivals = []
     for frame in paced:
-        arrivals.append((time.monotonic() - paced.started, len(frame)))
+        arrivals.append((clock() - paced.started, len(frame)))
     assert [size for _, size in arrivals] == [live_client.FRAME_BYTES] * 3 + [100]
-    assert arrivals[0][0] == pytest.approx(0.25, abs=0.05)
-    assert arrivals[-1][0] == pytest.approx(0.75 + 100 / 32000, abs=0.05)
+    assert arrivals[0][0] == pytest.approx(0.25)
+    assert arrivals[-1][0] == pytest.approx(0.75 + 100 / 32000)
+    assert [t for t, _ in arrivals] == pytest.approx([0.25, 0.5, 0.75, 0.75 + 100 / 32000])
+
+    late = FakeClock()
+    paced = Paced(pcm, clock=late, sleep=late.sleep)
+    frames = iter(paced)
+    next(frames)
+    late.advance(0.6)  # the consumer was busy: the other frames are overdue
+    assert len(list(frames)) == 3
+    assert late.slept == [pytest.approx(0.25)]  # no waiting for frames already due
+    assert late() - paced.started == pytest.approx(0.85)
 
 
 def fake_ffmpeg(folder, pulse: str, alsa: str):

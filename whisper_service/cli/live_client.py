@@ -275,10 +275,12 @@ class Paced:
     when the first frame is asked for."""
 
     def __init__(self, pcm: bytes, frame_bytes: int = FRAME_BYTES,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.pcm = pcm
         self.frame_bytes = frame_bytes
         self.clock = clock
+        self.sleep = sleep
         self.started: Optional[float] = None
 
     def wall_time(self, seconds: float) -> float:
@@ -292,7 +294,7 @@ class Paced:
             due = self.started + (index * self.frame_bytes + len(frame)) / (SAMPLE_RATE * BYTES_PER_SAMPLE)
             wait = due - self.clock()
             if wait > 0:
-                time.sleep(wait)
+                self.sleep(wait)
             yield frame
 
 
