@@ -21,7 +21,7 @@ from conftest import make_app, wait_until
 from whisper_service import cancel
 from whisper_service.audio import DecodeLimits, decode_file
 from whisper_service.config import bundled_ffmpeg
-from whisper_service.queue.jobs import MAX_FILENAME_CHARS, JobQueue, JobState
+from whisper_service.queue.jobs import CANCEL_POLL_SECONDS, MAX_FILENAME_CHARS, JobQueue, JobState
 from whisper_service.options import MAX_PROMPT_TOKENS, MAX_TEMPERATURES, TranscribeOptions
 
 FAST = {"temperature": "0", "beam_size": "greedy", "language": "en"}
@@ -230,12 +230,58 @@ def test_a_chunked_json_body_over_the_size_limit_is_413(client):
 # --- 3. cancel lands within a model step ---------------------------------------------------
 
 
+PACE_WAIT = 60.0  # the most a poll waits for a step, or a step for a poll: never reached
+
+
+class PolledStore:
+    """The queue's store, whose heartbeat polls (a running job's look for a cancel from
+    another process, every CANCEL_POLL_SECONDS) pace EndlessService: each poll lets one step
+    run and waits for it. A cancel's cost is counted in steps and polls, the same on a
+    loaded machine as on a quiet one; the period of the polls is what turns it into time."""
+
+    def __init__(self, store):
+        self._store = store
+        self._turn = threading.Condition()
+        self.polls = 0
+        self.answered = 0  # the polls the job has taken a step for
+        self.running = True
+        self.answers = []  # the ids each poll found still wanted
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def heartbeat(self, job_ids, token, lease_seconds):
+        wanted = self._store.heartbeat(job_ids, token, lease_seconds)
+        with self._turn:
+            self.polls += 1
+            self.answers.append(list(wanted))
+            self._turn.notify_all()
+            self._turn.wait_for(lambda: self.answered >= self.polls or not self.running, PACE_WAIT)
+        return wanted
+
+    def next_poll(self) -> None:
+        """A step was taken: let the poll that asked for it go on, wait for the next one."""
+        with self._turn:
+            self.answered = self.polls
+            self._turn.notify_all()
+            after = self.polls
+            self._turn.wait_for(lambda: self.polls > after, PACE_WAIT)
+
+    def done(self) -> None:
+        with self._turn:
+            self.running = False
+            self._turn.notify_all()
+
+
 class EndlessService:
-    """Transcribes for ever, one 'decoder step' at a time, as a long job would."""
+    """Transcribes for ever, one 'decoder step' after each poll of the store, as a long job
+    would; notes the step and the poll at which a checkpoint stopped it."""
 
     def __init__(self):
         self.started = threading.Event()
         self.steps = 0
+        self.store = None  # the PolledStore
+        self.stopped_at = None  # (steps, polls) when stopped
 
     def check_upload(self, path, options, display_name=None):
         return None
@@ -248,34 +294,53 @@ class EndlessService:
 
     def transcribe_file(self, path, options, *, display_name=None, progress=None):
         self.started.set()
-        while True:  # no progress report ever: only a step-level check can stop it
-            cancel.checkpoint()
-            self.steps += 1
-            time.sleep(0.01)
+        try:
+            while True:  # no progress report ever: only a step-level check can stop it
+                cancel.checkpoint()
+                self.steps += 1
+                self.store.next_poll()
+        except cancel.Cancelled:
+            self.stopped_at = (self.steps, self.store.polls)
+            raise
+        finally:
+            self.store.done()
 
 
 @pytest.mark.parametrize("how", ["cancel here", "cancel from another process", "delete"])
 def test_cancel_stops_a_running_job_within_a_second(tmp_path, how):
+    """In this process a cancel or delete stops the job at its next step; from another
+    process, the first poll that finds it cancelled stops it at the step that poll allows,
+    two poll periods at most after it was asked: within a second."""
+    assert 2 * CANCEL_POLL_SECONDS <= 1.0
     service = EndlessService()
     queue = JobQueue(str(tmp_path), service)
+    queue.store = service.store = PolledStore(queue.store)
     queue.start()
     try:
         job = queue.submit(io.BytesIO(b"audio"), "long.wav", TranscribeOptions())
-        assert service.started.wait(10)
-        asked = time.monotonic()
+        assert service.started.wait(PACE_WAIT)
         if how == "cancel here":
             queue.cancel(job.id)
         elif how == "cancel from another process":  # its own queue object: no shared event
             JobQueue(str(tmp_path), service).cancel(job.id)
         else:
             queue.delete(job.id)
-        wait_until(lambda: service.steps and (queue.get(job.id) is None or queue.get(job.id).finished),
-                   5, 0.01, "the job to stop")
-        stopped = time.monotonic() - asked
-        steps = service.steps
+        steps, polls = service.steps, service.store.polls
+        wait_until(lambda: service.stopped_at and (queue.get(job.id) is None
+                                                   or queue.get(job.id).finished),
+                   PACE_WAIT, 0.01, "the job to stop")
+        stopped_steps, stopped_polls = service.stopped_at
+        if how == "cancel from another process":
+            # the poll that first found it no longer wanted, then the step that poll allowed
+            # (poll polls + 2 began after poll polls + 1 was counted, after the cancel)
+            seen = next(n for n, wanted in enumerate(service.store.answers, 1) if job.id not in wanted)
+            assert seen <= polls + 2, (polls, seen)
+            assert stopped_polls == seen + 1, (seen, stopped_polls)
+        else:  # the step under way when asked, if any, and no other
+            assert stopped_polls - polls <= 1, (polls, stopped_polls)
+            assert stopped_steps - steps <= 1, (steps, stopped_steps)
         time.sleep(0.2)
-        assert service.steps == steps  # nothing runs any more
-        assert stopped < 2.0, stopped
+        assert service.steps == stopped_steps  # nothing runs any more
         if how != "delete":
             assert queue.get(job.id).state is JobState.CANCELLED
     finally:
