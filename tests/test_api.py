@@ -478,19 +478,32 @@ def test_a_checkpoint_under_a_short_name_is_shown_asked_for_and_reported_by_it(
         app.extensions["whisper_jobs"].stop()
 
 
-def test_language_detection_waits_for_a_busy_model_only_so_long(checkpoint, tmp_path, media):
+def test_language_detection_waits_for_a_busy_model_only_so_long(checkpoint, tmp_path, media,
+                                                               monkeypatch):
     app = make_app(checkpoint, tmp_path, WHISPER_SYNC_TIMEOUT="0.5")
     try:
         client = app.test_client()
         loaded = app.extensions["whisper_service"].models.get("tiny-test")
         with loaded.lock:  # a long transcription holds the model
+            asked = []  # how long each wait for the model was to last, and what it got
+            acquire = loaded.lock.acquire
+
+            def timed_acquire(blocking=True, timeout=-1, **kwargs):
+                asked.append((timeout, acquire(blocking, timeout, **kwargs)))
+                return asked[-1][1]
+
+            monkeypatch.setattr(loaded.lock, "acquire", timed_acquire)
             started = time.monotonic()
             busy = post(client, media["speech.wav"], url="/api/v1/detect-language")
             waited = time.monotonic() - started
+            monkeypatch.undo()
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "60"
         error = busy.get_json()["error"]
         assert error["code"] == "model_busy" and "busy with a long transcription" in error["message"]
-        assert 0.4 < waited < 10
+        # it waited, and for WHISPER_SYNC_TIMEOUT, not for ever (counted by the lock's timeout,
+        # not the wall clock, which a loaded machine stretches)
+        assert waited > 0.4
+        assert asked == [(0.5, False)]
         assert post(client, media["speech.wav"], url="/api/v1/detect-language").status_code == 200
     finally:
         app.extensions["whisper_jobs"].stop()
