@@ -583,17 +583,21 @@ def test_unknown_or_malformed_ids_find_nothing(make_queue, bad_id):
     assert queue.delete(bad_id) is False
 
 
-def test_purge_removes_only_old_finished_jobs(make_queue, root):
-    queue = make_queue(Recorder(), retention_seconds=1.0)
+def test_purge_removes_only_old_finished_jobs(make_queue, root, backend):
+    # an hour's retention; the old jobs are made old by their rows, not by waiting, so a
+    # slow machine cannot age the recent one past it
+    queue = make_queue(Recorder(), retention_seconds=3600.0)
+    two_hours_ago = time.time() - 2 * 3600
     old = submit_bytes(queue, "old.mp3")
     queue.cancel(old.id)
+    backend.set_column(old.id, "finished_at", two_hours_ago)
     waiting = submit_bytes(queue, "waiting.mp3")  # old too, but not finished
+    backend.set_column(waiting.id, "created_at", two_hours_ago)
     stray_old, stray_young = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     for stray in (stray_old, stray_young, "not-a-job-folder"):
         os.makedirs(os.path.join(root, stray))
     two_days_ago = time.time() - 2 * 24 * 3600
     os.utime(os.path.join(root, stray_old), (two_days_ago, two_days_ago))
-    time.sleep(1.1)
     recent = submit_bytes(queue, "recent.mp3")
     queue.cancel(recent.id)
 

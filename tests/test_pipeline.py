@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
 
@@ -37,14 +36,21 @@ def test_next_batch_is_prepared_while_this_one_decodes(service, long_speech, mon
     audio = service.decode(str(long_speech))
     events = []
     make_mels, decode = batched._window_mels, batched.decode_batch
+    second_mel = threading.Event()
 
     def recording_mels(*args):
         events.append(("mel", threading.current_thread().name))
-        return make_mels(*args)
+        mels = make_mels(*args)
+        if [kind for kind, _ in events].count("mel") == 2:
+            second_mel.set()
+        return mels
 
     def slow_decode(*args):
         events.append(("decode", threading.current_thread().name))
-        time.sleep(0.3)  # room for the producer to make the next batch meanwhile
+        if not second_mel.is_set():
+            # the first batch decodes until the producer has made the next one meanwhile
+            # (it never will if it waits for this decode: then the order below tells)
+            second_mel.wait(60)
         result = decode(*args)
         events.append(("decoded", threading.current_thread().name))
         return result
