@@ -44,5 +44,8 @@ test-deps: system-deps $(VENV)/.test-installed
 run: setup
 	WHISPER_HOST=$(HOST) WHISPER_PORT=$(PORT) $(VENV)/bin/gunicorn -c gunicorn.conf.py
 
+# two workers (pytest-xdist): a module runs whole on one, the live tests share one; the
+# slowest tests and the whole run's time are printed at the end
+TEST_WORKERS ?= 2
 test: test-deps
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10

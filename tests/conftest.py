@@ -54,6 +54,43 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+# --- running in parallel (pytest-xdist; `make test` runs `-n 2 --dist loadgroup`) --------
+
+
+def pytest_configure(config):
+    """In a worker of a parallel run with a worker per core, torch computes on one thread:
+    two workers of two threads each on two cores spend their time waiting for each other.
+    The servers the tests start inherit OMP_NUM_THREADS."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers > 1 and workers >= (os.cpu_count() or 1):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Each test module runs whole on one worker (its module fixtures start once, its
+    tests keep their order), and every test that talks to the session's shared live
+    server runs on one worker too, so the server and its model start once."""
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
+    def uses_live_server(item) -> bool:
+        definitions = getattr(item, "_fixtureinfo", None)
+        return bool(definitions) and any(
+            fixture.scope == "session"
+            for fixture in definitions.name2fixturedefs.get("live_server", ()))
+
+    live_modules = {module(item) for item in items if uses_live_server(item)}
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            name = module(item)
+            item.add_marker(pytest.mark.xdist_group("live-server" if name in live_modules
+                                                    else name))
+
+
 class FakeClock:
     """Time for tests whose subject is time: a monotonic clock that moves only when told,
     and a sleep that moves it instead of waiting. Code under test takes it where it takes a
@@ -215,7 +252,7 @@ def live_server(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("live-server")
     env = server_env(BUNDLED, folder, WHISPER_LIVE_SESSIONS=str(LIVE_SESSIONS),
-                     WHISPER_LIVE_MAX_MINUTES="1", OMP_NUM_THREADS="1")
+                     WHISPER_LIVE_MAX_MINUTES="1")
     running = Server(env, folder / "gunicorn.log").start()
     try:
         import requests
