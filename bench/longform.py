@@ -20,8 +20,11 @@ the reference. The contenders, all beam 5, language en, temperature 0 with no fa
 
 Ours and openai-whisper load the model as the service does (the model registry reading the
 bundled CTranslate2 folder into a float32 `Whisper`); faster-whisper loads that same folder
-itself (int8 or float32 weights). Our engines are called through their public entry point,
-so whatever whisper_service/engines/ does today is what is measured.
+itself (int8 or float32 weights). Our engines are called through their public entry point
+(dispatch.transcribe), so whatever whisper_service/engines/ does is what is measured: as it
+is on disk when the bench starts, uncommitted work included. A copy of whisper_service/
+taken then is what every run imports, so all rounds measure the same code even while
+someone edits it; the report names it (a digest, the commit, the files changed).
 
 Each run is a fresh child process of this script (`--one NAME`), one thread
 (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, torch.set_num_threads(1), cpu_threads=1); the
@@ -90,8 +93,9 @@ def read_wav(path: str):
     return pcm.astype(np.float32) / 32768.0
 
 
-def run_one(name: str, audio_path: str, model_folder: str, out: str) -> None:
-    """Load, transcribe, write {text, segments, seconds} as JSON to `out`."""
+def run_one(name: str, audio_path: str, model_folder: str, code: str, out: str) -> None:
+    """Load, transcribe, write {text, segments, seconds} as JSON to `out`. code: the folder
+    holding the snapshot of whisper_service/ to import."""
     started_cpu, started_wall = time.process_time(), time.perf_counter()
     if name.startswith("fw-"):
         from faster_whisper import BatchedInferencePipeline, WhisperModel
@@ -118,7 +122,7 @@ def run_one(name: str, audio_path: str, model_folder: str, out: str) -> None:
         import torch
 
         torch.set_num_threads(1)
-        sys.path.insert(0, str(ROOT))
+        sys.path.insert(0, code)
         from whisper_service.checkpoints import BUNDLED
         from whisper_service.config import Settings
         from whisper_service.models import ModelRegistry
@@ -150,7 +154,9 @@ def run_one(name: str, audio_path: str, model_folder: str, out: str) -> None:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     Path(out).write_text(json.dumps(dict(
         name=name, text=text, segments=segments, cpu=cpu, wall=wall, load_cpu=load_cpu,
-        load_wall=load_wall, threads=_threads())))
+        load_wall=load_wall, threads=_threads(),
+        imported=sys.modules["whisper_service"].__file__ if "whisper_service" in sys.modules
+        else None)))
 
 
 def _threads() -> int:
@@ -163,13 +169,14 @@ def _threads() -> int:
 
 # ---------------------------------------------------------------- the parent: rounds
 
-def spawn(name: str, audio_path: str, model_folder: str, folder: Path, round_: int) -> dict:
+def spawn(name: str, audio_path: str, model_folder: str, code: str, folder: Path,
+          round_: int) -> dict:
     """One child run: its report plus whole-process CPU seconds and peak RSS from wait4."""
     out = folder / f"{name}.round{round_}.json"
     log = folder / f"{name}.round{round_}.log"
     env = dict(os.environ, **ONE_THREAD, PYTHONUNBUFFERED="1")
     command = [sys.executable, str(Path(__file__).resolve()), "--one", name, "--audio",
-               audio_path, "--model-folder", model_folder, "--out", str(out)]
+               audio_path, "--model-folder", model_folder, "--code", code, "--out", str(out)]
     wall = time.perf_counter()
     with open(log, "w") as stream:
         child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env,
@@ -185,24 +192,33 @@ def spawn(name: str, audio_path: str, model_folder: str, folder: Path, round_: i
     return report
 
 
-def code_state() -> str:
-    """What whisper_service/ is for a run: the commit, and a digest of uncommitted changes
-    to it (another engineer's work in progress shows up in the bench as it stands)."""
-    def git(*args: str) -> bytes:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True).stdout
+def snapshot(folder: Path) -> str:
+    """A copy of whisper_service/ as it is on disk now (another engineer's work in
+    progress included) in folder/code, which every run imports: all rounds measure the
+    same code even while someone edits it. Returns what it is, for the report."""
+    import shutil
 
-    head = git("rev-parse", "--short", "HEAD").decode().strip() or "unknown"
-    changed = git("status", "--porcelain", "--", "whisper_service").decode().split("\n")
-    changed = sorted(line[3:] for line in changed if line.strip())
-    if not changed:
-        return f"{head}, whisper_service/ as committed"
-    digest = hashlib.sha1(git("diff", "HEAD", "--", "whisper_service"))
-    for name in changed:  # untracked files count by their contents too
-        path = ROOT / name
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return (f"{head} with uncommitted changes to {', '.join(changed)} "
-            f"(digest {digest.hexdigest()[:10]})")
+    code = folder / "code"
+    shutil.rmtree(code, ignore_errors=True)
+    shutil.copytree(ROOT / "whisper_service", code / "whisper_service",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return code_state(code)
+
+
+def code_state(code: Path) -> str:
+    """The copy of whisper_service/ in `code`: a digest of its files, the commit it was
+    taken at, and which of its files then differed from that commit."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout
+
+    digest = hashlib.sha1()
+    for path in sorted((code / "whisper_service").rglob("*.py")):
+        digest.update(str(path.relative_to(code)).encode() + b"\0" + path.read_bytes())
+    head = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = sorted(line[3:] for line in git("status", "--porcelain", "--",
+                                              "whisper_service").splitlines() if line.strip())
+    where = f"uncommitted changes to {', '.join(changed)}" if changed else "nothing uncommitted"
+    return f"whisper_service/ {digest.hexdigest()[:10]} (at {head}, {where})"
 
 
 def score(reference: str, hypothesis: str) -> dict:
@@ -271,8 +287,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{len(os.sched_getaffinity(0))} cores (nproc), {model}, {platform.machine()}; load average {load}"
+    return f"{len(os.sched_getaffinity(0))} cores (nproc), {model}, {platform.machine()}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -291,10 +306,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one run
     parser.add_argument("--audio", help=argparse.SUPPRESS)
     parser.add_argument("--model-folder", help=argparse.SUPPRESS)
+    parser.add_argument("--code", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
-        run_one(args.one, args.audio, args.model_folder, args.out)
+        run_one(args.one, args.audio, args.model_folder, args.code, args.out)
         return
 
     order = [name.strip() for name in args.contenders.split(",") if name.strip()]
@@ -319,10 +335,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         scratch = tempfile.TemporaryDirectory(prefix="longform-")
         folder = Path(scratch.name)
     started = datetime.datetime.now().astimezone()
+    load_before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"generating {args.seconds:.0f} s of speech (seed {args.seed})", file=sys.stderr)
     speech = (long_speech(args.seconds, args.seed, long_run=args.long_run) if args.long_run
               else long_speech(args.seconds, args.seed))
     audio_path = speech.write(str(folder / "speech.wav"))
+    code = snapshot(folder)
     (folder / "reference.txt").write_text(speech.text + "\n")
 
     reports: Dict[str, List[dict]] = {name: [] for name in order}
@@ -330,9 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for name in order:
             if name in SLOW and round_ > slow_runs:
                 continue
-            code = code_state()
-            report = spawn(name, audio_path, model_folder, folder, round_)
-            report["code"] = code
+            report = spawn(name, audio_path, model_folder, str(folder / "code"), folder, round_)
             report.update(score(speech.text, report["text"]))
             (folder / f"{name}.round{round_}.txt").write_text(report["text"].strip() + "\n")
             reports[name].append(report)
@@ -361,17 +377,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
           f"{len(speech.text.split())} words. Model: the bundled tiny.en. Beam {BEAM}, "
           f"language en, temperature 0 without fallback, one thread per run; CPU s is the "
           f"child's process time around the transcription only (model loading excluded).\n")
-    print(f"Machine: {machine()}. Date: {started:%Y-%m-%d %H:%M %Z} to "
+    load_after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"Machine: {machine()}; load average (1, 5, 15 min) {load_before} at the start, "
+          f"{load_after} at the end. Date: {started:%Y-%m-%d %H:%M %Z} to "
           f"{datetime.datetime.now().astimezone():%H:%M}.\n")
     print(table(reports, order))
-    codes = {r["code"] for runs in reports.values() for r in runs}
-    if len(codes) == 1:
-        print(f"\nCode measured: {codes.pop()}.")
-    else:
-        print("\nCode measured CHANGED during the run (compare rows with care):")
-        for name in order:
-            for r in reports[name]:
-                print(f"- {name} round {r['round']}: {r['code']}")
+    print(f"\nCode measured by every run of ours and openai-whisper (a copy taken at the "
+          f"start): {code}.")
     if args.keep:
         print(f"\nTexts, segments and deletions.md in {args.keep}")
     if scratch is not None:
