@@ -132,9 +132,11 @@ def speak(text: str, voice: str, pitch: int) -> np.ndarray:
     return samples[loud[0]:loud[-1] + 1].astype(np.float32) if len(loud) else samples[:0]
 
 
-def long_speech(seconds: float, seed: int = 0) -> LongSpeech:
+def long_speech(seconds: float, seed: int = 0, long_run: float = 0.0) -> LongSpeech:
     """At least `seconds` of speech: sentences in a seeded order and voice, separated by
-    pauses, with some run-on stretches (see RUN_ON_CHANCE)."""
+    pauses, with some run-on stretches (see RUN_ON_CHANCE). long_run: from the middle on,
+    one stretch of at least this many seconds with no pause a VAD cuts at (longer than a
+    30 s window, it must be cut inside speech)."""
     rng = random.Random(seed)
     parts: List[np.ndarray] = [np.zeros(int(0.5 * SAMPLE_RATE), np.float32)]
     said: List[Tuple[str, float, float]] = []
@@ -148,7 +150,8 @@ def long_speech(seconds: float, seed: int = 0) -> LongSpeech:
         voice, pitch = VOICES[rng.randrange(len(VOICES))]
         audio = speak(sentence, voice, pitch)
         said.append((sentence, cursor, cursor + len(audio) / SAMPLE_RATE))
-        gap = RUN_ON_GAP if rng.random() < RUN_ON_CHANCE else rng.uniform(*PAUSES)
+        in_long_run = long_run and seconds / 2 <= cursor < seconds / 2 + long_run
+        gap = RUN_ON_GAP if in_long_run or rng.random() < RUN_ON_CHANCE else rng.uniform(*PAUSES)
         parts += [audio, np.zeros(int(gap * SAMPLE_RATE), np.float32)]
         cursor += (len(audio) + int(gap * SAMPLE_RATE)) / SAMPLE_RATE
     return LongSpeech(np.concatenate(parts), " ".join(s for s, _, _ in said), tuple(said))

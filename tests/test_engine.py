@@ -221,12 +221,14 @@ def test_batch_windows_setting_changes_batches_not_results(service, long_speech,
         return original(model, mels, decoding, *args, **kwargs)
 
     monkeypatch.setattr(batched, "decode_batch", recording)
-    windows = len(speech_windows(audio))
+    windows = len(speech_windows(audio, split_long=False))
     together = dispatch.transcribe(loaded, audio, options)
-    assert windows >= 2 and sizes == [windows]  # one batch on the CPU (8 windows at most)
+    # one batch on the CPU (8 windows at most), then the rests of those whose decode
+    # stopped early (batched._rest), together
+    assert windows >= 2 and sizes[0] == windows and max(sizes) == windows
     sizes.clear()
     one_by_one = dispatch.transcribe(loaded, audio, options, batch_windows=1)
-    assert sizes == [1] * windows
+    assert set(sizes) == {1} and len(sizes) >= windows
 
     def said(transcript):  # batching may change float rounding, never what is said
         return [(s.start, s.end, s.text, s.tokens) for s in transcript.segments]

@@ -97,3 +97,17 @@ def test_a_transcription_stopped_mid_file_leaves_no_detection_running(spoken, se
     with pytest.raises(RuntimeError, match="cancelled"):
         dispatch.transcribe(loaded, audio, options, progress=cancel, batch_windows=1)
     assert not [t for t in threading.enumerate() if t.name.startswith("vad")]
+
+
+def test_speech_with_no_pause_past_30_s_is_cut_or_kept_whole():
+    from long_speech import long_speech
+
+    speech = long_speech(90, seed=0, long_run=40)
+    cut = vad.speech_windows(speech.audio)
+    whole = vad.speech_windows(speech.audio, split_long=False)
+    assert max(w.seconds for w in cut) <= 30
+    longest = max(whole, key=lambda w: w.seconds)
+    assert longest.seconds > 35
+    # the long window covers what the cut windows cover there, nothing is left out
+    inside = [w for w in cut if w.start >= longest.start and w.end <= longest.end]
+    assert len(inside) >= 2 and inside[0].start == longest.start and inside[-1].end == longest.end

@@ -41,6 +41,9 @@ BATCH_WINDOWS_CPU = 8  # more gains little on a few cores and delays the first p
 MAX_BATCH_WINDOWS = 64  # past this the GPU is busy anyway; bigger batches only add latency
 GPU_MEMORY_SHARE = 0.7  # of the free memory; the rest absorbs what the estimate leaves out
 ENCODER_ACTIVATIONS = 8  # encoder tensors alive at once, in (audio frames x width): MLP, q/k/v
+MIN_REST_SECONDS = 1.0  # less audio left after a decode's last timestamp is not decoded again
+MAX_PIECES = 16  # decodes of one window at most (each takes at least a second of it)
+WINDOW_SECONDS = N_FRAMES * HOP_LENGTH / SAMPLE_RATE  # the audio one decode sees
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +112,9 @@ def decode_files(
             batch, mels, features = item
             with loaded.lock, times.recording():  # held a batch at a time: others
                 # wait for one batch, not the run
-                _decode_with_fallback(model, mels if features is None else features,
-                                      options, language, [state.prompt for state, _ in batch],
-                                      loaded.fp16, _report_inside(batch),
-                                      _segments_in_order(model, tokenizer, batch, mels,
-                                                         options, times))
+                _decode_windows(loaded, batch, mels, features, options, language, tokenizer,
+                                _report_inside(batch),
+                                _segments_in_order(model, tokenizer, batch, options, times))
             done = {id(state): (state, window.end) for state, window in batch}
             for state, end in done.values():
                 state.report(end / SAMPLE_RATE)
@@ -144,36 +145,37 @@ def _report_inside(batch: List[Tuple[_FileState, Window]]) -> window_progress.Re
 
 
 def _segments_in_order(model, tokenizer, batch: List[Tuple[_FileState, Window]],
-                       mels: torch.Tensor, options: TranscribeOptions,
-                       times: StageTimes) -> "Settled":
-    """_decode_with_fallback's `settled` for a batch: each window's segments once its decode
-    is final, added to its file's, and reported (progress carries them) at once. A file's
-    windows lie in order in a batch, and a window waits for the file's windows before it
-    (a later one is often final first: the earlier one falls back to a higher temperature),
-    so a file's segments are never skipped nor reordered; word timestamps, which start
-    from the file's last segment, see the same segments before them as in one go. Reports
-    from here come while the model is held, so only while windows of the batch still
-    decode: those of the batch's end wait for decode_files, after the model is let go."""
-    final: list = [None] * len(batch)
+                       options: TranscribeOptions, times: StageTimes) -> "Settled":
+    """_decode_windows' `settled` for a batch: each window's segments once its decode is
+    final (every piece of it, see _decode_windows), added to its file's, and reported
+    (progress carries them) at once. A file's windows lie in order in a batch, and a window
+    waits for the file's windows before it (a later one is often final first: the earlier
+    one falls back to a higher temperature or goes on past an early end), so a file's
+    segments are never skipped nor reordered; word timestamps, which start from the file's
+    last segment, see the same segments before them as in one go. Reports from here come
+    while the model is held, so only while windows of the batch still decode: those of the
+    batch's end wait for decode_files, after the model is let go."""
+    final: List[Optional[List[_Piece]]] = [None] * len(batch)
     taken = [False] * len(batch)
 
-    def settled(indexes: Sequence[int], results: list) -> None:
+    def settled(indexes: Sequence[int], pieces: Sequence[Optional[List["_Piece"]]]) -> None:
         for index in indexes:
-            final[index] = results[index]
+            final[index] = pieces[index]
         grown: Dict[int, Tuple[_FileState, Window]] = {}
         waiting = set()  # files with a window before still decoding
         with times.stage("segments"):
-            for index, ((state, window), mel) in enumerate(zip(batch, mels)):
+            for index, (state, window) in enumerate(batch):
                 if taken[index] or id(state) in waiting:
                     continue
-                result = final[index]
-                if result is None:
+                if final[index] is None:
                     waiting.add(id(state))
                     continue
                 taken[index] = True
-                if not _is_silence(result, options):
-                    found = _window_segments(model, tokenizer, window, mel, result,
-                                             state.request.options, state.segments)
+                for piece in final[index]:
+                    if _is_silence(piece.result, options):
+                        continue
+                    found = _window_segments(model, tokenizer, piece, state.request.options,
+                                             state.segments)
                     state.segments.extend(found)
                     state.finished += finished_segments(found)
                 grown[id(state)] = (state, window)
@@ -216,9 +218,13 @@ def _prepared_batches(loaded: LoadedModel, windows: Iterator[Tuple[_FileState, W
 
 
 def _speech_windows(files: List[_FileState]) -> Iterator[Tuple[_FileState, Window]]:
-    """Every file's windows, file after file; a file given up yields no more."""
+    """Every file's windows, file after file; a file given up yields no more. Speech with
+    no pause to cut at for more than 30 s is one window here: its decodes go on from each
+    other's last timestamp, with the text before as their prompt (_decode_windows), as
+    whisper.transcribe does, rather than each starting blind in the middle of a word."""
     for state in files:
-        with contextlib.closing(iter_speech_windows(state.request.audio)) as windows:
+        with contextlib.closing(iter_speech_windows(state.request.audio,
+                                                    split_long=False)) as windows:
             for window in windows:
                 if state.error is not None:
                     break  # closing the detector stops its threads
@@ -275,17 +281,121 @@ def _window_mels(loaded: LoadedModel, windows: List[Tuple[np.ndarray, Window]]) 
     return mels.half() if loaded.fp16 else mels
 
 
-def _window_segments(model, tokenizer, window: Window, mel: torch.Tensor, result,
-                     options: TranscribeOptions, before: List[dict]) -> List[dict]:
-    """One window's segments on the file's timeline, with word timestamps if asked."""
-    found = _segments(window, result, tokenizer, start_id=len(before))
+def _window_segments(model, tokenizer, piece: "_Piece", options: TranscribeOptions,
+                     before: List[dict]) -> List[dict]:
+    """One piece's segments on the file's timeline, with word timestamps if asked."""
+    window = piece.window
+    found = _segments(window, piece.result, tokenizer, start_id=len(before),
+                      complete_only=piece.continued)
     if options.word_timestamps and found:
         add_word_timestamps(
-            segments=found, model=model, tokenizer=tokenizer, mel=mel,
+            segments=found, model=model, tokenizer=tokenizer, mel=piece.mel,
             num_frames=min(N_FRAMES, (window.end - window.start) // HOP_LENGTH),
             last_speech_timestamp=before[-1]["end"] if before else 0.0,
         )
     return found
+
+
+@dataclass
+class _Piece:
+    """What one decode of a window, or of the rest of it, gave. continued: the decode
+    stopped early (see _rest): only its complete segments count, and the audio after its
+    last timestamp is decoded again as the next piece."""
+
+    window: Window  # the samples decoded, on the file's timeline
+    mel: torch.Tensor  # (n_mels, 3000) their log-Mel, for word timing
+    result: "whisper.DecodingResult"
+    continued: bool = False
+
+
+def _decode_windows(loaded: LoadedModel, batch: List[Tuple[_FileState, Window]],
+                    mels: torch.Tensor, features: Optional[torch.Tensor],
+                    options: TranscribeOptions, language: str, tokenizer,
+                    reached: window_progress.Report, settled: "Settled") -> None:
+    """Decode a batch of windows to the end of their speech, as whisper.transcribe goes on
+    from a window's last timestamp: a decode that stops early (end-of-text after a
+    timestamp pair while a second or more of the window is left) leaves the rest of its
+    window to a next piece, decoded with the windows' other rests as a smaller batch,
+    prompted with the text before it when condition_on_previous_text is on. Without this a
+    window's last sentence is often lost whole. settled: told each window's pieces once
+    the last of them is final."""
+    model = loaded.model
+    pieces: List[List[_Piece]] = [[] for _ in batch]
+    final: List[Optional[List[_Piece]]] = [None] * len(batch)
+    todo = list(range(len(batch)))  # the batch's windows whose next piece is decoded now
+    windows = [window for _, window in batch]  # each one's piece decoded now
+    inputs, piece_mels = (mels if features is None else features), mels
+    prompts = [state.prompt for state, _ in batch]
+    for _ in range(MAX_PIECES):
+        rests: Dict[int, Window] = {}
+
+        def round_settled(indexes: Sequence[int], results: list) -> None:
+            ended = []
+            for i in indexes:
+                index = todo[i]
+                rest = _rest(windows[index], results[i], tokenizer, options)
+                pieces[index].append(_Piece(windows[index], piece_mels[i], results[i],
+                                            continued=rest is not None))
+                if rest is None:
+                    final[index] = pieces[index]
+                    ended.append(index)
+                else:
+                    rests[index] = rest
+            if ended:
+                settled(sorted(ended), final)
+
+        def round_reached(seconds: Sequence[float]) -> None:
+            every = [math.inf] * len(batch)
+            for i, value in zip(range(len(todo)), seconds):
+                index = todo[i]
+                every[index] = (windows[index].start - batch[index][1].start) / SAMPLE_RATE + value
+            reached(every)
+
+        _decode_with_fallback(model, inputs, options, language, [prompts[i] for i in todo],
+                              loaded.fp16, round_reached, round_settled)
+        if not rests:
+            return
+        todo = sorted(rests)
+        for index in todo:
+            windows[index] = rests[index]
+            if options.condition_on_previous_text:
+                said = [t for piece in pieces[index] for t in _kept_tokens(piece, tokenizer)]
+                prompts[index] = (batch[index][0].prompt or []) + said
+        piece_mels = _window_mels(loaded, [(batch[index][0].request.audio, windows[index])
+                                           for index in todo])
+        inputs = piece_mels
+    settled(sorted(rests), pieces)  # MAX_PIECES reached: what was decoded stands
+
+
+def _rest(window: Window, result, tokenizer, options: TranscribeOptions) -> Optional[Window]:
+    """The part of `window` a decode left undecoded, or None. As whisper.transcribe seeks,
+    a decode is taken up to its last timestamp and what follows is decoded again: after a
+    timestamp pair (the text after it was cut off), and here also after a lone timestamp
+    at the end (the model's word that nothing follows, which a VAD window, ending where
+    speech ends, often proves wrong), when at least MIN_REST_SECONDS of audio is left. A
+    window longer than 30 s (speech with no pause to cut at) goes on at least past the
+    30 s the decode saw."""
+    if _is_silence(result, options):
+        return None
+    tokens = [t for t in result.tokens if t != tokenizer.eot]
+    stamps = [t - tokenizer.timestamp_begin for t in tokens if t >= tokenizer.timestamp_begin]
+    seen = min(window.seconds, WINDOW_SECONDS)
+    consumed = stamps[-1] * TIME_PRECISION if stamps else seen
+    if consumed <= 0:
+        consumed = seen
+    if window.seconds - consumed < MIN_REST_SECONDS:
+        return None
+    return Window(window.start + int(round(consumed * SAMPLE_RATE)), window.end)
+
+
+def _kept_tokens(piece: _Piece, tokenizer) -> List[int]:
+    """The tokens of a piece's segments (text and timestamps), as whisper.transcribe
+    conditions the next window on them."""
+    tokens = [t for t in piece.result.tokens if t != tokenizer.eot]
+    if piece.continued:
+        ends = [i for i, t in enumerate(tokens) if t >= tokenizer.timestamp_begin]
+        tokens = tokens[:ends[-1] + 1] if ends else tokens
+    return tokens
 
 
 Settled = Callable[[Sequence[int], list], None]
@@ -347,9 +457,11 @@ def _is_silence(result, options: TranscribeOptions) -> bool:
     return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
 
 
-def _segments(window: Window, result, tokenizer, start_id: int) -> List[dict]:
+def _segments(window: Window, result, tokenizer, start_id: int,
+              complete_only: bool = False) -> List[dict]:
     """Segments between pairs of timestamp tokens, placed on the file's timeline; text after
-    the last timestamp runs to the window's end."""
+    the last timestamp runs to the window's end, unless complete_only (that text is decoded
+    again with the rest of the window: only a last segment closed by a timestamp stays)."""
     tokens = list(result.tokens)
     cuts = [i for i, t in enumerate(tokens) if t >= tokenizer.timestamp_begin]
     pieces, begin = [], 0
@@ -357,7 +469,9 @@ def _segments(window: Window, result, tokenizer, start_id: int) -> List[dict]:
         if current == previous + 1:  # two timestamps in a row close one segment
             pieces.append(tokens[begin:current])
             begin = current
-    if tokens[begin:] and any(t < tokenizer.eot for t in tokens[begin:]):
+    rest = [t for t in tokens[begin:] if t != tokenizer.eot]
+    closed = bool(rest) and rest[-1] >= tokenizer.timestamp_begin
+    if rest and any(t < tokenizer.eot for t in rest) and (closed or not complete_only):
         pieces.append(tokens[begin:])
     segments = []
     for piece in pieces:

@@ -51,28 +51,33 @@ class Window:
         return (self.end - self.start) / SAMPLE_RATE
 
 
-def speech_windows(audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS) -> List[Window]:
+def speech_windows(audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS,
+                   split_long: bool = True) -> List[Window]:
     """All speech windows of the audio, in order."""
-    return list(iter_speech_windows(audio, max_seconds))
+    return list(iter_speech_windows(audio, max_seconds, split_long=split_long))
 
 
 def iter_speech_windows(
-    audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS, threads: Optional[int] = None
+    audio: np.ndarray, max_seconds: float = MAX_WINDOW_SECONDS, threads: Optional[int] = None,
+    split_long: bool = True,
 ) -> Iterator[Window]:
     """Speech windows in order, produced while detection of later sections goes on in
     background threads. Consecutive speech stretches merge into windows of at most
-    `max_seconds`; a window never spans two sections."""
+    `max_seconds`; a window never spans two sections. A stretch of speech longer than
+    `max_seconds` with no pause to cut at is cut inside speech into windows of at most
+    that, or with split_long=False is one window of its own, longer than `max_seconds`
+    (for an engine that goes on from where its decode of the first 30 s ended)."""
     model = load_model()
     sections = audio_sections(audio)
     threads = threads or min(len(sections), os.cpu_count() or 1, MAX_THREADS)
     if threads <= 1:
         for start, end in sections:
-            yield from _section_windows(model, audio, start, end, max_seconds)
+            yield from _section_windows(model, audio, start, end, max_seconds, split_long)
         return
     pool = ThreadPoolExecutor(threads, thread_name_prefix="vad")
     try:
         futures = [
-            pool.submit(_section_windows, model, audio, start, end, max_seconds)
+            pool.submit(_section_windows, model, audio, start, end, max_seconds, split_long)
             for start, end in sections
         ]
         for future in futures:
@@ -113,12 +118,13 @@ def load_model():
 
 
 def _section_windows(model, audio: np.ndarray, start: int, end: int,
-                     max_seconds: float) -> List[Window]:
+                     max_seconds: float, split_long: bool = True) -> List[Window]:
     import silero_vad
 
     stretches = silero_vad.get_speech_timestamps_sequence(
         audio[start:end], model, sampling_rate=SAMPLE_RATE,
-        max_speech_duration_s=max_seconds, min_silence_duration_ms=MIN_SILENCE_MS,
+        max_speech_duration_s=max_seconds if split_long else float("inf"),
+        min_silence_duration_ms=MIN_SILENCE_MS,
         speech_pad_ms=SPEECH_PAD_MS, min_speech_duration_ms=MIN_SPEECH_MS,
     )
     limit = int(max_seconds * SAMPLE_RATE)
@@ -131,7 +137,7 @@ def _section_windows(model, audio: np.ndarray, start: int, end: int,
             continue
         if current is not None:
             windows.append(current)
-        current = Window(first, min(last, first + limit))
+        current = Window(first, min(last, first + limit) if split_long else last)
     if current is not None:
         windows.append(current)
     return windows
