@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bundled_model import spoken_wav
+from conftest import wait_until
 from whisper_service.errors import BadOption
 from whisper_service.live.audio import BadAudio, Recording, Resampler, pcm16_samples
 from whisper_service.live.scheduler import LiveScheduler, TooManySessions
@@ -220,8 +221,22 @@ def test_a_failed_decode_is_said_once_and_the_utterance_ends(sentence):
     assert session.settled and isinstance(events[-1], UtteranceDone)
 
 
+class RoundDecoder(ScriptedDecoder):
+    """Decodes only between rounds of frames: a decode the first frame of a round made due
+    waits until every session has its frame, so sessions share calls however fast or slow
+    the scheduler's thread runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.feeding = threading.Lock()
+
+    def decode(self, requests):
+        with self.feeding:
+            return super().decode(requests)
+
+
 def test_the_scheduler_decodes_sessions_together_and_bounds_them(sentence):
-    decoder = ScriptedDecoder()
+    decoder = RoundDecoder()
     scheduler = LiveScheduler(decoder, max_sessions=3)
     sessions = [scheduler.open(LiveOptions(), lambda event: None) for _ in range(3)]
     with pytest.raises(TooManySessions, match="3 live session"):
@@ -229,14 +244,13 @@ def test_the_scheduler_decodes_sessions_together_and_bounds_them(sentence):
     with pytest.raises(BadOption, match="not offered"):
         scheduler.open(LiveOptions(model="nope"), lambda event: None)
     for start in range(0, len(sentence), FRAME):
-        for session in sessions:
-            session.feed(sentence[start:start + FRAME])
+        with decoder.feeding:
+            for session in sessions:
+                session.feed(sentence[start:start + FRAME])
         time.sleep(0.005)
     for session in sessions:
         session.stop()
-    deadline = time.monotonic() + 10
-    while not all(s.settled for s in sessions) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: all(s.settled for s in sessions), 60, 0.01, "the sessions to settle")
     assert all(s.text == "The quick brown fox jumps over the lazy dog." for s in sessions)
     assert max(decoder.calls) > 1  # sessions shared decoder calls
     scheduler.close(sessions[0])
@@ -257,12 +271,15 @@ def test_live_decodes_go_before_file_batches_waiting_for_the_model():
             with lock:
                 order.append(name)
 
+    def waiting() -> int:  # threads waiting for their turn (the lock's condition's waiters)
+        return len(lock._changed._waiters)
+
     batch = threading.Thread(target=take, args=("next batch", False))
     batch.start()
-    time.sleep(0.05)
+    wait_until(lambda: waiting() == 1, what="the next batch to wait")
     live = threading.Thread(target=take, args=("live", True))
     live.start()
-    time.sleep(0.05)
+    wait_until(lambda: waiting() == 2, what="the live decode to wait too")
     lock.release()
     batch.join(5)
     live.join(5)
