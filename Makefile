@@ -48,4 +48,4 @@ run: setup
 # slowest tests and the whole run's time are printed at the end
 TEST_WORKERS ?= 2
 test: test-deps
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10

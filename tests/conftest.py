@@ -54,7 +54,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-# --- running in parallel (pytest-xdist; `make test` runs `-n 2 --dist loadgroup`) --------
+# --- running in parallel (pytest-xdist; `make test` runs `-n 2 --dist loadfile`) ---------
 
 
 def pytest_configure(config):
@@ -69,26 +69,39 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+# the modules whose tests talk to the session's live server (live_server below): in a
+# parallel run they go to one worker, so the server and its model start once
+LIVE_SERVER_MODULES = ("tests/e2e/test_live_page.py", "tests/e2e/test_live_protocols.py",
+                       "tests/test_live_client.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the live-server modules as one unit: each test module runs
+    whole on one worker (its module fixtures start once, its tests keep their order), the
+    live ones all on the same worker. (xdist's loadgroup cannot do this under pytest 9,
+    whose node ids no longer take the group suffix xdist adds to them.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesAndTheLiveServer(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "live-server" if module in LIVE_SERVER_MODULES else module
+
+    return ModulesAndTheLiveServer(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Each test module runs whole on one worker (its module fixtures start once, its
-    tests keep their order), and every test that talks to the session's shared live
-    server runs on one worker too, so the server and its model start once."""
-    def module(item) -> str:
-        return item.nodeid.split("::")[0]
-
-    def uses_live_server(item) -> bool:
-        definitions = getattr(item, "_fixtureinfo", None)
-        return bool(definitions) and any(
-            fixture.scope == "session"
-            for fixture in definitions.name2fixturedefs.get("live_server", ()))
-
-    live_modules = {module(item) for item in items if uses_live_server(item)}
+    """Every test that uses the session's live server is in LIVE_SERVER_MODULES."""
     for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            name = module(item)
-            item.add_marker(pytest.mark.xdist_group("live-server" if name in live_modules
-                                                    else name))
+        definitions = getattr(item, "_fixtureinfo", None)
+        if definitions and any(fixture.scope == "session" for fixture in
+                               definitions.name2fixturedefs.get("live_server", ())):
+            module = item.nodeid.split("::", 1)[0]
+            if module not in LIVE_SERVER_MODULES:
+                raise pytest.UsageError(f"{module} uses the shared live server: add it to "
+                                        "LIVE_SERVER_MODULES in tests/conftest.py")
 
 
 class FakeClock:
