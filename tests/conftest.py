@@ -96,8 +96,8 @@ def pytest_collection_modifyitems(config, items):
     """Every test that uses the session's live server is in LIVE_SERVER_MODULES."""
     for item in items:
         definitions = getattr(item, "_fixtureinfo", None)
-        if definitions and any(fixture.scope == "session" for fixture in
-                               definitions.name2fixturedefs.get("live_server", ())):
+        live = definitions.name2fixturedefs.get("live_server") if definitions else None
+        if live and live[-1].scope == "session":  # the last definition is the one used
             module = item.nodeid.split("::", 1)[0]
             if module not in LIVE_SERVER_MODULES:
                 raise pytest.UsageError(f"{module} uses the shared live server: add it to "
