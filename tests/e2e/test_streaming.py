@@ -97,7 +97,29 @@ def test_a_job_cancelled_mid_stream_ends_it_with_an_error_event(server, long_spe
     assert "cancelled" in data[0]["error"]["message"]
 
 
-def test_a_caller_that_leaves_mid_stream_cancels_its_job(server, long_speech):
+@pytest.fixture
+def endless_decoder(monkeypatch):
+    """The model's decoder, in this process's servers, never finishes a step: a job ends
+    only when it is cancelled (the checkpoint that lets a cancel in raises then). A job can
+    then not win a race against noticing its caller left, however fast or slow it runs."""
+    import threading
+
+    from whisper_service import cancel
+
+    released = threading.Event()  # after the test: a job still in there fails, not hangs
+
+    def endless_forward(self, *args, **kwargs):
+        while not released.is_set():
+            cancel.checkpoint()
+            time.sleep(0.01)
+        raise RuntimeError("the endless decoder was released")
+
+    monkeypatch.setattr(TextDecoder, "forward", endless_forward)
+    yield
+    released.set()
+
+
+def test_a_caller_that_leaves_mid_stream_cancels_its_job(server, long_speech, endless_decoder):
     response, _, _ = open_stream(server, long_speech)
     job_id = response.headers["X-Job-Id"]
     response.close()  # the caller goes away while its job runs

@@ -361,8 +361,16 @@ def stream(server: str, audio: Iterable[bytes], *, api_key: Optional[str] = None
     result = LiveResult()
     sender_failed: List[BaseException] = []
     stopped_at: List[float] = []
+    ready = threading.Event()
 
     def send_all() -> None:
+        # audio only once the server said `ready`: a session it refuses at once (busy, a bad
+        # option) gets none, and its error is read before the connection closes, rather than
+        # lost to the reset that audio arriving after the close would bring
+        while not ready.wait(0.1):
+            if stop.is_set() or not ws.connected:
+                stopped_at.append(time.monotonic())
+                return
         try:
             for frame in audio:
                 if stop.is_set() or not ws.connected:
@@ -381,7 +389,7 @@ def stream(server: str, audio: Iterable[bytes], *, api_key: Optional[str] = None
     sender = threading.Thread(target=send_all, name="live-sender", daemon=True)
     sender.start()
     try:
-        _receive(ws, result, on_event, stopped_at, done_timeout)
+        _receive(ws, result, on_event, stopped_at, done_timeout, ready)
     finally:
         stop.set()
         if ws.connected:
@@ -404,7 +412,8 @@ def _closed_errors() -> tuple:
     return (simple_websocket.ConnectionClosed, OSError)
 
 
-def _receive(ws, result: LiveResult, on_event, stopped_at: List[float], done_timeout: float) -> None:
+def _receive(ws, result: LiveResult, on_event, stopped_at: List[float], done_timeout: float,
+             ready: Optional[threading.Event] = None) -> None:
     import simple_websocket
 
     while True:
@@ -433,6 +442,8 @@ def _receive(ws, result: LiveResult, on_event, stopped_at: List[float], done_tim
         if kind == "ready":
             result.ready = event
             result.session = event.get("session")
+            if ready is not None:
+                ready.set()
         elif kind == "committed":
             result.committed.append(str(event.get("text", "")))
         elif kind == "error":
