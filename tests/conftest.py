@@ -89,6 +89,12 @@ def pytest_xdist_make_scheduler(config, log):
             module = nodeid.split("::", 1)[0]
             return "live-server" if module in LIVE_SERVER_MODULES else module
 
+        def schedule(self) -> None:
+            # in collection order, not most tests first: tests/e2e/ (few tests, real
+            # servers, the longest) goes out first and the many quick modules fill the end
+            self.config.option.loadscopereorder = False
+            super().schedule()
+
     return ModulesAndTheLiveServer(config, log)
 
 
