@@ -18,9 +18,11 @@ ESPEAK_WORDS_PER_MINUTE = "150"  # as conftest's media fixture speaks
 
 
 @lru_cache(maxsize=None)
-def bundled_model() -> LoadedModel:
-    """The bundled model as the registry loads it, on the CPU: one load for the session."""
-    return ModelRegistry(Settings(model=BUNDLED, device="cpu")).get(BUNDLED)
+def bundled_model(cpu_decoder: str = Settings.cpu_decoder) -> LoadedModel:
+    """The bundled model as the registry loads it, on the CPU: one load for the session
+    per cpu_decoder (WHISPER_CPU_DECODER: the batched engine's window decodes on
+    CTranslate2 int8 by default, or "torch")."""
+    return ModelRegistry(Settings(model=BUNDLED, device="cpu", cpu_decoder=cpu_decoder)).get(BUNDLED)
 
 
 def speak(text: str, path: Path) -> Path:

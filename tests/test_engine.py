@@ -294,8 +294,9 @@ def test_files_transcribed_together_share_batches_and_say_what_they_say_alone(
         dispatch.FileRequest(short, prompted, reports[0].append),
         dispatch.FileRequest(long, options, reports[1].append),
     ])
-    windows = len(speech_windows(short)) + len(speech_windows(long))
-    assert sizes == [windows] and windows >= 3  # one batch held the windows of both
+    windows = len(speech_windows(short, split_long=False)) + len(speech_windows(long, split_long=False))
+    # one batch held the windows of both (then the rests of any that stopped early)
+    assert sizes[0] == windows and max(sizes) == windows and windows >= 3
     assert [_said(t) for t in together] == [_said(t) for t in alone]
     assert [t.duration for t in together] == [t.duration for t in alone]
     assert reports[0][-1].fraction == reports[1][-1].fraction == 1.0

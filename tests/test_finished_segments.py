@@ -117,8 +117,11 @@ def test_settled_windows_are_told_once_each_in_order(monkeypatch):
     options = TranscribeOptions(temperature=(0.0, 0.5, 1.0))
     import torch
 
+    from types import SimpleNamespace
+
+    loaded = SimpleNamespace(model=None, windows=None, fp16=False)  # decoded by decode_batch
     results = batched._decode_with_fallback(
-        None, torch.arange(4), options, "en", [None] * 4, False, lambda reached: None,
+        loaded, torch.arange(4), options, "en", [None] * 4, lambda reached: None,
         lambda indexes, so_far: told.append([(i, so_far[i].temperature) for i in indexes]))
     assert decoded == [0.0, 0.5, 1.0]
     assert told == [[(0, 0.0), (2, 0.0)], [(1, 0.5)], [(3, 1.0)]]

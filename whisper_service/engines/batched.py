@@ -351,8 +351,8 @@ def _decode_windows(loaded: LoadedModel, batch: List[Tuple[_FileState, Window]],
                 every[index] = (windows[index].start - batch[index][1].start) / SAMPLE_RATE + value
             reached(every)
 
-        _decode_with_fallback(model, inputs, options, language, [prompts[i] for i in todo],
-                              loaded.fp16, round_reached, round_settled)
+        _decode_with_fallback(loaded, inputs, options, language, [prompts[i] for i in todo],
+                              round_reached, round_settled)
         if not rests:
             return
         todo = sorted(rests)
@@ -401,12 +401,14 @@ def _kept_tokens(piece: _Piece, tokenizer) -> List[int]:
 Settled = Callable[[Sequence[int], list], None]
 
 
-def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str,
-                          prompts: List[Optional[List[int]]], fp16: bool,
+def _decode_with_fallback(loaded: LoadedModel, mels, options: TranscribeOptions, language: str,
+                          prompts: List[Optional[List[int]]],
                           reached: window_progress.Report,
                           settled: Optional[Settled] = None) -> list:
     """whisper.transcribe's temperature fallback, window by window: only the windows that
-    fail the thresholds are decoded again, at the next temperature. reached: told, now and
+    fail the thresholds are decoded again, at the next temperature. The decodes run on
+    the model's CTranslate2 twin where it has one (loaded.windows), else decode_batch on
+    the torch model. reached: told, now and
     then, how far into each window decoding is (a window not decoded again: finished).
     settled: told after each temperature the windows whose results are now final (their
     indexes, ascending, and the results so far), every window once."""
@@ -426,10 +428,11 @@ def _decode_with_fallback(model, mels, options: TranscribeOptions, language: str
             task=options.task, language=language, temperature=temperature,
             beam_size=beam, patience=options.patience if beam else None,
             best_of=options.best_of if temperature > 0 else None,
-            length_penalty=options.length_penalty, fp16=fp16,
+            length_penalty=options.length_penalty, fp16=loaded.fp16,
         )
+        decode = loaded.windows.decode if loaded.windows is not None else decode_batch
         with window_progress.watching(report_pending):
-            decoded = decode_batch(model, mels[pending], decoding, [prompts[i] for i in pending])
+            decoded = decode(loaded.model, mels[pending], decoding, [prompts[i] for i in pending])
         for index, result in zip(pending, decoded):
             results[index] = result
         last = step == len(temperatures) - 1

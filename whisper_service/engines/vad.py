@@ -31,6 +31,7 @@ MIN_SPEECH_MS = 250  # shorter blips are not speech
 SECTION_SECONDS = 120  # detected independently of each other, in parallel
 SECTION_SEARCH_SECONDS = 5  # a section ends at the quietest moment this near its nominal end
 QUIET_FRAME = 512  # samples (32 ms) over which loudness is measured to find that moment
+QUIET_FRAMES = 12  # frames (384 ms) that must be quiet together: a pause, not a consonant
 MAX_THREADS = 8  # detection threads at most (each runs one onnxruntime call at a time)
 
 _model = None
@@ -66,7 +67,8 @@ def iter_speech_windows(
     `max_seconds`; a window never spans two sections. A stretch of speech longer than
     `max_seconds` with no pause to cut at is cut inside speech into windows of at most
     that, or with split_long=False is one window of its own, longer than `max_seconds`
-    (for an engine that goes on from where its decode of the first 30 s ended)."""
+    (for an engine that goes on from where its decode of the first 30 s ended); then a
+    window never starts after a pause shorter than the two pads either."""
     model = load_model()
     sections = audio_sections(audio)
     threads = threads or min(len(sections), os.cpu_count() or 1, MAX_THREADS)
@@ -89,14 +91,19 @@ def iter_speech_windows(
 
 def audio_sections(audio: np.ndarray) -> List[Tuple[int, int]]:
     """(start, end) samples of consecutive sections of about SECTION_SECONDS, each ending
-    at the quietest QUIET_FRAME near its nominal end, so a cut falls in a pause."""
+    in the middle of the quietest QUIET_FRAMES frames near its nominal end, so a cut
+    falls in a pause."""
     size, search = SECTION_SECONDS * SAMPLE_RATE, SECTION_SEARCH_SECONDS * SAMPLE_RATE
     bounds = [0]
     while len(audio) - bounds[-1] > size + search:
         low = bounds[-1] + size - search
         count = 2 * search // QUIET_FRAME
         frames = audio[low:low + count * QUIET_FRAME].reshape(count, QUIET_FRAME)
-        quietest = int(np.square(frames).mean(axis=1).argmin())
+        loudness = np.square(frames).mean(axis=1)
+        # the quietest stretch of QUIET_FRAMES frames, not the quietest single frame: one
+        # 32 ms frame can be the gap before a consonant in the middle of a word
+        stretch = np.convolve(loudness, np.ones(QUIET_FRAMES), mode="valid")
+        quietest = int(stretch.argmin()) + QUIET_FRAMES // 2
         bounds.append(low + quietest * QUIET_FRAME + QUIET_FRAME // 2)
     bounds.append(len(audio))
     return list(zip(bounds, bounds[1:]))
@@ -128,16 +135,30 @@ def _section_windows(model, audio: np.ndarray, start: int, end: int,
         speech_pad_ms=SPEECH_PAD_MS, min_speech_duration_ms=MIN_SPEECH_MS,
     )
     limit = int(max_seconds * SAMPLE_RATE)
+    units = [Window(start + int(s["start"]), min(start + int(s["end"]), end)) for s in stretches]
+    if not split_long:
+        units = _joined_where_touching(units)
     windows: List[Window] = []
     current: Optional[Window] = None
-    for stretch in stretches:
-        first, last = start + int(stretch["start"]), min(start + int(stretch["end"]), end)
-        if current is not None and last - current.start <= limit:
-            current = Window(current.start, last)  # the pause between them stays inside
+    for unit in units:
+        if current is not None and unit.end - current.start <= limit:
+            current = Window(current.start, unit.end)  # the pause between them stays inside
             continue
         if current is not None:
             windows.append(current)
-        current = Window(first, min(last, first + limit) if split_long else last)
+        current = Window(unit.start, min(unit.end, unit.start + limit) if split_long else unit.end)
     if current is not None:
         windows.append(current)
     return windows
+
+
+def _joined_where_touching(stretches: List[Window]) -> List[Window]:
+    """Stretches whose pads touch (a pause shorter than both pads: mid-sentence more often
+    than not) as one: no window starts inside them, however long they are."""
+    joined: List[Window] = []
+    for stretch in stretches:
+        if joined and stretch.start <= joined[-1].end:
+            joined[-1] = Window(joined[-1].start, stretch.end)
+        else:
+            joined.append(stretch)
+    return joined
