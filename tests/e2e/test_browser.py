@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import requests
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import expect, sync_playwright
 
 from conftest import make_app, serving, wait_until
@@ -88,6 +89,19 @@ def shoot(page, name):
         page.emulate_media(color_scheme=scheme)
         page.screenshot(path=str(OUTPUT / f"{name}-{scheme}.png"), full_page=True)
     page.emulate_media(color_scheme="light")
+
+
+def pause_page_clock(page) -> None:
+    """Stop the page's clock (installed, it runs as the real one) a moment ahead of its now.
+    On a loaded machine the page may pass that moment before the call lands; then again."""
+    for _ in range(50):
+        try:
+            page.clock.pause_at(page.evaluate("Date.now() / 1000") + 0.05)  # in seconds
+            return
+        except PlaywrightError as error:
+            if "to the past" not in str(error):
+                raise
+    raise AssertionError("the page's clock could not be paused")
 
 
 def choose_preset(page, label):
@@ -235,7 +249,7 @@ def test_the_page_shows_what_the_status_reports_smoothly_and_counts_down(page, i
     expect(eta).to_have_text(re.compile(r"^About \d+ s left\.$"))
     # two seconds of the page's time, stopped and moved on by the test: a loaded machine
     # cannot stretch them (the status repeats the same estimate: it counts down)
-    page.clock.pause_at(page.evaluate("Date.now() / 1000") + 0.01)  # in seconds
+    pause_page_clock(page)
     before = int(re.search(r"\d+", eta.inner_text()).group())
     page.clock.run_for(2_000)
     after = int(re.search(r"\d+", eta.inner_text()).group())
@@ -314,7 +328,7 @@ def test_cancel_lands_within_two_seconds(page, live_server, long_speech):
     expect(state).to_have_text(re.compile(r"^Transcribing"), timeout=60_000)
     cancel = page.get_by_role("button", name="Cancel")
     assert "secondary" in cancel.get_attribute("class")
-    page.clock.pause_at(page.evaluate("Date.now() / 1000") + 0.01)  # in seconds
+    pause_page_clock(page)
     clicked = page.evaluate("Date.now()")
     cancel.click()
     assert state.inner_text() == "Cancelling…"  # at once, before any answer
