@@ -5,13 +5,19 @@ thread each, on the bundled tiny.en, with a known text.
     python bench/longform.py --seconds 120 --runs 1  # a quick try
     python bench/longform.py --slow-runs 1           # ours sequential and openai-whisper once
     python bench/longform.py --contenders ours-batched,fw-batched-int8 --keep out/
+    python bench/longform.py --contenders ours-batched,ours-batched-torch,fw-batched-int8
 
 The audio is tests/long_speech.py's `long_speech(seconds, seed)`: espeak-ng sentences in
 eight voices with pauses, some run together with no pause a VAD could cut at; its text is
 the reference. The contenders, all beam 5, language en, temperature 0 with no fallback:
 
-    ours-batched         whisper_service.engines.dispatch.transcribe, mode batched
-    ours-sequential      the same, mode sequential
+    ours-batched         whisper_service.engines.dispatch.transcribe, mode batched, the
+                         window decodes as the service's default Settings.cpu_decoder
+                         picks them (CTranslate2 int8 for the bundled tiny.en)
+    ours-batched-float32 the same with Settings(cpu_decoder="float32"): CTranslate2 float32
+    ours-batched-torch   the same with Settings(cpu_decoder="torch"): the openai-whisper
+                         modules (eager torch float32), as before CTranslate2 came in
+    ours-sequential      dispatch.transcribe, mode sequential
     openai-whisper       whisper.transcribe on the same loaded model (condition on previous
                          text, fp16 off)
     fw-int8, fw-float32  faster-whisper's WhisperModel (its sequential long-form loop)
@@ -19,8 +25,11 @@ the reference. The contenders, all beam 5, language en, temperature 0 with no fa
     fw-batched-float32   defaults otherwise: Silero VAD windows, no timestamps)
 
 Ours and openai-whisper load the model as the service does (the model registry reading the
-bundled CTranslate2 folder into a float32 `Whisper`); faster-whisper loads that same folder
-itself (int8 or float32 weights). Our engines are called through their public entry point
+bundled CTranslate2 folder into a float32 `Whisper`, and on the CPU also CTranslate2's
+copy of it for the batched engine's window decodes unless cpu_decoder is "torch");
+faster-whisper loads that same folder itself (int8 or float32 weights). The bench builds
+its own Settings, so WHISPER_CPU_DECODER in the environment changes nothing here: the
+contender's name picks the decoder. Our engines are called through their public entry point
 (dispatch.transcribe), so whatever whisper_service/engines/ does is what is measured: as it
 is on disk when the bench starts, uncommitted work included. A copy of whisper_service/
 taken then is what every run imports, so all rounds measure the same code even while
@@ -71,9 +80,10 @@ from typing import Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONTENDERS = ("ours-batched", "ours-sequential", "openai-whisper", "fw-int8", "fw-float32",
-              "fw-batched-int8", "fw-batched-float32")
+CONTENDERS = ("ours-batched", "ours-batched-float32", "ours-batched-torch", "ours-sequential",
+              "openai-whisper", "fw-int8", "fw-float32", "fw-batched-int8", "fw-batched-float32")
 SLOW = ("ours-sequential", "openai-whisper")  # --slow-runs applies to these
+CPU_DECODER = {"ours-batched-float32": "float32", "ours-batched-torch": "torch"}  # else the default
 BASELINE = "fw-batched-int8"
 BEAM = 5
 BATCH = 8
@@ -127,7 +137,13 @@ def run_one(name: str, audio_path: str, model_folder: str, code: str, out: str) 
         from whisper_service.config import Settings
         from whisper_service.models import ModelRegistry
 
-        loaded = ModelRegistry(Settings(model=BUNDLED, device="cpu")).get(BUNDLED)
+        decoder = {"cpu_decoder": CPU_DECODER[name]} if name in CPU_DECODER else {}
+        settings = Settings(model=BUNDLED, device="cpu", **decoder)
+        loaded = ModelRegistry(settings).get(BUNDLED)
+        # which window decoder this run has, for its report: CTranslate2 (and its compute
+        # type) or torch (no CTranslate2 copy loaded, or the setting asks for torch)
+        window_decoder = (f"ctranslate2 {settings.cpu_decoder}"
+                          if getattr(loaded, "windows", None) is not None else "torch")
         if name == "openai-whisper":
             import whisper
 
@@ -141,7 +157,7 @@ def run_one(name: str, audio_path: str, model_folder: str, code: str, out: str) 
             from whisper_service.engines import dispatch
             from whisper_service.options import TranscribeOptions
 
-            options = TranscribeOptions(mode=name.split("-", 1)[1], beam_size=BEAM,
+            options = TranscribeOptions(mode=name.split("-")[1], beam_size=BEAM,
                                         temperature=(0.0,), language="en")
 
             def run(audio):
@@ -155,6 +171,7 @@ def run_one(name: str, audio_path: str, model_folder: str, code: str, out: str) 
     Path(out).write_text(json.dumps(dict(
         name=name, text=text, segments=segments, cpu=cpu, wall=wall, load_cpu=load_cpu,
         load_wall=load_wall, threads=_threads(),
+        window_decoder=None if name.startswith("fw-") else window_decoder,
         imported=sys.modules["whisper_service"].__file__ if "whisper_service" in sys.modules
         else None)))
 
@@ -270,7 +287,7 @@ def table(reports: Dict[str, List[dict]], order: Sequence[str]) -> str:
         lines.append(
             f"| {name} | {median([r['cpu'] for r in runs]):.1f} "
             f"({', '.join(format(r['cpu'], '.1f') for r in runs)}) "
-            f"| {', '.join(format(x, '.2f') for x in ratios)} -> {median(ratios):.2f} "
+            f"| {(', '.join(format(x, '.2f') for x in ratios) + f' -> {median(ratios):.2f}') if ratios else f'- (no {BASELINE} in this run)'} "
             f"| {median([r['whole_cpu'] for r in runs]):.1f} "
             f"| {median([r['wall'] for r in runs]):.1f} | {wer} "
             f"| {first['substitutions']} / {first['deletions']} / {first['insertions']} "
@@ -355,7 +372,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             print(f"round {round_} {name}: CPU {report['cpu']:.1f} s (whole {report['whole_cpu']:.1f}), "
                   f"wall {report['wall']:.1f} s, WER {report['wer']:.2%} "
                   f"S/D/I {report['substitutions']}/{report['deletions']}/{report['insertions']}, "
-                  f"peak {report['peak_rss_mib']:.0f} MiB", file=sys.stderr, flush=True)
+                  f"peak {report['peak_rss_mib']:.0f} MiB"
+                  + (f", window decodes {report['window_decoder']}"
+                     if report.get("window_decoder") and "batched" in name else ""),
+                  file=sys.stderr, flush=True)
 
     lost = ["# Runs of lost reference words (first round)", ""]
     for name in order:
