@@ -21,7 +21,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterator, List, Optional
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional
 
 import torch
 import whisper
@@ -114,10 +114,22 @@ class LoadedModel:
     load_seconds: float
     lock: TurnLock = field(default_factory=TurnLock, repr=False)
     source: str = ""  # what was loaded (an official name or a path); "" = the name
-    # the batched engine's window decodes on CTranslate2 (engines/decoding/ct2.py); None:
-    # on the torch model (the GPU, WHISPER_CPU_DECODER=torch, or a format CTranslate2
-    # cannot load as it is)
-    windows: Optional["CTranslate2Windows"] = field(default=None, repr=False)
+    # loads the batched engine's CTranslate2 twin of the model (engines/decoding/ct2.py);
+    # None: its window decodes run on the torch model (the GPU, WHISPER_CPU_DECODER=torch,
+    # or a format CTranslate2 cannot load as it is)
+    windows_loader: Optional[Callable[[], Optional["CTranslate2Windows"]]] = field(
+        default=None, repr=False)
+    _windows: Optional["CTranslate2Windows"] = field(default=None, repr=False)
+    _windows_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def windows(self) -> Optional["CTranslate2Windows"]:
+        """The CTranslate2 twin, loaded on the batched engine's first use (a sequential
+        run never needs it, nor its memory); None where there is none."""
+        with self._windows_lock:
+            if self.windows_loader is not None:
+                self._windows, self.windows_loader = self.windows_loader(), None
+            return self._windows
 
     @property
     def is_multilingual(self) -> bool:
@@ -302,24 +314,29 @@ class ModelRegistry:
         model.eval()
         cancel.install(model)  # a cancelled job stops within one encoder or decoder step
         window_progress.install(model)  # openai-whisper's decoder tells how far it has come
-        windows = self._cpu_windows(name) if device.type == "cpu" else None
         seconds = time.monotonic() - started
-        log.info("loaded model %s on %s in %.1f s%s", name, device, seconds,
-                 f", window decodes on CTranslate2 ({self.settings.cpu_decoder})" if windows else "")
+        log.info("loaded model %s on %s in %.1f s", name, device, seconds)
         return LoadedModel(name=name, model=model, device=device, fp16=fp16, load_seconds=seconds,
-                           source=self._loadable.get(name, name), windows=windows)
+                           source=self._loadable.get(name, name),
+                           windows_loader=self._cpu_windows(name) if device.type == "cpu" else None)
 
-    def _cpu_windows(self, name: str) -> Optional["CTranslate2Windows"]:
-        """CTranslate2 for the batched engine's window decodes on the CPU, where the
-        setting asks for it and the model is in CTranslate2's format."""
-        if self.settings.cpu_decoder == "torch":
-            return None
+    def _cpu_windows(self, name: str) -> Optional[Callable[[], Optional["CTranslate2Windows"]]]:
+        """What loads CTranslate2 for the batched engine's window decodes on the CPU, where
+        the setting asks for it and the model is in CTranslate2's format; None elsewhere."""
         folder = ctranslate2_folder(self._loadable.get(name, name))
-        if folder is None:
+        if self.settings.cpu_decoder == "torch" or folder is None:
             return None
-        from whisper_service.engines.decoding import ct2
+        compute_type, threads = self.settings.cpu_decoder, torch.get_num_threads()
 
-        return ct2.load(folder, self.settings.cpu_decoder, torch.get_num_threads())
+        def load() -> Optional["CTranslate2Windows"]:
+            from whisper_service.engines.decoding import ct2
+
+            windows = ct2.load(folder, compute_type, threads)
+            if windows is not None:
+                log.info("model %s: window decodes on CTranslate2 (%s)", name, compute_type)
+            return windows
+
+        return load
 
     def _place(self, name: str, model: whisper.Whisper, device: torch.device) -> None:
         """Move the model to its device; while the GPU has no room for it, unload the other
