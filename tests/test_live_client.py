@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 import requests
@@ -220,6 +221,46 @@ def test_server_errors_are_one_line_and_exit_1(capsys, fake_server, speech, mode
                          "--model", model, "--api-key", key)
     assert code == live_client.EXIT_FAILED
     assert err.strip().splitlines()[-1] == f"error: {said}"
+
+
+def test_an_error_that_comes_with_the_handshake_is_read(capsys, speech):
+    """A server that refuses the session at once may send its error and close in the same
+    packet as its 101 answer, and close the connection: the error is still what is said.
+    (A raw server here, so that they always come together, as they do by chance under load.)"""
+    import base64
+    import hashlib
+    import socket as sockets
+
+    error = json.dumps({"type": "error", "code": "bad_option",
+                        "message": "model 'bad' is not offered"}).encode()
+    close = (1008).to_bytes(2, "big") + b"bad_option"
+    listener = sockets.create_server(("127.0.0.1", 0))
+
+    def refuse() -> None:
+        probe, _ = listener.accept()  # the client reaches the port once before its WebSocket
+        probe.close()
+        connection, _ = listener.accept()
+        with connection:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += connection.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: *(\S+)", request, re.I).group(1)
+            accept = base64.b64encode(hashlib.sha1(
+                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            connection.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                + bytes([0x81, len(error)]) + error + bytes([0x88, len(close)]) + close)
+            connection.shutdown(sockets.SHUT_WR)
+            connection.recv(4096)  # the client's close, or the end
+
+    threading.Thread(target=refuse, daemon=True).start()
+    with listener:
+        code, err = call_cli(capsys, "live", "--server",
+                             f"http://127.0.0.1:{listener.getsockname()[1]}",
+                             "--file", speech, "--model", "bad")
+    assert code == live_client.EXIT_FAILED
+    assert err.strip().splitlines()[-1] == "error: model 'bad' is not offered (bad_option)"
 
 
 def test_committed_text_the_job_and_a_download(capsys, fake_server, speech, tmp_path, monkeypatch):

@@ -314,6 +314,26 @@ class LiveResult:
     ready: dict = field(default_factory=dict)  # the `ready` event
 
 
+def _client_class():
+    """simple_websocket's client, reading first what came in with the handshake's answer:
+    its reading thread waits for more data before it looks at frames already received, so
+    a server that refuses a session at once (its error and close right behind the 101)
+    and closes the connection left them unread, and the session seemed closed without a
+    word (1005)."""
+    import simple_websocket
+
+    class Client(simple_websocket.Client):
+        def _thread(self):
+            self.connected = self._handle_events()
+            if self.connected:
+                super()._thread()
+            else:  # the close came with the answer: as the reading thread ends on one
+                self.event.set()
+                self.sock.close()
+
+    return Client
+
+
 def connect(url: str, api_key: Optional[str] = None, timeout: float = CONNECT_TIMEOUT):
     """An open WebSocket to `url`, or LiveError saying in words why not."""
     import simple_websocket
@@ -329,7 +349,7 @@ def connect(url: str, api_key: Optional[str] = None, timeout: float = CONNECT_TI
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
         raise LiveError(f"cannot reach the server at {where}: {reason}") from None
     try:
-        return simple_websocket.Client.connect(url, headers=auth_headers(api_key))
+        return _client_class().connect(url, headers=auth_headers(api_key))
     except simple_websocket.ConnectionError as error:
         status = error.status_code
         if status in (401, 403):
