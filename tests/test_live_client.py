@@ -276,7 +276,10 @@ def test_ctrl_c_stops_the_session_and_waits_for_the_job(fake_server, speech):
     process = subprocess.Popen(
         [sys.executable, "-m", "whisper_service", "live", "--server", fake_server, "--file", str(speech),
          "--api-key", "right"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hung = threading.Timer(60, process.kill)  # a client that never prints fails, not hangs
+    hung.start()
     assert process.stdout.read(len("second1")) == "second1"  # a second of audio has gone out
+    hung.cancel()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
