@@ -2,15 +2,18 @@
 with the same options, decoded together.
 
 Voice activity detection cuts each file's speech into windows of at most 30 s at pauses
-(silence yields no window, so no invented text); `batched.decode_batch` decodes a batch of
-windows at once, and each window's tokens equal `whisper.decode`'s for it alone. Windows
-are independent: a file's initial prompt is given to each of its windows, previous text is
-not. Batches are decoded as the detector delivers windows, so detection of the rest of a
-long file overlaps decoding; windows of several files fill the same batches, so many short
-files keep a GPU as busy as one long one. A window's segments are reported (Progress.segments)
-as soon as its decode is final and every earlier window of its file is reported.
+(silence yields no window, so no invented text; speech with no pause for longer is one
+window); `decode_batch` decodes a batch of windows at once, and each window's tokens equal
+`whisper.decode`'s for it alone (on the CPU, CTranslate2 decodes them where the model has
+a twin there: loaded.windows). Like whisper.transcribe, a decode that stops early is taken
+up to its last timestamp and the rest of its window decoded again (_decode_windows, _rest),
+prompted with the window's text before it. Windows are independent of each other: a
+file's initial prompt is given to each, the text of the window before is not. Batches are
+decoded as the detector delivers windows, so detection of the rest of a long file overlaps
+decoding; windows of several files fill the same batches, so many short files keep a GPU
+as busy as one long one. A window's segments are reported (Progress.segments) as soon as
+its decode is final and every earlier window of its file is reported.
 """
-
 from __future__ import annotations
 
 import contextlib
