@@ -2,7 +2,8 @@
 #   GPU (default):  docker build --build-arg WHISPER_MODEL=turbo -t whisper-service .
 #   CPU (smaller):  docker build --build-arg BASE_IMAGE=python:3.11-slim-bookworm \
 #                     --build-arg TORCH_INDEX_URL=<PyTorch's CPU wheel index> -t whisper-service:cpu .
-# The install steps are the README's and CI's: pip install -r requirements.txt, from this tree.
+# The install steps are the README's and CI's: pip install -r requirements.txt, then
+# requirements-nodeps.txt without dependencies, then the project itself, from this tree.
 
 # A CUDA runtime matching the CUDA build of torch==2.13.0 that pip installs below
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
@@ -36,6 +37,9 @@ COPY web ./web
 COPY whisper_service ./whisper_service
 COPY templates ./templates
 COPY static ./static
+# the `whisper-service` command (the CLI and `whisper-service worker`) on the PATH
+COPY pyproject.toml README.md ./
+RUN pip install --no-deps .
 
 # a non-root user; the model and data directories are volumes it owns
 RUN useradd --create-home --uid 10001 whisper \

@@ -17,10 +17,13 @@ PORT ?= 8000
 
 .PHONY: setup system-deps test-deps run test
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt
+# the project itself last, as an editable package: `$(VENV)/bin/whisper-service` runs the
+# checkout's code from any folder
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -r requirements.txt
 	$(VENV)/bin/python -m pip install --no-deps -r requirements-nodeps.txt
+	$(VENV)/bin/python -m pip install --no-deps -e .
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt

@@ -18,7 +18,7 @@ from whisper_service.errors import ConfigError
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
 DIARIZATION_CHOICES = ("embedded", "pyannote")  # whisper_service.speakers' backends
 CPU_DECODER_CHOICES = ("int8", "float32", "torch")  # engines/decoding/ct2.py, or torch
-ROLE_CHOICES = ("all", "web")  # web: HTTP only; transcription runs in `python -m whisper_service worker`
+ROLE_CHOICES = ("all", "web")  # web: HTTP only; transcription runs in `whisper-service worker`
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 ALIAS_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a short name for a model

@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Optional, Tuple
 
-from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE, get_tokenizer
-
 from whisper_service.errors import BadOption
 
 TASKS = ("transcribe", "translate")
@@ -49,10 +47,11 @@ def language_code(value: Optional[str]) -> Optional[str]:
     if value is None or value.strip().lower() in AUTO_LANGUAGE:
         return None
     key = value.strip().lower()
-    if key in LANGUAGES:
+    languages, to_code = _language_tables()
+    if key in languages:
         return key
-    if key in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[key]
+    if key in to_code:
+        return to_code[key]
     raise BadOption(
         "language",
         f"unknown language {_shown(value)}; use 'auto', a code such as 'en' or 'ko', "
@@ -62,7 +61,16 @@ def language_code(value: Optional[str]) -> Optional[str]:
 
 def language_name(code: str) -> str:
     """'ko' -> 'korean', the English name OpenAI's API reports."""
-    return LANGUAGES.get(code, code)
+    return _language_tables()[0].get(code, code)
+
+
+def _language_tables():
+    """whisper's {code: name} and {name: code}, imported on first use: whisper's package
+    imports torch (seconds), which `--help` and the option parsing of the web layer's
+    start need not wait for."""
+    from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    return LANGUAGES, TO_LANGUAGE_CODE
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ class TranscribeOptions:
         _check_choice("task", self.task, TASKS)
         if self.mode is not None:
             _check_choice("mode", self.mode, MODES)
-        if self.language is not None and self.language not in LANGUAGES:
+        if self.language is not None and self.language not in _language_tables()[0]:
             raise BadOption("language", f"unknown language code {self.language!r}")
         _check_range("beam_size", self.beam_size, 1, MAX_BEAM_SIZE, optional=True)
         _check_range("patience", self.patience, 0.0, 10.0, low_open=True)
@@ -292,6 +300,8 @@ def _check_prompt(prompt: str) -> None:
     if len(prompt) > MAX_PROMPT_CHARS:
         raise BadOption("initial_prompt", f"is {len(prompt)} characters; at most "
                         f"{MAX_PROMPT_CHARS} (and {MAX_PROMPT_TOKENS} tokens)")
+    from whisper.tokenizer import get_tokenizer
+
     tokens = len(get_tokenizer(multilingual=True).encode(" " + prompt.strip()))
     if tokens > MAX_PROMPT_TOKENS:
         raise BadOption("initial_prompt", f"is {tokens} tokens; whisper uses at most "

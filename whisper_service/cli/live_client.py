@@ -611,7 +611,7 @@ def _api_message(error: "urllib.error.HTTPError") -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m whisper_service live",
+        prog="whisper-service live",
         description="Live captions from a running server: the microphone (or a media file at "
                     "real-time speed) streamed to /api/live, committed text printed as it comes. "
                     "Ctrl-C stops; the session is saved as a job.",

@@ -1,9 +1,9 @@
 """Command line: transcribe or translate files with the same core the server runs, or
 compare models' error rates on a dataset.
 
-    python -m whisper_service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
-    python -m whisper_service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
-    python -m whisper_service live --server http://127.0.0.1:8000 --file talk.mp3 -o talk.txt
+    whisper-service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
+    whisper-service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
+    whisper-service live --server http://127.0.0.1:8000 --file talk.mp3 -o talk.txt
 """
 
 from __future__ import annotations
@@ -14,18 +14,17 @@ import os
 import re
 import sys
 from dataclasses import fields
-from typing import List, Optional, Sequence
+from typing import TYPE_CHECKING, List, Optional, Sequence
 
-from tqdm import tqdm
-
-from whisper_service.cli import evaluate
-from whisper_service.config import Settings
-from whisper_service.progress import Progress
 from whisper_service.errors import ConfigError, ServiceError
-from whisper_service.models import pick_device
 from whisper_service.options import OPTION_NAMES, SubtitleLayout, TranscribeOptions
-from whisper_service.service import WhisperService
+from whisper_service.progress import Progress
 from whisper_service.writers import FORMATS, write
+
+# The parsers need only the options above; what transcribes (torch, whisper, the models,
+# seconds to import) is imported once the arguments are known, so --help answers at once.
+if TYPE_CHECKING:
+    from whisper_service.service import WhisperService
 
 # options the command line sets through Settings rather than per file
 _SETTINGS_FLAGS = ("model",)
@@ -44,7 +43,7 @@ DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m whisper_service",
+        prog="whisper-service",
         description="Transcribe or translate audio and video files with Whisper.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE",
@@ -66,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"python -m whisper_service {EVALUATE}",
+        prog=f"whisper-service {EVALUATE}",
         description="Word and character error rates of models on a dataset, side by side.",
     )
     parser.add_argument("dataset", metavar="DATASET",
@@ -149,6 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ConfigError, ServiceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    from whisper_service.service import WhisperService
+
     service = WhisperService(settings)
     failures = 0
     for path in args.files:
@@ -167,6 +168,10 @@ def evaluate_main(argv: Sequence[str]) -> int:
     """Every model over the dataset, one after the other; the table on stdout."""
     args = build_evaluate_parser().parse_args(argv)
     _log_setup(args.verbose)
+    from tqdm import tqdm
+
+    from whisper_service.cli import evaluate
+
     models = [m.strip() for m in args.model.split(",") if m.strip()]
     try:
         settings, options = _settings_and_options(args, ",".join(models))
@@ -203,6 +208,9 @@ def _log_setup(verbose: bool) -> None:
 
 def _settings_and_options(args: argparse.Namespace, models: Optional[str]):
     """Settings from the environment and the flags, and the options of the flags given."""
+    from whisper_service.config import Settings
+    from whisper_service.models import pick_device
+
     environ = dict(os.environ)
     if models:
         # on the command line any model may be used: they are the allow-list
@@ -241,6 +249,8 @@ def transcribe_one(
     service: WhisperService, path: str, options: TranscribeOptions, formats: List[str],
     output_dir: str, quiet: bool,
 ) -> None:
+    from tqdm import tqdm
+
     name = os.path.basename(path)
     bars: List[tqdm] = []  # drawn at the first report: a file refused before decoding gets none
 

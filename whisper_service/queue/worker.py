@@ -35,7 +35,7 @@ EXIT_USAGE = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m whisper_service worker",
+        prog="whisper-service worker",
         description="Transcribe queued jobs, one consumer per device, without serving HTTP. "
                     "Settings come from WHISPER_* variables (WHISPER_DATABASE_URL to share "
                     "a queue with other hosts).",
