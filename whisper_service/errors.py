@@ -82,5 +82,18 @@ class ModelBusy(ServiceError):
         self.retry_after = retry_after
 
 
+class StoreUnavailable(ServiceError):
+    """The job database cannot be reached, or stayed locked past its timeout: a server-side
+    condition that passes (a restart, a failover, a long writer). Raised by the stores at
+    their connection helper; the web answers 503 with Retry-After, the consumer waits."""
+
+    def __init__(self, reason: str, retry_after: int = 5):
+        super().__init__(f"the job database is unreachable ({reason}); try again in "
+                         f"{retry_after} s", field=None)
+        # a phrase safe to show a client: never the driver's text (it names server paths)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
 class ConfigError(Exception):
     """A WHISPER_* setting is invalid; raised at start-up, naming the variable."""

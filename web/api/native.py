@@ -38,7 +38,7 @@ from web.http.idempotency import submit_once
 from web.api.metrics import web_only_readiness
 from web.http.downloads import transcript_download
 from web.http.sync import answer_when_done, submitted, waiters
-from whisper_service.errors import BadOption
+from whisper_service.errors import BadOption, StoreUnavailable
 from whisper_service.queue.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
@@ -138,8 +138,16 @@ def healthz():
 def readyz():
     """Ready when the default model (or the bundled one standing in for it, with a notice) is
     loaded and uploads are accepted; never loads it. A model that failed to load says why
-    (it is tried again with the next job)."""
-    queue = jobs()
+    (it is tried again with the next job); a job database away says so, with Retry-After."""
+    try:
+        return _readiness(jobs())
+    except StoreUnavailable as error:  # nothing can be queued or read: not ready, and why
+        return ({"status": "unavailable", "error": str(error)}, 503,
+                {"Retry-After": str(error.retry_after)})
+
+
+def _readiness(queue: JobQueue):
+    """/readyz's answer while the job database answers."""
     waiting = queue.queued_count()
     body = {"queued": waiting, "max_queued": queue.max_queued}
     if settings().role == "web":  # no model here: the workers elsewhere transcribe

@@ -51,7 +51,8 @@ ERROR_TEXT = {
     422: "Media that cannot be used: empty, truncated, too long, or without an audio stream.",
     500: "The transcription failed repeatedly on the server.",
     503: "The queue is full or every place for a synchronous call is taken (see "
-         "Retry-After), or the model cannot be loaded.",
+         "Retry-After), the model cannot be loaded, or the job database is unreachable "
+         "(code store_unavailable; try again after Retry-After).",
     504: "Not finished within WHISPER_SYNC_LIMIT; the job is cancelled.",
 }
 
@@ -176,11 +177,14 @@ def _schemas() -> Dict[str, Any]:
                              "description": "runs translations for models that cannot translate"},
         ),
         "Readiness": {
-            "type": "object", "required": ["status", "queued", "max_queued"],
+            "type": "object", "required": ["status"],
+            "description": "queued and max_queued are there unless the job database is "
+                           "unreachable (status unavailable, error says so, Retry-After set)",
             "properties": {
                 "status": {"enum": ["ready", "loading", "unavailable", "busy"]},
                 "queued": {"type": "integer"}, "max_queued": {"type": "integer"},
-                "error": {"type": "string", "description": "unavailable: why the model did not load"},
+                "error": {"type": "string", "description": "unavailable: why the model did "
+                          "not load, or that the job database is unreachable"},
                 "notice": {"type": "string", "description": "ready, but the bundled model "
                            "stands in for a default that could not be downloaded"},
             },
@@ -384,14 +388,16 @@ def _root_paths() -> Dict[str, Any]:
             "summary": "SageMaker's health check: the same answer as /readyz",
             "responses": {"200": _json_response("Ready.", "Readiness"),
                           "503": _json_response("Loading the model, the model failed to load "
-                                                "(error says why), or busy.", "Readiness")},
+                                                "(error says why), busy, or the job database "
+                                                "is unreachable.", "Readiness")},
         }},
         "/readyz": {"get": {
             "tags": ["health"], "operationId": "readiness", "security": [],
             "summary": "Ready when the default model is loaded and the queue has room",
             "responses": {"200": _json_response("Ready.", "Readiness"),
                           "503": _json_response("Loading the model, the model failed to load "
-                                                "(error says why), or busy.", "Readiness")},
+                                                "(error says why), busy, or the job database "
+                                                "is unreachable.", "Readiness")},
         }},
         "/healthz": {"get": {
             "tags": ["health"], "operationId": "liveness", "security": [],
@@ -472,5 +478,6 @@ def _errors(*statuses: int, schema: str = "Error") -> Dict[str, Any]:
     responses = {str(status): _json_response(ERROR_TEXT[status], schema) for status in statuses}
     if 503 in statuses:
         responses["503"]["headers"] = {"Retry-After": {
-            "schema": {"type": "integer"}, "description": "seconds, when the queue is full"}}
+            "schema": {"type": "integer"},
+            "description": "seconds, when the queue is full or the job database is away"}}
     return responses

@@ -43,6 +43,7 @@ STATUS_OF = {
     service_errors.DecodeTimeout: 422,
     service_errors.ModelUnavailable: 503,
     service_errors.ModelBusy: 503,
+    service_errors.StoreUnavailable: 503,  # the job database away: every API, every page
     QueueFull: 503,
     TooManyWaiting: 503,
 }
@@ -121,7 +122,8 @@ def register(app: Flask) -> None:
     @app.errorhandler(service_errors.ServiceError)
     def service_error(error: service_errors.ServiceError):
         response = app.make_response(error_response(*describe(error)))
-        retry_after = getattr(error, "retry_after", None)  # busy: a queue full, a model at work
+        # busy: a queue full, a model at work, the job database away
+        retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             response.headers["Retry-After"] = str(int(retry_after))
         return response

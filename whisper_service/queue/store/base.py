@@ -17,6 +17,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
+from whisper_service.errors import StoreUnavailable
+
 # the columns of a job row every backend keeps, besides seq (submission order) and the
 # computed position (1-based place among queued jobs) and lease_expired (by the store's
 # own clock, so hosts with skewed clocks agree)
@@ -60,8 +62,10 @@ class JobStore(abc.ABC):
     """Job state, the queue and the jobs' files, for one or many hosts."""
 
     # the exceptions that mean "the store is unreachable or busy right now": callers that
-    # can try again later (progress, heartbeats, the consumer loop) catch these
-    errors: Tuple[Type[BaseException], ...] = ()
+    # can try again later (progress, heartbeats, the consumer loop) catch these. A backend
+    # raises StoreUnavailable, from its connection helper, where the database cannot be
+    # reached or stayed locked past its timeout: the web answers that with 503
+    errors: Tuple[Type[BaseException], ...] = (StoreUnavailable,)
     # whether the data can be shared by processes on other hosts (leases then matter most)
     shared_across_hosts = False
 

@@ -11,7 +11,8 @@ hosts and GPU hosts share nothing but the database.
   files by path), removed with the job.
 - Submits and requeues NOTIFY a channel; idle consumers LISTEN on it instead of polling.
 - Connections are pooled per process and checked before each use, so a restarted database
-  costs a retry, not a crash.
+  costs a retry, not a crash. While it cannot be reached, every call raises
+  StoreUnavailable (the web answers 503 with Retry-After), logged once per outage.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from psycopg.rows import dict_row
 
 from whisper_service.queue.store.base import (COPY_CHUNK, COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide,
                    JobStore, Row, Settlement)
+from whisper_service.errors import StoreUnavailable
 from whisper_service.queue.store.files import remove_strays
+from whisper_service.queue.store.reachability import Reachability
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,7 @@ class _Pool:
         self._idle: List[psycopg.Connection] = []
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._reach = Reachability("PostgreSQL")
 
     def open(self) -> psycopg.Connection:
         return psycopg.connect(self._url, autocommit=True, row_factory=dict_row,
@@ -124,6 +128,21 @@ class _Pool:
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection]:
+        """A connection for one call, given back after it. A database that cannot be
+        reached, or that drops the connection or refuses it while it shuts down or starts
+        up (OperationalError), raises StoreUnavailable: every call goes through here."""
+        try:
+            with self._lent() as conn:
+                yield conn
+        except psycopg.OperationalError as error:
+            reason = _away_reason(error)
+            if reason is None:
+                raise
+            raise self._reach.unavailable(reason, error) from error
+        self._reach.answered()
+
+    @contextmanager
+    def _lent(self) -> Iterator[psycopg.Connection]:
         conn = self._lend()
         try:
             yield conn
@@ -157,7 +176,7 @@ class _Pool:
 
 
 class PostgresStore(JobStore):
-    errors = (psycopg.Error,)
+    errors = (psycopg.Error, StoreUnavailable)
     shared_across_hosts = True
 
     def __init__(self, url: str, cache_root: str):
@@ -399,20 +418,25 @@ class PostgresStore(JobStore):
 
     def _listen(self) -> None:
         """LISTEN until no one wants waking; after a lost connection, connect again and
-        wake everyone (a notification may have been missed meanwhile)."""
+        wake everyone (a notification may have been missed meanwhile). A database away
+        for long is logged once, not at every try."""
+        lost = False  # logged since the last LISTEN that worked
         while True:
             try:
                 with self._pool.open() as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    lost = False
                     self._wake_all()
                     while True:
                         for _ in conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
                             self._wake_all()
                         if self._listener_done():
                             return
-            except psycopg.Error:
-                log.warning("job notifications lost; listening again in %s s",
-                            RECONNECT_SECONDS, exc_info=True)
+            except psycopg.Error as error:
+                if not lost:
+                    log.warning("job notifications lost (%s); listening again every %s s",
+                                error, RECONNECT_SECONDS)
+                lost = True
                 if self._listener_done():
                     return
                 time.sleep(RECONNECT_SECONDS)
@@ -538,6 +562,20 @@ class PostgresStore(JobStore):
 
     def _folder(self, job_id: str) -> str:
         return os.path.join(self.root, job_id)
+
+
+def _away_reason(error: psycopg.OperationalError) -> Optional[str]:
+    """What a client may be told of an error that means the database is out of reach for
+    now: a phrase, never the driver's text (it names the server's address or socket path).
+    None for one that is not an outage (a deadlock, a serialization failure)."""
+    state = getattr(error, "sqlstate", None) or ""
+    if not state or state.startswith("08"):  # no answer at all, or the connection broke
+        return "PostgreSQL does not answer"
+    if state.startswith("57P"):  # shutting down, starting up, or in crash recovery
+        return "PostgreSQL is shutting down or starting up"
+    if state in ("55P03", "57014"):  # lock_timeout, statement_timeout
+        return "it stayed locked by another transaction past its timeout"
+    return None
 
 
 class _Full(Exception):

@@ -20,12 +20,16 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 from whisper_service.queue.store.base import (COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide, JobStore, Row,
                    Settlement)
+from whisper_service.errors import StoreUnavailable
 from whisper_service.queue.store.files import remove_strays
+from whisper_service.queue.store.reachability import Reachability
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "jobs.sqlite3"
 BUSY_TIMEOUT_SECONDS = 30.0  # how long a statement waits for another writer's lock
+# SQLite's result codes that mean "out of reach for now", not "a wrong statement"
+SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN = 5, 6, 14
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,10 +77,11 @@ FROM jobs
 
 
 class SQLiteStore(JobStore):
-    errors = (sqlite3.Error,)
+    errors = (sqlite3.Error, StoreUnavailable)
 
     def __init__(self, root: str):
         self.root = root
+        self._reach = Reachability("SQLite")
         self._db_path = os.path.join(root, DB_FILE)
         os.makedirs(root, exist_ok=True)
         with self._connect() as db:
@@ -343,6 +348,20 @@ class SQLiteStore(JobStore):
 
     @contextmanager
     def _connect(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection for one call (see _session); a database locked past
+        BUSY_TIMEOUT_SECONDS, or one that cannot be opened, raises StoreUnavailable."""
+        try:
+            with self._session(write) as db:
+                yield db
+        except sqlite3.OperationalError as error:
+            reason = _away_reason(error)
+            if reason is None:
+                raise  # a mistake in a statement, not an outage
+            raise self._reach.unavailable(reason, error) from error
+        self._reach.answered()
+
+    @contextmanager
+    def _session(self, write: bool) -> Iterator[sqlite3.Connection]:
         """A connection for one call; write=True wraps the block in one IMMEDIATE
         transaction (the write lock is taken up front, so read-then-write is atomic)."""
         db = sqlite3.connect(self._db_path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -361,3 +380,13 @@ class SQLiteStore(JobStore):
         finally:
             db.close()
 
+
+def _away_reason(error: sqlite3.OperationalError) -> Optional[str]:
+    """What a client may be told of an error that means the database is out of reach for
+    now (locked by another process past the timeout, or not openable); None otherwise."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in (SQLITE_BUSY, SQLITE_LOCKED) or "locked" in str(error):
+        return f"it stayed locked by another process for more than {BUSY_TIMEOUT_SECONDS:g} s"
+    if code == SQLITE_CANTOPEN:
+        return "its file cannot be opened"
+    return None
