@@ -23,6 +23,7 @@ import secrets
 import shutil
 import socket
 import statistics
+import sys
 import threading
 import time
 import unicodedata
@@ -32,9 +33,11 @@ from enum import Enum
 from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from whisper_service import cancel
-from whisper_service.errors import ServiceError
+from whisper_service.errors import ServiceError, StoreUnavailable
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress
+from whisper_service.queue.backoff import Backoff
+from whisper_service.queue.registry import RegistryBeat
 from whisper_service.queue.store.base import COPY_CHUNK, Claimant, JobStore, Row, Settlement
 from whisper_service.queue.store.files import valid_id
 from whisper_service.queue.store.sqlite import SQLiteStore
@@ -55,6 +58,7 @@ SHARE_LOOKAHEAD = 64  # queued jobs looked at for ones that can share a run
 RUNS_FOR_ESTIMATE = 20  # recent finished runs a queued job's expected wait is taken from
 CANCEL_POLL_SECONDS = 0.25  # how often a running job looks for a cancel from another process
 SETTLE_RETRY_SECONDS = 0.5  # a result the store could not take is offered again this often
+AWAY_MAX_WAIT_SECONDS = 5.0  # the longest a consumer waits between tries while the store is away
 ORPHAN_REASON = "the server stopped while transcribing it"
 MAX_FILENAME_CHARS = 255  # the longest name kept of an upload (a file system's limit)
 MAX_ERROR_CHARS = 1000  # the longest reason kept for a failed job
@@ -223,7 +227,7 @@ class JobQueue:
         self._stopping = threading.Event()
         self._next_housekeeping = 0.0
         self._next_recovery = 0.0
-        self._next_beat = 0.0
+        self._registry: Optional[RegistryBeat] = None  # beats while started, jobs or not
         self._cancels: Dict[str, threading.Event] = {}  # running here: id -> asked to stop
         self._cancels_lock = threading.Lock()
 
@@ -362,8 +366,14 @@ class JobQueue:
             self._stopping = threading.Event()
             with _LIVE_LOCK:
                 _LIVE_TOKENS.add(self._token)
-            self._next_recovery = self._next_beat = 0.0  # recover at every start
+            self._next_recovery = 0.0  # recover at every start
             self._housekeeping()
+            self._registry = RegistryBeat(
+                self.store, f"{self._host}:{os.getpid()}:{self._token}",
+                lambda: {"host": socket.gethostname(), "pid": os.getpid(),
+                         "running": len(self._cancels), **self._worker_info()},
+                self.heartbeat_seconds)
+            self._registry.start()
             self.store.wake_on_submit(self._wake.set)
             for number in range(self.workers):
                 # a daemon: a job stuck in the model must not keep the process from exiting
@@ -391,6 +401,9 @@ class JobQueue:
             deadline = None if timeout is None else time.monotonic() + timeout
             for thread in threads:
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._registry is not None:
+                self._registry.stop()
+                self._registry = None
             with _LIVE_LOCK:
                 _LIVE_TOKENS.discard(self._token)
 
@@ -431,25 +444,30 @@ class JobQueue:
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_SECONDS
             self.purge_expired()
-        if now >= self._next_beat and self._token is not None:
-            self._next_beat = now + self.heartbeat_seconds
-            self.store.beat_worker(f"{self._host}:{os.getpid()}:{self._token}",
-                                   {"host": socket.gethostname(), "pid": os.getpid(),
-                                    "running": len(self._cancels), **self._worker_info()})
 
     def _consume(self, token: str, stopping: threading.Event) -> None:
+        """Claim and run jobs until stopped. A store that is away (StoreUnavailable, or
+        any error of its driver) is waited out with growing pauses, logged once; the loop
+        never ends for it, and a job it held is settled or recovered once the store is
+        back, so none is lost or done twice."""
         idle_wait = min(POLL_SECONDS, self.heartbeat_seconds)
+        away = Backoff(f"job consumer {threading.current_thread().name}", idle_wait,
+                       max(idle_wait, AWAY_MAX_WAIT_SECONDS))
         while not stopping.is_set():
+            wait = idle_wait
             try:
                 self._housekeeping()
                 self._wake.clear()  # before claiming, so a submit during the claim wakes us
                 jobs = self._claim(token)
+                away.succeeded()
                 if jobs:
                     self._run(jobs, token)
                     continue
-            except Exception:  # a locked, broken or absent database must not end the consumer
+            except self.store.errors as error:  # locked, restarting or out of reach
+                wait = away.failed(error)
+            except Exception:  # a bug in a step must not end the consumer either
                 log.exception("job consumer error; trying again in %s s", idle_wait)
-            self._wake.wait(idle_wait)
+            self._wake.wait(wait)
 
     def _claim(self, token: str) -> List[Job]:
         """The oldest queued job, and queued jobs that can be transcribed together with it
@@ -528,8 +546,8 @@ class JobQueue:
             except self.store.errors:
                 if time.monotonic() >= deadline:
                     raise
-                log.warning("job %s: the store is away; offering the result again in %s s",
-                            job.id, SETTLE_RETRY_SECONDS, exc_info=True)
+                _missed(f"job {job.id}: the store is away; offering the result again in "
+                        f"{SETTLE_RETRY_SECONDS} s")
                 time.sleep(SETTLE_RETRY_SECONDS)
 
     def _settle_once(self, job: Job, token: str, outcome) -> None:
@@ -545,6 +563,10 @@ class JobQueue:
             settled = self.store.settle(job.id, token,
                                         lambda row: self._end_attempt(row, "cancelled"))
             log.info("job %s stopped: %s", job.id,
+                     settled.changes["state"] if settled else "deleted or taken over")
+        elif isinstance(outcome, StoreUnavailable):  # its upload could not be fetched
+            settled = self.store.settle(job.id, token, self._give_back)
+            log.info("job %s: the store was away before it began; now %s", job.id,
                      settled.changes["state"] if settled else "deleted or taken over")
         elif isinstance(outcome, ServiceError):  # the media or options are at fault
             self.store.settle(job.id, token, lambda row: Settlement(
@@ -599,6 +621,17 @@ class JobQueue:
             changes.update(progress=0.0, started_at=None)
         return Settlement(changes, counters, notify=state is JobState.QUEUED)
 
+    def _give_back(self, row: Row) -> Settlement:
+        """A job whose attempt never began (the store went away while its upload was
+        fetched): queued again as it was, the attempt not counted against max_attempts."""
+        if row["cancel_requested"]:
+            return self._end_attempt(row, "cancelled")
+        return Settlement(
+            dict(state=JobState.QUEUED.value, attempts=max(0, row["attempts"] - 1),
+                 progress=0.0, started_at=None, eta_seconds=None, claim_pid=None,
+                 claim_token=None, claim_host=None, lease_until=None, partial_text=None),
+            notify=True)
+
     @contextmanager
     def _heartbeat(self, jobs: List[Job], token: str) -> Iterator[Callable[[], bool]]:
         """While the jobs run: renew their leases every heartbeat, and give the engines a
@@ -618,7 +651,7 @@ class JobQueue:
                     wanted = set(self.store.heartbeat(
                         list(events), token, self.lease_seconds if renew else None))
                 except self.store.errors:
-                    log.warning("heartbeat of %s not written", ", ".join(events), exc_info=True)
+                    _missed(f"heartbeat of {', '.join(events)} not written")
                     continue  # tried again in a moment; the lease outlasts a few misses
                 if renew:
                     next_renewal = time.monotonic() + self.heartbeat_seconds
@@ -680,7 +713,7 @@ class JobQueue:
             try:
                 still_wanted = self.store.progress(job.id, token, fraction, eta, text)
             except self.store.errors:
-                log.warning("job %s: progress not saved", job.id, exc_info=True)
+                _missed(f"job {job.id}: progress not saved")
                 return  # progress is best effort; a busy database must not fail the job
             if text is not None:
                 written = len(segments)
@@ -712,6 +745,17 @@ class JobQueue:
             partial_text=row.get("partial_text") or "",
             media_source=lambda: self.store.media_path(job_id) or self.store.local_media_path(job_id),
         )
+
+
+def _missed(what: str) -> None:
+    """Log a store call that failed and will be tried again; called from an except block.
+    During an outage (StoreUnavailable) only at DEBUG: the store logs the outage once, and
+    heartbeats and progress would otherwise log several lines a second."""
+    error = sys.exc_info()[1]
+    if isinstance(error, StoreUnavailable):
+        log.debug("%s: %s", what, error)
+    else:
+        log.warning("%s", what, exc_info=True)
 
 
 def _transcript_json(transcript: Transcript) -> str:
