@@ -6,6 +6,7 @@ web layer's layered config) and raises ConfigError naming the variable at fault.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -86,6 +87,10 @@ class Settings:
     lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
     live_sessions: int = 8  # WHISPER_LIVE_SESSIONS: live sessions a server process takes at once (each holds an HTTP thread)
     live_max_minutes: float = 240.0  # WHISPER_LIVE_MAX_MINUTES: the longest live session
+    session_hours: float = 12.0  # WHISPER_SESSION_HOURS: a browser's sign-in lasts this long
+    key_failures: int = 10  # WHISPER_KEY_FAILURES: wrong API keys an address may send per window, then 429
+    key_failure_window: float = 60.0  # WHISPER_KEY_FAILURE_WINDOW: seconds a wrong key counts against its address
+    trusted_proxies: Tuple[str, ...] = ("127.0.0.0/8", "::1")  # WHISPER_TRUSTED_PROXIES: networks whose X-Forwarded-For/-Proto are believed
 
     def __post_init__(self) -> None:
         # the default model is always allowed; with no list, so is the translation model
@@ -128,6 +133,12 @@ class Settings:
         if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
             raise ConfigError("WHISPER_DATABASE_URL must be a postgresql:// URL, or empty for "
                               "SQLite in WHISPER_DATA_DIR")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"WHISPER_TRUSTED_PROXIES: {entry!r} is not an IP address or "
+                                  "network (like 10.0.0.0/8 or ::1)") from None
         if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
             raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
 
@@ -214,6 +225,10 @@ def _name_list(variable: str, raw: str) -> Tuple[str, ...]:
     return _unique(part.strip() for part in raw.split(","))
 
 
+def _proxies(variable: str, raw: str) -> Tuple[str, ...]:
+    return () if raw.lower() == "none" else _name_list(variable, raw)
+
+
 def _flag(variable: str, raw: str) -> bool:
     word = raw.lower()
     if word in ("1", "true", "yes", "on"):
@@ -257,4 +272,8 @@ _PARSERS = {
     "live_sessions": _count,
     "live_max_minutes": _positive(float),
     "diarization": _lower,
+    "session_hours": _positive(float),
+    "key_failures": _positive(int),
+    "key_failure_window": _positive(float),
+    "trusted_proxies": _proxies,
 }
