@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
+import whisper
+
+from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, HUB, OFFICIAL_MODELS, kind_of
 from whisper_service.errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
@@ -38,6 +40,17 @@ def split_alias(entry: str) -> Tuple[str, str]:
     return entry, entry
 
 
+def on_hand_model(entry: str, model_dir: str) -> bool:
+    """Whether a model is served without a download: a checkpoint on this machine, the
+    bundled model, or an official model whose weights are in the model folder already
+    (whisper names the file after its URL). A Hugging Face id downloads."""
+    source = split_alias(entry)[1]
+    if source in OFFICIAL_MODELS:
+        url = whisper._MODELS[source]
+        return os.path.isfile(os.path.join(model_dir, os.path.basename(url)))
+    return kind_of(source) not in (None, HUB)
+
+
 def _is_path(entry: str) -> bool:
     """A checkpoint on this machine, as opposed to an official name or a hub id."""
     return entry.startswith(("/", "./", "../", "~")) or os.path.exists(entry)
@@ -59,7 +72,7 @@ def bundled_ffmpeg() -> str:
 @dataclass(frozen=True)
 class Settings:
     model: str = "turbo"  # WHISPER_MODEL: default model: a name, a checkpoint path, or name=path
-    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it)
+    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it; unset: and the translation model if on hand)
     translate_model: str = "large-v3"  # WHISPER_TRANSLATE_MODEL: for models that cannot translate
     model_dir: str = ""  # WHISPER_MODEL_DIR: where named models are downloaded; "" = whisper's cache
     device: str = "auto"  # WHISPER_DEVICE: auto, cpu, cuda or cuda:N
@@ -93,11 +106,12 @@ class Settings:
     trusted_proxies: Tuple[str, ...] = ("127.0.0.0/8", "::1")  # WHISPER_TRUSTED_PROXIES: networks whose X-Forwarded-For/-Proto are believed
 
     def __post_init__(self) -> None:
-        # the default model is always allowed; with no list, so is the translation model
-        allowed = self.models or (self.translate_model,)
-        object.__setattr__(self, "models", _unique((self.model, *allowed)))
         if not self.model_dir:
             object.__setattr__(self, "model_dir", default_model_dir())
+        # the default model is always allowed; with no list, so is the translation model
+        # when it is on hand: no request downloads gigabytes the operator did not list
+        on_hand = (self.translate_model,) if on_hand_model(self.translate_model, self.model_dir) else ()
+        object.__setattr__(self, "models", _unique((self.model, *(self.models or on_hand))))
         if not self.ffmpeg:
             object.__setattr__(self, "ffmpeg", bundled_ffmpeg())
         _check_model("WHISPER_MODEL", self.model)
