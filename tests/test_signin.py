@@ -243,3 +243,14 @@ def test_wrong_keys_through_nginx_count_per_client_address(keyed):
 
     assert [from_("203.0.113.1"), from_("203.0.113.1"), from_("203.0.113.1")] == [401, 401, 429]
     assert from_("203.0.113.2") == 401  # another client behind the same nginx
+
+
+def test_live_handshakes_count_wrong_keys_too(keyed):
+    app = keyed(WHISPER_KEY_FAILURES="2")
+    client = app.test_client()
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+               "Authorization": f"Bearer {WRONG}"}
+    codes = [client.get(path, headers=upgrade).status_code
+             for path in ("/api/live", "/v1/realtime", "/api/live")]
+    assert codes == [401, 401, 429]
