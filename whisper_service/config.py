@@ -13,8 +13,6 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-import whisper
-
 from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, HUB, OFFICIAL_MODELS, kind_of
 from whisper_service.errors import ConfigError
 
@@ -46,6 +44,8 @@ def on_hand_model(entry: str, model_dir: str) -> bool:
     (whisper names the file after its URL). A Hugging Face id downloads."""
     source = split_alias(entry)[1]
     if source in OFFICIAL_MODELS:
+        import whisper  # loaded already by checkpoints; named here for its URL table
+
         url = whisper._MODELS[source]
         return os.path.isfile(os.path.join(model_dir, os.path.basename(url)))
     return kind_of(source) not in (None, HUB)
