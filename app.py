@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from typing import Any, Mapping, Optional
 
 from flask import Flask
 
 from web import live
 from web.api import docs, metrics, native, openai_compat, sagemaker
-from web.http import errors, security, signin
+from web.http import auth, errors, security, signin
+from web.http.forwarded import TrustedProxies
+from web.http.ratelimit import FailureLimiter, Limit
+from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
 from web.http.sync import SyncWaiters
 from web.pages import views
 from whisper_service.config import Settings
@@ -40,11 +44,14 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     layered.update({k: v for k, v in os.environ.items() if k.startswith("WHISPER_")})
     settings = Settings.from_env(layered)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=settings.session_hours)
+    app.wsgi_app = TrustedProxies(app.wsgi_app, settings.trusted_proxies)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = WhisperService(settings)
+    data_folder = settings.data_dir or os.path.join(app.instance_path, "jobs")
     queue = JobQueue(
-        open_store(settings.database_url, settings.data_dir or os.path.join(app.instance_path, "jobs")),
+        open_store(settings.database_url, data_folder),
         service,
         max_queued=settings.max_queued,
         max_attempts=settings.max_attempts,
@@ -54,6 +61,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     )
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
                           whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
+    app.extensions[auth.LIMITER] = FailureLimiter(
+        Limit(settings.key_failures, settings.key_failure_window))
+    app.extensions[signin.RULES] = SessionRules(
+        SignOuts(os.path.join(data_folder, SIGN_OUTS)), settings.session_hours * HOURS)
 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(signin.blueprint)

@@ -108,6 +108,10 @@ graceful_timeout = int(os.environ.get("WHISPER_GRACEFUL_TIMEOUT", "60"))
 # no request body or header limits of gunicorn's own beyond the app's WHISPER_MAX_UPLOAD_MB
 limit_request_line = 8190
 
+# X-Forwarded-Proto is the app's to judge (web/http/forwarded.py, WHISPER_TRUSTED_PROXIES):
+# gunicorn would believe it from any process on the unix socket or loopback
+secure_scheme_headers = {}
+
 # gunicorn's control socket lives in $HOME; the service needs none, and a read-only home
 # (containers) or two servers on one host would trip over it
 control_socket_disable = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import resource
+import struct
 import subprocess
 import threading
 import time
@@ -260,3 +261,29 @@ def test_quick_check_passes_media_and_reads_only_the_start(media, hour_of_opus):
     limits = DecodeLimits(max_duration=7200, timeout=60, ffmpeg=bundled_ffmpeg())
     check_file(str(hour_of_opus), limits)  # an hour is fine here, and only 2 s are decoded
     assert ffmpeg_cpu_seconds() - ffmpeg_before < QUICK_CPU_SECONDS
+
+
+def _mp3_that_claims_one_second(folder, seconds: int):
+    """`seconds` of MP3 behind the Xing/Info header of a 1 s one (its byte count set to the
+    whole file's, so ffmpeg believes its frame count): ffmpeg says 'Duration: 00:00:01'."""
+    short, long = folder / "short.mp3", folder / "long-frames.mp3"
+    run_ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=1", "-ac", "1", "-b:a", "32k", str(short))
+    run_ffmpeg("-f", "lavfi", "-i", f"sine=f=440:d={seconds}", "-ac", "1", "-b:a", "32k",
+               "-write_xing", "0", str(long))
+    head, frames = bytearray(short.read_bytes()), long.read_bytes()
+    info = head.find(b"Info")
+    flags, = struct.unpack(">I", head[info + 4:info + 8])
+    assert info > 0 and flags & 0x3 == 0x3  # frame count, then byte count
+    head[info + 12:info + 16] = struct.pack(">I", len(head) + len(frames))
+    spliced = folder / "claims-1s.mp3"
+    spliced.write_bytes(bytes(head) + frames)
+    return spliced
+
+
+def test_a_header_that_understates_the_length_is_refused_by_the_decoded_length(tmp_path):
+    spliced = _mp3_that_claims_one_second(tmp_path, 150)
+    limits = DecodeLimits(max_duration=60, timeout=60, ffmpeg=bundled_ffmpeg())
+    with pytest.raises(MediaTooLong) as error:
+        decode_file(str(spliced), limits, "talk.mp3")
+    # not "is 1.0 s", the header's claim: what decoding found
+    assert str(error.value) == "audio in 'talk.mp3' is longer than 1 min; this server accepts up to 1 min"

@@ -12,7 +12,7 @@ def test_defaults(monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "/srv/cache")
     settings = Settings.from_env({})
     assert settings.model == "turbo"
-    assert settings.models == ("turbo", "large-v3")
+    assert settings.models == ("turbo",)  # large-v3 (3 GB) is not on hand: not offered
     assert settings.translate_model == "large-v3"
     assert settings.model_dir == "/srv/cache/whisper"
     assert settings.device == "auto"
@@ -22,6 +22,21 @@ def test_defaults(monkeypatch):
     assert settings.max_upload_bytes == 1024 * 1024 * 1024
     assert settings.ffmpeg == bundled_ffmpeg()
     assert "9.0" in settings.ffmpeg  # the pinned imageio-ffmpeg wheel carries ffmpeg 9.0.x
+
+
+def test_the_translation_model_is_offered_by_default_only_when_on_hand(tmp_path, checkpoint):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo",)
+    (folder / "large-v3.pt").write_bytes(b"weights")  # whisper's file name for large-v3
+    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo", "large-v3")
+    local = Settings.from_env({"WHISPER_MODEL_DIR": str(folder), "WHISPER_TRANSLATE_MODEL": checkpoint})
+    assert local.models == ("turbo", checkpoint)  # a checkpoint on this machine is on hand
+    hub = Settings.from_env({"WHISPER_MODEL_DIR": str(folder),
+                             "WHISPER_TRANSLATE_MODEL": "openai/whisper-large-v3"})
+    assert hub.models == ("turbo",)  # a Hugging Face id downloads
+    listed = Settings.from_env({"WHISPER_MODEL_DIR": str(folder / "none"), "WHISPER_MODELS": "large-v3"})
+    assert listed.models == ("turbo", "large-v3")  # listed by the operator: allowed
 
 
 def test_values_from_the_environment(checkpoint):

@@ -91,7 +91,9 @@ def test_a_raw_body_over_the_size_limit_is_413(client, chunked):
 
 @pytest.mark.parametrize("attributes, field, words", [
     ("beam_size", ATTRIBUTES_HEADER, "query string"),
-    ("num_beams=99", "beam_size", "must be in"),
+    ("num_beams=99", "num_beams", "num_beams: must be in"),  # named as the caller sent it
+    ("num_beams=x", "num_beams", "num_beams: must be a whole number"),
+    ("beam_size=99", "beam_size", "beam_size: must be in"),
     ("penalty_alpha=0.6", "penalty_alpha", "is not an option"),
 ])
 def test_bad_custom_attributes_are_400_naming_the_field(client, media, attributes, field, words):
@@ -99,6 +101,12 @@ def test_bad_custom_attributes_are_400_naming_the_field(client, media, attribute
                       headers={ATTRIBUTES_HEADER: attributes})
     error = error_of(response, 400)
     assert error["field"] == field and words in error["message"]
+
+
+def test_a_bad_num_beams_in_json_is_named_num_beams(client, media):
+    body = {"audio_input": media["speech.wav"].read_bytes().hex(), "num_beams": 99}
+    error = error_of(client.post("/invocations", json=body), 400)
+    assert error["field"] == "num_beams" and "beam_size" not in error["message"]
 
 
 def test_idempotency_key_returns_the_first_job_for_a_raw_body(client, media):

@@ -321,8 +321,11 @@ def _check_outcome(
             "try a shorter or simpler file"
         )
     if run.too_long or decoded > limits.max_duration:
-        length = run.declared_duration if run.declared_duration else decoded
-        said = f"is {format_duration(length)}" if run.declared_duration else f"is longer than {format_duration(limits.max_duration)}"
+        # the header's length only where it is what refused the file: a header may also
+        # understate, and then decoding found the audio longer than the cap
+        declared = run.declared_duration
+        said = (f"is {format_duration(declared)}" if declared and declared > limits.max_duration
+                else f"is longer than {format_duration(limits.max_duration)}")
         raise MediaTooLong(
             f"audio in '{name}' {said}; this server accepts up to {format_duration(limits.max_duration)}"
         )

@@ -6,13 +6,14 @@ web layer's layered config) and raises ConfigError naming the variable at fault.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, OFFICIAL_MODELS, kind_of
+from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, HUB, OFFICIAL_MODELS, kind_of
 from whisper_service.errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
@@ -37,6 +38,19 @@ def split_alias(entry: str) -> Tuple[str, str]:
     return entry, entry
 
 
+def on_hand_model(entry: str, model_dir: str) -> bool:
+    """Whether a model is served without a download: a checkpoint on this machine, the
+    bundled model, or an official model whose weights are in the model folder already
+    (whisper names the file after its URL). A Hugging Face id downloads."""
+    source = split_alias(entry)[1]
+    if source in OFFICIAL_MODELS:
+        import whisper  # loaded already by checkpoints; named here for its URL table
+
+        url = whisper._MODELS[source]
+        return os.path.isfile(os.path.join(model_dir, os.path.basename(url)))
+    return kind_of(source) not in (None, HUB)
+
+
 def _is_path(entry: str) -> bool:
     """A checkpoint on this machine, as opposed to an official name or a hub id."""
     return entry.startswith(("/", "./", "../", "~")) or os.path.exists(entry)
@@ -58,7 +72,7 @@ def bundled_ffmpeg() -> str:
 @dataclass(frozen=True)
 class Settings:
     model: str = "turbo"  # WHISPER_MODEL: default model: a name, a checkpoint path, or name=path
-    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it)
+    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it; unset: and the translation model if on hand)
     translate_model: str = "large-v3"  # WHISPER_TRANSLATE_MODEL: for models that cannot translate
     model_dir: str = ""  # WHISPER_MODEL_DIR: where named models are downloaded; "" = whisper's cache
     device: str = "auto"  # WHISPER_DEVICE: auto, cpu, cuda or cuda:N
@@ -86,13 +100,18 @@ class Settings:
     lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
     live_sessions: int = 8  # WHISPER_LIVE_SESSIONS: live sessions a server process takes at once (each holds an HTTP thread)
     live_max_minutes: float = 240.0  # WHISPER_LIVE_MAX_MINUTES: the longest live session
+    session_hours: float = 12.0  # WHISPER_SESSION_HOURS: a browser's sign-in lasts this long
+    key_failures: int = 10  # WHISPER_KEY_FAILURES: wrong API keys an address may send per window, then 429
+    key_failure_window: float = 60.0  # WHISPER_KEY_FAILURE_WINDOW: seconds a wrong key counts against its address
+    trusted_proxies: Tuple[str, ...] = ("127.0.0.0/8", "::1")  # WHISPER_TRUSTED_PROXIES: networks whose X-Forwarded-For/-Proto are believed
 
     def __post_init__(self) -> None:
-        # the default model is always allowed; with no list, so is the translation model
-        allowed = self.models or (self.translate_model,)
-        object.__setattr__(self, "models", _unique((self.model, *allowed)))
         if not self.model_dir:
             object.__setattr__(self, "model_dir", default_model_dir())
+        # the default model is always allowed; with no list, so is the translation model
+        # when it is on hand: no request downloads gigabytes the operator did not list
+        on_hand = (self.translate_model,) if on_hand_model(self.translate_model, self.model_dir) else ()
+        object.__setattr__(self, "models", _unique((self.model, *(self.models or on_hand))))
         if not self.ffmpeg:
             object.__setattr__(self, "ffmpeg", bundled_ffmpeg())
         _check_model("WHISPER_MODEL", self.model)
@@ -128,6 +147,12 @@ class Settings:
         if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
             raise ConfigError("WHISPER_DATABASE_URL must be a postgresql:// URL, or empty for "
                               "SQLite in WHISPER_DATA_DIR")
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"WHISPER_TRUSTED_PROXIES: {entry!r} is not an IP address or "
+                                  "network (like 10.0.0.0/8 or ::1)") from None
         if not (os.path.isfile(self.ffmpeg) and os.access(self.ffmpeg, os.X_OK)):
             raise ConfigError(f"WHISPER_FFMPEG {self.ffmpeg!r} is not an executable file")
 
@@ -214,6 +239,10 @@ def _name_list(variable: str, raw: str) -> Tuple[str, ...]:
     return _unique(part.strip() for part in raw.split(","))
 
 
+def _proxies(variable: str, raw: str) -> Tuple[str, ...]:
+    return () if raw.lower() == "none" else _name_list(variable, raw)
+
+
 def _flag(variable: str, raw: str) -> bool:
     word = raw.lower()
     if word in ("1", "true", "yes", "on"):
@@ -257,4 +286,8 @@ _PARSERS = {
     "live_sessions": _count,
     "live_max_minutes": _positive(float),
     "diarization": _lower,
+    "session_hours": _positive(float),
+    "key_failures": _positive(int),
+    "key_failure_window": _positive(float),
+    "trusted_proxies": _proxies,
 }

@@ -424,6 +424,12 @@ def _parse_bool(name: str, value: Any) -> bool:
     raise BadOption(name, f"must be true or false; got {_shown(value)}")
 
 
+def parse_flag(name: str, value: Any) -> bool:
+    """A yes/no field of an API's own (not a TranscribeOptions field), read as options
+    read theirs: true/false words, else BadOption naming the field."""
+    return _parse_bool(name, value)
+
+
 def _parse_temperatures(name: str, value: Any) -> Tuple[float, ...]:
     if isinstance(value, (list, tuple)):
         items = list(value)

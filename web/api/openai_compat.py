@@ -38,7 +38,9 @@ from web.http.auth import require_api_key
 from web.http.idempotency import submit_once
 from web.http.sync import hold_until_done, stream_until_done, submitted, waiters
 from whisper_service.errors import BadOption
-from whisper_service.options import OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name
+from whisper_service.options import (
+    OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name, parse_flag,
+)
 from whisper_service.transcript import Transcript
 from whisper_service.writers import MEDIA_TYPES, write
 
@@ -97,7 +99,7 @@ def parse_request(
     """Map OpenAI's form fields (and our extra ones) to options; raise BadOption naming
     the field at fault."""
     _check_field_names(form)
-    stream = form.get("stream", "").strip().lower() in TRUE_WORDS
+    stream = parse_flag("stream", form["stream"]) if form.get("stream", "").strip() else False
     response_format = form.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise BadOption("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}; "

@@ -49,6 +49,8 @@ ERROR_TEXT = {
     413: "The upload is larger than WHISPER_MAX_UPLOAD_MB.",
     415: "Not audio or video, a refused format, or a body that is neither multipart nor JSON.",
     422: "Media that cannot be used: empty, truncated, too long, or without an audio stream.",
+    429: "Too many wrong API keys from this address lately (WHISPER_KEY_FAILURES within "
+         "WHISPER_KEY_FAILURE_WINDOW); try again after Retry-After.",
     500: "The transcription failed repeatedly on the server.",
     503: "The queue is full or every place for a synchronous call is taken (see "
          "Retry-After), the model cannot be loaded, or the job database is unreachable "
@@ -475,7 +477,12 @@ def _accepted() -> Dict[str, Any]:
 
 
 def _errors(*statuses: int, schema: str = "Error") -> Dict[str, Any]:
+    if 401 in statuses:  # every key check counts wrong keys per address
+        statuses = tuple(sorted({*statuses, 429}))
     responses = {str(status): _json_response(ERROR_TEXT[status], schema) for status in statuses}
+    if 429 in statuses:
+        responses["429"]["headers"] = {"Retry-After": {
+            "schema": {"type": "integer"}, "description": "seconds until a key may be tried again"}}
     if 503 in statuses:
         responses["503"]["headers"] = {"Retry-After": {
             "schema": {"type": "integer"},

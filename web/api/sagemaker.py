@@ -58,7 +58,7 @@ def invoke():
             f"or application/json with '{JUMPSTART_AUDIO_FIELD}' (the file in hexadecimal); "
             f"or {native.MULTIPART} with a '{native.FILE_FIELD}' field.")
     upload = native.read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
-    options = TranscribeOptions.from_mapping(jumpstart_options(upload.fields))
+    options = options_of(upload.fields)
     place = waiters().take()
     job = submitted(place, lambda: native.submit(upload, options))
     return _held(job, place)
@@ -72,7 +72,7 @@ def ping():
 
 def _invoke_raw():
     """The body is the file: streamed to a temporary file, then queued like an upload."""
-    options = TranscribeOptions.from_mapping(jumpstart_options(_custom_attributes()))
+    options = options_of(_custom_attributes())
     place = waiters().take()  # before the body is read: a refused call reads nothing
     try:
         with tempfile.TemporaryFile(prefix="whisper-invocation-") as body:
@@ -112,6 +112,19 @@ def _from_hex(field: str, value: Any) -> bytes:
         return bytes.fromhex(value)
     except (TypeError, ValueError):
         raise BadOption(field, "must be a string: the file's bytes in hexadecimal") from None
+
+
+def options_of(fields: Dict[str, Any]) -> TranscribeOptions:
+    """The options of JumpStart's fields; a refusal names the field as the caller sent it
+    (`num_beams`, not the `beam_size` it stands for)."""
+    try:
+        return TranscribeOptions.from_mapping(jumpstart_options(fields))
+    except BadOption as error:
+        sent = next((theirs for theirs, ours in JUMPSTART_RENAMED.items()
+                     if ours == error.field and theirs in fields and ours not in fields), None)
+        if sent is None:
+            raise
+        raise BadOption(sent, str(error).removeprefix(f"{error.field}: ")) from None
 
 
 def jumpstart_options(fields: Dict[str, Any]) -> Dict[str, Any]:

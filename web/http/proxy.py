@@ -104,6 +104,9 @@ http {{
     client_max_body_size {config.max_upload_mb + UPLOAD_SLACK_MB}m;
     client_body_buffer_size 1m;
     large_client_header_buffers 4 16k;
+    # a TLS proxy in front says https; the app believes it only from a trusted proxy
+    # (web/http/forwarded.py), which it tells by the address nginx adds to X-Forwarded-For
+    map $http_x_forwarded_proto $forwarded_proto {{ "" $scheme; default $http_x_forwarded_proto; }}
     map $uri $too_large_body {{
         ~^/v1/ {_nginx_string(large_openai)};
         default {_nginx_string(large_native)};
@@ -125,7 +128,7 @@ http {{
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Proto $forwarded_proto;
             proxy_request_buffering on;
             proxy_buffering on;
             proxy_read_timeout {int(config.read_timeout)}s;
@@ -140,7 +143,7 @@ http {{
             proxy_set_header Connection "upgrade";
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Proto $forwarded_proto;
             proxy_buffering off;
             proxy_read_timeout {LIVE_IDLE_SECONDS}s;
             proxy_send_timeout {LIVE_IDLE_SECONDS}s;

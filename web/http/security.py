@@ -10,6 +10,8 @@ from flask import Flask, Request, abort, request, session
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from web.http.sessions import SessionCookies
+
 CSRF_FIELD = "csrf_token"
 FORM_BLUEPRINTS = ("pages", "signin")  # the parts of the site that take browser forms
 CSRF_HEADER = "X-CSRF-Token"
@@ -79,6 +81,9 @@ def register(app: Flask) -> None:
     app.jinja_env.globals["csrf_token"] = csrf_token
     app.json = JsonProvider(app)
     app.request_class = JsonRequest
+    # the session cookie: not sent along by other sites' forms, Secure over HTTPS
+    app.config["SESSION_COOKIE_SAMESITE"] = app.config["SESSION_COOKIE_SAMESITE"] or "Lax"
+    app.session_interface = SessionCookies()
 
     @app.before_request
     def check_csrf():

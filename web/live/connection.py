@@ -26,7 +26,7 @@ from flask import Blueprint, current_app, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from web.http.auth import ApiKeyRequired, key_matches
+from web.http.auth import ApiKeyRequired, bearer_key, check_key
 from web.http.signin import signed_in
 from whisper_service.errors import BadOption
 from whisper_service.queue.jobs import Job
@@ -254,8 +254,7 @@ def live_access_allowed() -> bool:
     settings = current_app.extensions["whisper_settings"]
     if not settings.api_keys:
         return _same_origin() or "Origin" not in request.headers
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and key_matches(given.strip(), settings.api_keys):
+    if check_key(bearer_key(), settings.api_keys):  # 429 past the wrong keys' limit
         return True
     if not _same_origin():
         return False
