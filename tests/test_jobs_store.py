@@ -14,6 +14,7 @@ import threading
 import time
 import tracemalloc
 
+import numpy as np
 import pytest
 
 from conftest import make_app, wait_until
@@ -21,7 +22,11 @@ from test_jobs import (FAST, WAIT, Blocker, FakeService, Recorder, backend,  # n
                        fake_transcript, make_queue, root, submit_bytes, wait_finished)
 from whisper_service.queue.jobs import PROGRESS_SECONDS, JobState
 from whisper_service.progress import FinishedSegment, Progress
-from whisper_service.queue.store.base import COPY_CHUNK, Claimant
+from whisper_service.queue.store.base import COPY_CHUNK, EDITED_FILE, ENVELOPE_FILE, Claimant
+from whisper_service.errors import BadOption
+from whisper_service.loudness import MIN_BINS
+from whisper_service.transcript import Segment, Speaker, Transcript
+from whisper_service.transcript_edits import parse_edits
 
 LEASE = 1.0  # seconds: short, so that a lapse is seen quickly
 UPLOAD_MB = 12  # many pieces: the memory taken must not grow with the upload
@@ -395,3 +400,89 @@ def test_metrics_need_the_api_key_when_there_are_keys(checkpoint, tmp_path):
     assert client.get("/metrics").status_code == 401
     response = client.get("/metrics", headers={"Authorization": "Bearer k1"})
     assert response.status_code == 200 and "whisper_jobs{" in response.get_data(as_text=True)
+
+
+# --- corrections and the picture of the audio: kept beside the model's transcript ---------
+
+
+class Lines(Recorder):
+    """Answers a transcript of two lines by two speakers."""
+
+    def transcribe_file(self, path, options, *, display_name=None, progress=None):
+        progress(Progress(1.0, 1.0))
+        segments = tuple(Segment(id=i, seek=0, start=float(i), end=i + 0.8, text=text, tokens=(),
+                                 temperature=0.0, avg_logprob=-0.2, compression_ratio=1.2,
+                                 no_speech_prob=0.0, speaker=f"S{i + 1}")
+                         for i, text in enumerate((" First line.", " Second line.")))
+        return Transcript(task="transcribe", language="en", language_probability=1.0,
+                          duration=2.0, model="fake-model", text=" First line. Second line.",
+                          segments=segments,
+                          speakers=(Speaker("S1", "Speaker 1"), Speaker("S2", "Speaker 2")))
+
+
+def test_side_files_are_kept_only_beside_a_transcript_and_go_with_the_job(make_queue, backend):
+    queue = make_queue(Blocker())
+    job = submit_bytes(queue, "talk.mp3")
+    assert queue.store.put_side_file(job.id, EDITED_FILE, "{}") is False  # not done
+    assert queue.store.side_file(job.id, EDITED_FILE) is None
+    done = make_queue(Lines())
+    done.start()
+    job = submit_bytes(done, "talk.mp3")
+    wait_finished(done, job.id)
+    store = done.store
+    assert store.put_side_file(job.id, ENVELOPE_FILE, '{"levels": "AAE="}') is True
+    assert store.side_file(job.id, ENVELOPE_FILE) == '{"levels": "AAE="}'
+    assert store.put_side_file(job.id, ENVELOPE_FILE, None) is True
+    assert store.put_side_file(job.id, ENVELOPE_FILE, None) is True  # gone already: fine
+    assert store.side_file(job.id, ENVELOPE_FILE) is None
+    with pytest.raises(ValueError):
+        store.side_file(job.id, "../media")
+    store.put_side_file(job.id, EDITED_FILE, "{}")
+    assert done.delete(job.id)
+    assert store.side_file(job.id, EDITED_FILE) is None
+    assert store.put_side_file(job.id, EDITED_FILE, "{}") is False
+
+
+def test_corrections_are_kept_beside_the_model_output_across_restarts(make_queue, backend):
+    queue = make_queue(Lines())
+    queue.start()
+    job = submit_bytes(queue, "talk.mp3")
+    wait_finished(queue, job.id)
+    assert not queue.is_edited(job.id)  # a job from before corrections existed reads the same
+    edited = queue.edit_transcript(job.id, parse_edits({"edits": [
+        {"op": "text", "segment": 0, "text": "The first line."},
+        {"op": "speaker", "segment": 1, "speaker": "S1"}]}))
+    assert [s.text for s in edited.segments] == [" The first line.", " Second line."]
+    queue.stop(timeout=5)
+    again = make_queue(Recorder())  # a restart: a new process opens the same store
+    assert again.is_edited(job.id)
+    assert again.transcript(job.id) == edited
+    assert again.original_transcript(job.id).segments[0].text == " First line."
+    assert again.rename_speakers(job.id, {"S1": "Ana"})
+    assert again.transcript(job.id).speakers[0].name == "Ana"
+    assert again.original_transcript(job.id).speakers[0].name == "Ana"
+    assert again.transcript(job.id).segments[0].text == " The first line."
+    assert again.restore_transcript(job.id)
+    assert not again.is_edited(job.id)
+    assert again.transcript(job.id).segments[1].speaker == "S2"
+    with pytest.raises(BadOption, match=r"edits\[0\].segment: line 5 does not exist"):
+        again.edit_transcript(job.id, parse_edits({"edits": [{"op": "merge", "segment": 5}]}))
+    assert not again.is_edited(job.id)  # nothing was kept of a refused edit
+
+
+def test_the_loudness_picture_is_computed_once_and_kept(make_queue, backend):
+    queue = make_queue(Lines())
+    queue.start()
+    job = submit_bytes(queue, "talk.mp3")
+    wait_finished(queue, job.id)
+    decoded = []
+
+    def decode(path):
+        decoded.append(path)
+        return np.full(16000 * 2, 0.1, dtype=np.float32)
+
+    first = queue.envelope(job.id, decode)
+    assert (first["duration"], first["bins"]) == (2.0, MIN_BINS)
+    assert queue.envelope(job.id, decode) == first
+    assert len(decoded) == 1
+    assert queue.envelope("A" * 22, decode) is None

@@ -155,7 +155,7 @@ def rename_speakers(job_id: str):
         given = request.form.get(SPEAKER_FIELD + speaker.id)
         if given is not None:
             names[speaker.id] = speaker_name(given) or speaker.name
-    jobs().replace_transcript(job.id, transcript.renamed(names))
+    jobs().rename_speakers(job.id, names)
     return redirect(url_for("pages.job_page", job_id=job_id) + "#speakers", code=303)
 
 

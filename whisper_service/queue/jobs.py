@@ -39,9 +39,12 @@ from whisper_service.progress import Progress
 from whisper_service.queue.backoff import Backoff
 from whisper_service.queue.registry import RegistryBeat
 from whisper_service.queue.store.base import COPY_CHUNK, Claimant, JobStore, Row, Settlement
+from whisper_service.queue.store.base import EDITED_FILE, ENVELOPE_FILE
 from whisper_service.queue.store.files import valid_id
 from whisper_service.queue.store.sqlite import SQLiteStore
 from whisper_service.transcript import Transcript
+from whisper_service import loudness
+from whisper_service.transcript_edits import Edit, apply_edits
 
 log = logging.getLogger(__name__)
 
@@ -305,18 +308,72 @@ class JobQueue:
             time.sleep(min(WAIT_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
     def transcript(self, job_id: str) -> Optional[Transcript]:
-        """The transcript of a done job, else None."""
+        """The transcript of a done job as people corrected it (the model's where nobody
+        did), else None: what the pages, the API and every download show."""
+        if not valid_id(job_id):
+            return None
+        edited = self.store.side_file(job_id, EDITED_FILE)
+        return self.original_transcript(job_id) if edited is None else _transcript_of(edited)
+
+    def original_transcript(self, job_id: str) -> Optional[Transcript]:
+        """The model's transcript of a done job, whatever the corrections; else None."""
         if not valid_id(job_id):
             return None
         text = self.store.transcript(job_id)
-        return None if text is None else Transcript.from_dict(json.loads(text))
+        return None if text is None else _transcript_of(text)
 
-    def replace_transcript(self, job_id: str, transcript: Transcript) -> bool:
-        """Store a changed transcript of a done job (speakers renamed, say) in place of the
-        one it has: every later read and download sees it. False when the job has none."""
+    def is_edited(self, job_id: str) -> bool:
+        """Whether people corrected the job's transcript (restore_transcript undoes it)."""
+        return valid_id(job_id) and self.store.side_file(job_id, EDITED_FILE) is not None
+
+    def edit_transcript(self, job_id: str, edits: Sequence[Edit]) -> Optional[Transcript]:
+        """Apply corrections to the transcript as it is now and keep the result beside the
+        model's; the result, or None when the job has no transcript. BadOption (nothing
+        kept) for an edit that cannot apply. Two people saving at the same moment: the
+        later save wins."""
+        current = self.transcript(job_id)
+        if current is None:
+            return None
+        edited = apply_edits(current, edits)
+        if not self.store.put_side_file(job_id, EDITED_FILE, _transcript_json(edited)):
+            return None  # deleted meanwhile
+        return edited
+
+    def restore_transcript(self, job_id: str) -> bool:
+        """Drop the corrections: the model's transcript is shown again. False: no transcript."""
+        return valid_id(job_id) and self.store.put_side_file(job_id, EDITED_FILE, None)
+
+    def rename_speakers(self, job_id: str, names: Dict[str, str]) -> bool:
+        """Give speakers new names (id -> name) in the model's transcript and in the
+        corrected one, so that restoring the model's keeps the names. False: no transcript."""
         if not valid_id(job_id):
             return False
-        return self.store.replace_transcript(job_id, _transcript_json(transcript))
+        original = self.original_transcript(job_id)
+        if original is None:
+            return False
+        edited = self.store.side_file(job_id, EDITED_FILE)
+        if edited is not None:
+            self.store.put_side_file(job_id, EDITED_FILE,
+                                     _transcript_json(_transcript_of(edited).renamed(names)))
+        return self.store.replace_transcript(job_id, _transcript_json(original.renamed(names)))
+
+    def envelope(self, job_id: str, decode: Callable[[str], loudness.Samples]) -> Optional[dict]:
+        """The loudness over time of a done job's audio (loudness.Envelope.to_dict()):
+        computed from decode(media path) the first time it is asked for, then kept with the
+        job. None when the job has no transcript or no upload any more."""
+        if not valid_id(job_id):
+            return None
+        kept = self.store.side_file(job_id, ENVELOPE_FILE)
+        if kept is not None:
+            return json.loads(kept)
+        if self.store.transcript(job_id) is None:
+            return None
+        path = self.store.media_path(job_id)
+        if path is None:
+            return None
+        found = loudness.envelope(decode(path)).to_dict()
+        self.store.put_side_file(job_id, ENVELOPE_FILE, json.dumps(found))
+        return found
 
     def cancel(self, job_id: str) -> Optional[Job]:
         """A queued job is cancelled at once; a running one within a model step or so (at
@@ -756,6 +813,10 @@ def _missed(what: str) -> None:
         log.debug("%s: %s", what, error)
     else:
         log.warning("%s", what, exc_info=True)
+
+
+def _transcript_of(text: str) -> Transcript:
+    return Transcript.from_dict(json.loads(text))
 
 
 def _transcript_json(transcript: Transcript) -> str:

@@ -32,6 +32,10 @@ COLUMNS = (
 COUNTERS = ("jobs_done", "jobs_failed", "jobs_cancelled", "audio_seconds", "processing_seconds")
 MEDIA_FILE = "media"  # the upload, in a job's folder
 TRANSCRIPT_FILE = "transcript.json"
+# files kept beside a done job's transcript (side_file / put_side_file), each JSON text:
+EDITED_FILE = "edited.json"  # the transcript as people corrected it; the model's stays above
+ENVELOPE_FILE = "envelope.json"  # the audio's loudness over time, for the page's picture of it
+SIDE_FILES = (EDITED_FILE, ENVELOPE_FILE)
 COPY_CHUNK = 1 << 20  # files move in pieces of this size: never a whole upload in memory
 
 Row = Dict[str, object]
@@ -130,6 +134,15 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def replace_transcript(self, job_id: str, text: str) -> bool:
         """Put text in place of a stored transcript; False when the job has none."""
+
+    @abc.abstractmethod
+    def side_file(self, job_id: str, name: str) -> Optional[str]:
+        """The text of a file kept beside a job's transcript (one of SIDE_FILES), or None."""
+
+    @abc.abstractmethod
+    def put_side_file(self, job_id: str, name: str, text: Optional[str]) -> bool:
+        """Keep text as the side file `name` of a done job (None removes it); False when the
+        job has no transcript (not done, or deleted), and then nothing is written."""
 
     # --- changing -----------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 from whisper_service.queue.store.base import (COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide, JobStore, Row,
                    Settlement)
 from whisper_service.errors import StoreUnavailable
+from whisper_service.queue.store.base import SIDE_FILES
 from whisper_service.queue.store.files import remove_strays
 from whisper_service.queue.store.reachability import Reachability
 
@@ -171,6 +172,31 @@ class SQLiteStore(JobStore):
             return False
         self._write_transcript(job_id, text)
         return True
+
+    def side_file(self, job_id: str, name: str) -> Optional[str]:
+        try:
+            with open(self._side_path(job_id, name), encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def put_side_file(self, job_id: str, name: str, text: Optional[str]) -> bool:
+        path = self._side_path(job_id, name)
+        if not os.path.exists(self._transcript_path(job_id)):
+            return False
+        try:
+            if text is None:
+                os.remove(path)
+            else:
+                self._write_file(path, text)
+        except FileNotFoundError:  # nothing to remove, or the job's folder went meanwhile
+            return os.path.exists(self._transcript_path(job_id))
+        return True
+
+    def _side_path(self, job_id: str, name: str) -> str:
+        if name not in SIDE_FILES:
+            raise ValueError(f"{name!r} is not a side file of a job")
+        return os.path.join(self._folder(job_id), name)
 
     # --- changing -----------------------------------------------------------------------
 
@@ -334,7 +360,10 @@ class SQLiteStore(JobStore):
                        "DO UPDATE SET value = value + excluded.value", (name, amount))
 
     def _write_transcript(self, job_id: str, text: str) -> None:
-        path = self._transcript_path(job_id)
+        self._write_file(self._transcript_path(job_id), text)
+
+    @staticmethod
+    def _write_file(path: str, text: str) -> None:
         temp = f"{path}.{secrets.token_hex(8)}.tmp"
         with open(temp, "w", encoding="utf-8") as out:
             out.write(text)
