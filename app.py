@@ -15,13 +15,13 @@ from typing import Any, Mapping, Optional
 from flask import Flask
 
 from web import live
-from web.api import docs, metrics, native, openai_compat, sagemaker
+from web.api import docs, editing, metrics, native, openai_compat, sagemaker
 from web.http import auth, errors, security, signin
 from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
 from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
 from web.http.sync import SyncWaiters
-from web.pages import views
+from web.pages import editor, views
 from whisper_service.config import Settings
 from whisper_service.queue.jobs import JobQueue
 from whisper_service.service import WhisperService
@@ -67,9 +67,11 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         SignOuts(os.path.join(data_folder, SIGN_OUTS)), settings.session_hours * HOURS)
 
     app.register_blueprint(views.blueprint)
+    app.register_blueprint(editor.blueprint)
     app.register_blueprint(signin.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(native.blueprint)
+    app.register_blueprint(editing.blueprint)
     app.register_blueprint(sagemaker.blueprint)
     app.register_blueprint(sagemaker.probes)
     app.register_blueprint(native.public)

@@ -39,10 +39,19 @@ def edited(base, *edits):
 def test_text_edit_changes_the_line_the_text_and_every_writer():
     result = edited(THREE, {"op": "text", "segment": 1, "text": "  How are\nyou doing?  "})
     assert result.segments[1].text == " How are you doing?"
-    assert result.segments[1].tokens == () and result.segments[1].words == ()
+    assert result.segments[1].tokens == () and result.segments[1].words == ()  # it had none
     assert result.text == " Hello there. How are you doing? Fine, thanks."
     assert "How are you doing?" in write("srt", result) and "How are you?" not in write("srt", result)
     assert THREE.segments[1].text == " How are you?"  # the original is untouched
+
+
+def test_a_line_with_words_gets_words_for_its_new_text_spread_over_its_time():
+    result = edited(WORDS, {"op": "text", "segment": 0, "text": "one too three four"})
+    words = result.segments[0].words
+    assert [w.word for w in words] == [" one", " too", " three", " four"]
+    assert words[0].start == 1.0 and words[-1].end == 3.0 and all(w.probability == 1.0 for w in words)
+    assert all(a.end == b.start for a, b in zip(words, words[1:]))
+    assert "four" in write("srt", result)
 
 
 def test_merge_joins_a_line_with_the_next_and_renumbers():
@@ -85,11 +94,12 @@ def test_speaker_change_sets_the_line_and_its_words():
     assert "Bo: a" in write("txt", result)
 
 
-def test_retime_moves_start_and_end_and_keeps_words_inside():
+def test_retime_moves_start_and_end_and_stretches_the_words_with_the_line():
     result = edited(WORDS, {"op": "retime", "segment": 0, "start": 1.2, "end": 2.5})
     line = result.segments[0]
     assert (line.start, line.end) == (1.2, 2.5)
     assert all(1.2 <= w.start <= w.end <= 2.5 for w in line.words)
+    assert (line.words[0].start, line.words[-1].end) == (1.2, 2.5)
 
 
 @pytest.mark.parametrize("body, field, words", [

@@ -11,9 +11,9 @@ is applied: after a merge or a split, the lines that follow are numbered anew, a
 next edit in the list sees that numbering. The model's output is never changed here: the
 job keeps it beside the edited transcript (queue/jobs.py), so it can be restored.
 
-A line whose text changed loses its words and tokens (they no longer match what it says);
-the writers then use the line's text and times, as they do for a transcript made without
-word timestamps.
+A line whose text changed loses its tokens, and its words are spelled anew from the text,
+their times shared out over the line's (the writers lay out subtitles from words where a
+transcript has them); a person wrote them, so their probability is 1.
 """
 
 from __future__ import annotations
@@ -187,7 +187,26 @@ def _spoken(text: str) -> str:
 def _with_text(segment: Segment, text: str) -> Segment:
     if text == segment.text.strip():
         return segment
-    return replace(segment, text=_spoken(text), words=(), tokens=())
+    return replace(segment, text=_spoken(text), tokens=(),
+                   words=_respelled(segment, text, segment.start, segment.end))
+
+
+def _respelled(segment: Segment, text: str, start: float, end: float) -> Tuple[Word, ...]:
+    """Words for a line's new text where it had words: the writers lay out cues from words
+    when a transcript has them, so a line without would vanish from SRT and VTT. Their times
+    share the line's in proportion to their length; a person wrote them: probability 1."""
+    if not segment.words:
+        return ()
+    spoken = text.split()
+    total = sum(len(word) + 1 for word in spoken)
+    words, at = [], 0
+    for word in spoken:
+        begin = start + (end - start) * at / total
+        at += len(word) + 1
+        words.append(Word(word=" " + word, start=round(begin, TIME_DECIMALS),
+                          end=round(start + (end - start) * at / total, TIME_DECIMALS),
+                          probability=1.0, speaker=segment.speaker))
+    return tuple(words)
 
 
 def _merged(first: Segment, second: Segment) -> Segment:
@@ -227,8 +246,9 @@ def _split(segment: Segment, edit: Split, where: str) -> List[Segment]:
         raise BadOption(f"{where}.time", f"the second line must start inside line "
                         f"{edit.segment} ({segment.start:.3f} to {segment.end:.3f} s); "
                         f"{time:.3f} is not")
-    if edit.time is not None:  # the words no longer say where the line breaks
-        first_words = second_words = ()
+    if words is None or edit.time is not None:  # the words no longer say where it breaks
+        first_words = _respelled(segment, left, segment.start, time)
+        second_words = _respelled(segment, right, time, segment.end)
     return [replace(segment, end=time, text=_spoken(left), tokens=(), words=first_words),
             replace(segment, start=time, text=_spoken(right), tokens=(), words=second_words)]
 
@@ -274,6 +294,14 @@ def _retimed(segments: List[Segment], edit: Retime, duration: float, where: str)
     if after is not None and end > after.start and end > segment.end:
         raise BadOption(f"{where}.end", f"line {edit.segment} would end ({end:.3f} s) after "
                         f"line {edit.segment + 1} starts ({after.start:.3f} s)")
-    words = tuple(replace(w, start=min(max(w.start, start), end), end=min(max(w.end, start), end))
-                  for w in segment.words)
-    return replace(segment, start=start, end=end, words=words)
+    return replace(segment, start=start, end=end, words=tuple(
+        replace(w, start=_moved(w.start, segment, start, end), end=_moved(w.end, segment, start, end))
+        for w in segment.words))
+
+
+def _moved(time: float, segment: Segment, start: float, end: float) -> float:
+    """A word's time in a retimed line: stretched with the line, so that the cues the writers
+    lay out from words start and end where the line now does."""
+    span = segment.end - segment.start
+    share = (time - segment.start) / span if span > 0 else 0.0
+    return round(start + (end - start) * min(max(share, 0.0), 1.0), TIME_DECIMALS)

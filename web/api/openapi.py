@@ -76,7 +76,7 @@ def document() -> Dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "tags": [{"name": name} for name in ("native", "sagemaker", "openai", "health")],
-        "paths": {**_native_paths(), **_root_paths(), **_openai_paths()},
+        "paths": {**_native_paths(), **_editing_paths(), **_root_paths(), **_openai_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": _schemas(),
@@ -164,6 +164,7 @@ def _schemas() -> Dict[str, Any]:
         "DetectionBody": _base64_body({"model": options["model"]}),
         "TranscriptResult": {"allOf": [_ref("Transcript"), _object(job_id=JOB_ID)]},
         "Job": _job_schema(),
+        **_editing_schemas(),
         "LanguageDetection": _object(
             language={"type": "string", "description": "code of the likeliest language"},
             language_name={"type": "string"},
@@ -363,6 +364,70 @@ def _native_paths() -> Dict[str, Any]:
         "/api/v1/models": {"get": {
             "tags": ["native"], "operationId": "listModels", "summary": "The models offered",
             "responses": {"200": _json_response("The models.", "Models"), **_errors(401)},
+        }},
+    }
+
+
+def _editing_schemas() -> Dict[str, Any]:
+    number = {"type": "number", "minimum": 0}
+    line = {"type": "integer", "minimum": 0,
+            "description": "the line's place (0 for the first), after the edits before it"}
+    return {
+        "TranscriptEdits": {**_object(edits={"type": "array", "minItems": 1, "items": {"oneOf": [
+            _object(op={"const": "text"}, segment=line, text={"type": "string"}),
+            _object(op={"const": "merge"}, segment=line),
+            {"type": "object", "required": ["op", "segment", "at"],
+             "properties": {"op": {"const": "split"}, "segment": line, "at": {
+                 "type": "integer", "description": "character offset into the line's text"},
+                            "time": {**number, "description": "where the second line starts"}}},
+            _object(op={"const": "speaker"}, segment=line, speaker={"type": "string"}),
+            {"type": "object", "required": ["op", "segment"],
+             "properties": {"op": {"const": "retime"}, "segment": line, "start": number,
+                            "end": number}},
+        ]}}), "description": "applied in order; 400 names the first that cannot apply"},
+        "Envelope": _object(
+            duration={"type": "number", "description": "seconds of audio"},
+            seconds_per_bin={"type": "number"},
+            bins={"type": "integer"},
+            floor_db={"type": "number", "description": "the level drawn as silence"},
+            levels={"type": "string", "description": "base64: one byte per bin, 0 (floor_db "
+                    "or quieter) to 255 (full scale)"},
+        ),
+    }
+
+
+def _editing_paths() -> Dict[str, Any]:
+    job_id = {"name": "job_id", "in": "path", "required": True, "schema": JOB_ID}
+    return {
+        "/api/v1/jobs/{job_id}/transcript": {"patch": {
+            "tags": ["native"], "operationId": "editTranscript", "parameters": [job_id],
+            "summary": "Correct a done job's transcript; the model's is kept",
+            "requestBody": {"required": True, "content": {JSON: {"schema": _ref("TranscriptEdits")}}},
+            "responses": {"200": _json_response("The corrected transcript.", "Transcript"),
+                          **_errors(400, 401, 404, 409)},
+        }},
+        "/api/v1/jobs/{job_id}/transcript/edits": {"delete": {
+            "tags": ["native"], "operationId": "restoreTranscript", "parameters": [job_id],
+            "summary": "Drop the corrections: the model's transcript again",
+            "responses": {"204": {"description": "Restored."}, **_errors(401, 404, 409)},
+        }},
+        "/api/v1/jobs/{job_id}/original.{fmt}": {"get": {
+            "tags": ["native"], "operationId": "getOriginalTranscript",
+            "summary": "The model's transcript in one format, whatever the corrections",
+            "parameters": [job_id, {"name": "fmt", "in": "path", "required": True,
+                                    "schema": {"enum": list(FORMATS)}}],
+            "responses": {
+                "200": {"description": "The transcript.", "content": {
+                    MEDIA_TYPES[fmt]: {"schema": _ref("Transcript") if fmt == "json"
+                                       else {"type": "string"}} for fmt in FORMATS}},
+                **_errors(401, 404, 409),
+            },
+        }},
+        "/api/v1/jobs/{job_id}/envelope": {"get": {
+            "tags": ["native"], "operationId": "getEnvelope", "parameters": [job_id],
+            "summary": "The audio's loudness over time, for drawing it",
+            "responses": {"200": _json_response("The envelope.", "Envelope"),
+                          **_errors(401, 404, 409)},
         }},
     }
 

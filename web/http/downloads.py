@@ -14,11 +14,12 @@ from whisper_service.writers import MEDIA_TYPES, write
 DOWNLOAD_STEM_CHARS = 120  # of the upload's name, in a download's name
 
 
-def transcript_download(job: Job, transcript: Transcript, fmt: str) -> Response:
-    """A transcript file named after the upload ('talk.srt' for 'talk.mp3')."""
+def transcript_download(job: Job, transcript: Transcript, fmt: str, suffix: str = "") -> Response:
+    """A transcript file named after the upload ('talk.srt' for 'talk.mp3'; with suffix
+    '-original', 'talk-original.srt')."""
     body = write(fmt, transcript, job.options.layout)  # an unknown format: BadOption
     response = Response(body, content_type=MEDIA_TYPES[fmt])
-    response.headers["Content-Disposition"] = attachment(f"{download_stem(job)}.{fmt}")
+    response.headers["Content-Disposition"] = attachment(f"{download_stem(job)}{suffix}.{fmt}")
     return response
 
 

@@ -13,7 +13,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from web.http.sessions import SessionCookies
 
 CSRF_FIELD = "csrf_token"
-FORM_BLUEPRINTS = ("pages", "signin")  # the parts of the site that take browser forms
+FORM_BLUEPRINTS = ("pages", "editor", "signin")  # the parts of the site that take browser forms
 CSRF_HEADER = "X-CSRF-Token"
 SECRET_FILE = "secret_key"
 # no inline script or style, media only from here; the pages need nothing else

@@ -32,6 +32,7 @@ QUEUE_FULL_WORDS = "The queue is full, so {name} was not queued; try it again la
 SPEAKER_FIELD = "speaker-"  # + a speaker's id: its new name, in the rename form
 MAX_SPEAKER_NAME = 60  # characters of a speaker's name
 SPEAKER_COLOURS = 8  # distinct colours in style.css; further speakers reuse them
+UNSURE_PROBABILITY = 0.5  # a word the model gave less than this can be marked for a person to check
 HOURS_PER_DAY = 24
 
 
@@ -139,6 +140,7 @@ def job_page(job_id: str):
         wait_seconds=jobs().expected_wait(job.position),
         language=language_name(transcript.language) if transcript else None,
         media_type=media_type(job), playable=media_type(job) in PLAYABLE_TYPES,
+        edited=transcript is not None and jobs().is_edited(job.id), unsure=UNSURE_PROBABILITY,
     )
 
 
