@@ -2,7 +2,8 @@
 // reported fraction, a time left that counts down between reports, and Cancel that says
 // "Cancelling…" at once. When done: the player and the transcript follow each other, the
 // transcript can be searched and copied, and its lines are one tab stop (arrows move,
-// Enter plays from a line, Space plays or pauses).
+// Enter plays from a line, Space plays or pauses). Corrections: editor.js; the picture of
+// the audio: waveform.js.
 (function () {
   "use strict";
   var POLL_MS = 1000;
@@ -121,15 +122,21 @@
   }
 
   // --- the transcript ----------------------------------------------------------------
+  // The lines may be replaced (editor.js saves a correction and puts the server's lines in
+  // their place): it then sends "transcript:replaced", and the lines are taken up again.
   var player = document.getElementById("player");
-  var segments = Array.prototype.slice.call(document.querySelectorAll(".segment"));
-  var words = Array.prototype.slice.call(document.querySelectorAll(".word"));
+  var list = document.getElementById("segments");
+  var collect = function (selector) {
+    return Array.prototype.slice.call(document.querySelectorAll(selector));
+  };
+  var segments = collect(".segment");
+  var words = collect(".word");
   if (!segments.length) return;
 
   // one tab stop: the active line; arrows move it
   var active = segments[0];
   var activate = function (segment, focus) {
-    active.tabIndex = -1;
+    if (segments.indexOf(active) >= 0) active.tabIndex = -1;
     segment.tabIndex = 0;
     active = segment;
     if (focus) {
@@ -137,8 +144,6 @@
       segment.scrollIntoView({ block: "nearest" });
     }
   };
-  segments.forEach(function (segment) { segment.tabIndex = -1; });
-  active.tabIndex = 0;
   document.getElementById("segment-keys").hidden = !player;
 
   var playPause = function () {
@@ -152,13 +157,14 @@
     Home: function () { return 0; },
     End: function () { return segments.length - 1; },
   };
-  segments.forEach(function (segment, index) {
+  var bind = function (segment) {
+    segment.tabIndex = -1;
     segment.addEventListener("focus", function () { activate(segment, false); });
     segment.addEventListener("keydown", function (event) {
-      if (MOVES[event.key]) {
+      if (MOVES[event.key] && !event.altKey && !event.ctrlKey && !event.metaKey) {
         event.preventDefault();
-        var next = Math.max(0, Math.min(segments.length - 1, MOVES[event.key](index)));
-        activate(segments[next], true);
+        var next = MOVES[event.key](segments.indexOf(segment));
+        activate(segments[Math.max(0, Math.min(segments.length - 1, next))], true);
       } else if (event.key === " ") {
         event.preventDefault();
         playPause();
@@ -172,11 +178,23 @@
       player.currentTime = Number(segment.dataset.start);
       player.play().catch(function () {});
     });
+  };
+  segments.forEach(bind);
+  active.tabIndex = 0;
+
+  var current = null;
+  var currentWord = null;
+  document.addEventListener("transcript:replaced", function (event) {
+    segments = collect(".segment");
+    words = collect(".word");
+    segments.forEach(bind);
+    current = currentWord = null;
+    var at = Math.max(0, Math.min(segments.length - 1, event.detail ? event.detail.focus : 0));
+    activate(segments[at], !(event.detail && event.detail.quiet));
+    if (find.value) find.dispatchEvent(new Event("input"));
   });
 
   if (player) {
-    var current = null;
-    var currentWord = null;
     var within = function (node, time) {
       return time >= Number(node.dataset.start) && time < Number(node.dataset.end);
     };
@@ -187,7 +205,7 @@
         if (current) current.classList.remove("current");
         if (segment) {
           segment.classList.add("current");
-          if (!segments.includes(document.activeElement)) activate(segment, false);
+          if (!list.contains(document.activeElement)) activate(segment, false);
           segment.scrollIntoView({ block: "nearest" });
         }
         current = segment;

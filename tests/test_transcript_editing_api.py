@@ -139,8 +139,8 @@ def test_the_page_saves_edits_with_its_token_and_answers_the_new_lines(web_app, 
     assert answer.get_json()["edited"] is True and answer.get_json()["html"].count("<li") == 3
     bad = client.post(url, json={"edits": [{"op": "merge", "segment": 2}]}, headers={"X-CSRF-Token": token})
     assert bad.status_code == 400 and bad.get_json()["error"]["field"] == "edits[0].segment"
-    assert "Restore the model" in client.get(f"/jobs/{done_job}").get_data(as_text=True)
+    assert 'id="edited">' in client.get(f"/jobs/{done_job}").get_data(as_text=True)
     restored = client.post(f"/jobs/{done_job}/edits/restore", data={"csrf_token": token})
     assert restored.status_code == 303
-    assert "Restore the model" not in client.get(f"/jobs/{done_job}").get_data(as_text=True)
+    assert 'id="edited" hidden>' in client.get(f"/jobs/{done_job}").get_data(as_text=True)
     assert json.loads(client.get(f"/jobs/{done_job}/original.json").get_data())["segments"][1]["speaker"] == "S2"

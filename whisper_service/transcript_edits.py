@@ -223,10 +223,9 @@ def _split(segment: Segment, edit: Split, where: str) -> List[Segment]:
     text = segment.text.strip()
     at = edit.at
     words = _word_offsets(segment)
-    if words is not None and edit.time is None:  # at the start of the word the cursor is in
-        at = max((offset for offset, _ in words if offset <= at), default=0)
-        if at == 0 and len(words) > 1 and edit.at > 0:
-            at = words[1][0]
+    if words is not None and edit.time is None and len(words) > 1:
+        # at the start of the word nearest the cursor, so that each word stays whole
+        at = min((offset for offset, _ in words[1:]), key=lambda offset: (abs(offset - at), -offset))
     left, right = text[:at].strip(), text[at:].strip()
     if not left or not right:
         raise BadOption(f"{where}.at", f"splitting line {edit.segment} at character {edit.at} "
