@@ -50,11 +50,9 @@ def envelope(samples: Samples, sample_rate: int = SAMPLE_RATE) -> Envelope:
     bins = min(len(samples), max(MIN_BINS, math.ceil(duration * BINS_PER_SECOND)))
     per_bin = math.ceil(len(samples) / bins)
     bins = math.ceil(len(samples) / per_bin)
-    padded = np.zeros(bins * per_bin, dtype=np.float64)
-    padded[:len(samples)] = samples
-    power = np.square(padded).reshape(bins, per_bin).sum(axis=1)
-    counts = np.full(bins, per_bin, dtype=np.float64)
-    counts[-1] = len(samples) - per_bin * (bins - 1)  # the last bin may be short
+    starts = np.arange(0, len(samples), per_bin)
+    power = np.add.reduceat(np.square(samples, dtype=np.float32), starts, dtype=np.float64)
+    counts = np.diff(np.append(starts, len(samples)))  # the last bin may be short
     rms = np.sqrt(power / counts)
     decibels = 20.0 * np.log10(np.maximum(rms, 1e-12))
     scaled = np.clip((decibels - FLOOR_DB) / -FLOOR_DB, 0.0, 1.0) * LEVELS

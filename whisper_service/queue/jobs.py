@@ -69,6 +69,7 @@ HOST_FOLDER_DIGITS = 12  # of the data folder's digest in a host's name: enough 
 # Unicode categories never kept in a name: controls (CR, LF, NUL), format characters (the
 # bidi overrides that make 'exe.mp3' read 'mp3.exe'), line and paragraph separators
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
+_ENVELOPE_LOCK = threading.Lock()  # loudness envelopes are computed one at a time per process
 
 
 class JobState(str, Enum):
@@ -366,14 +367,20 @@ class JobQueue:
         kept = self.store.side_file(job_id, ENVELOPE_FILE)
         if kept is not None:
             return json.loads(kept)
-        if self.store.transcript(job_id) is None:
-            return None
-        path = self.store.media_path(job_id)
-        if path is None:
-            return None
-        found = loudness.envelope(decode(path)).to_dict()
-        self.store.put_side_file(job_id, ENVELOPE_FILE, json.dumps(found))
-        return found
+        # one at a time in a process: a whole file's samples are in memory while it runs,
+        # and a second page asking for the same job meanwhile finds the first one's result
+        with _ENVELOPE_LOCK:
+            kept = self.store.side_file(job_id, ENVELOPE_FILE)
+            if kept is not None:
+                return json.loads(kept)
+            if self.store.transcript(job_id) is None:
+                return None
+            path = self.store.media_path(job_id)
+            if path is None:
+                return None
+            found = loudness.envelope(decode(path)).to_dict()
+            self.store.put_side_file(job_id, ENVELOPE_FILE, json.dumps(found))
+            return found
 
     def cancel(self, job_id: str) -> Optional[Job]:
         """A queued job is cancelled at once; a running one within a model step or so (at
