@@ -13,6 +13,7 @@ import pytest
 
 from conftest import make_app
 from test_jobs import FAST, backend, root  # noqa: F401
+from test_openapi import documented
 from whisper_service.loudness import MIN_BINS
 from whisper_service.transcript import Segment, Speaker, Transcript, Word
 
@@ -58,6 +59,7 @@ def test_edits_show_in_every_download_and_the_original_is_kept(web_app, done_job
     answer = patch(client, done_job, {"op": "text", "segment": 1, "text": "How are you doing?"},
                    {"op": "merge", "segment": 1}, {"op": "retime", "segment": 0, "end": 1.1})
     assert answer.status_code == 200, answer.get_json()
+    documented("/api/v1/jobs/{job_id}/transcript", "patch", 200).validate(answer.get_json())
     assert [s["text"] for s in answer.get_json()["segments"]] == [
         " Hello world.", " How are you doing? Fine thanks."]
     base = f"/api/v1/jobs/{done_job}"
@@ -88,6 +90,7 @@ def test_a_patch_that_cannot_apply_is_400_naming_the_problem_and_keeps_nothing(
     client = web_app.test_client()
     answer = client.patch(f"/api/v1/jobs/{done_job}/transcript", json=body)
     assert answer.status_code == 400
+    documented("/api/v1/jobs/{job_id}/transcript", "patch", 400).validate(answer.get_json())
     error = answer.get_json()["error"]
     assert error["field"] == field and words in error["message"], error
     assert "Hello world." in client.get(f"/api/v1/jobs/{done_job}/transcript.txt").get_data(as_text=True)
@@ -118,6 +121,7 @@ def test_the_envelope_is_served_small_and_kept(web_app, done_job):
     answer = client.get(f"/api/v1/jobs/{done_job}/envelope")
     assert answer.status_code == 200
     envelope = answer.get_json()
+    documented("/api/v1/jobs/{job_id}/envelope", "get", 200).validate(envelope)
     levels = base64.b64decode(envelope["levels"])
     assert envelope["bins"] == len(levels) == MIN_BINS
     assert 0 <= envelope["seconds_per_bin"] * MIN_BINS - envelope["duration"] < envelope["seconds_per_bin"]

@@ -13,7 +13,7 @@ import requests
 from playwright.sync_api import expect
 
 from conftest import make_app, serving
-from test_browser import DESKTOP, OUTPUT, PHONE, TIME_ZONE, browser, shoot  # noqa: F401
+from test_browser import DESKTOP, PHONE, TIME_ZONE, browser, shoot  # noqa: F401
 from whisper_service.options import TranscribeOptions
 from whisper_service.transcript import Segment, Speaker, Transcript, Word
 

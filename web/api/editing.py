@@ -13,19 +13,15 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint
 
 from web.api.native import find_job, finished_transcript, jobs
 from web.http.auth import require_api_key
+from web.http.corrections import ORIGINAL_RULE, ORIGINAL_SUFFIX, apply_request_edits, envelope_of
 from web.http.downloads import transcript_download
-from whisper_service.errors import BadOption
-from whisper_service.queue.jobs import Job, JobQueue
-from whisper_service.transcript_edits import EDITS_FIELD, parse_edits
-from whisper_service.writers import FORMATS
 
 blueprint = Blueprint("api_edits", __name__, url_prefix="/api/v1")
 blueprint.before_request(require_api_key)
-ORIGINAL_RULE = f"/jobs/<job_id>/original.<any({', '.join(FORMATS)}):fmt>"
 
 
 @blueprint.patch("/jobs/<job_id>/transcript")
@@ -47,7 +43,7 @@ def restore_transcript(job_id: str):
 def original_file(job_id: str, fmt: str):
     job = find_job(job_id)
     finished_transcript(job)
-    return transcript_download(job, jobs().original_transcript(job.id), fmt, "-original")
+    return transcript_download(job, jobs().original_transcript(job.id), fmt, ORIGINAL_SUFFIX)
 
 
 @blueprint.get("/jobs/<job_id>/envelope")
@@ -55,22 +51,3 @@ def envelope(job_id: str):
     job = find_job(job_id)
     finished_transcript(job)
     return envelope_of(jobs(), job)
-
-
-def apply_request_edits(queue: JobQueue, job: Job):
-    """The request's edits applied to the job's transcript and kept; BadOption for a body
-    that is not `{"edits": [...]}` as JSON, or an edit that cannot apply."""
-    if not request.is_json:
-        raise BadOption(EDITS_FIELD, 'send {"edits": [...]} as JSON (Content-Type: application/json)')
-    edited = queue.edit_transcript(job.id, parse_edits(request.get_json()))
-    if edited is None:
-        raise BadOption(EDITS_FIELD, "this job has no transcript to correct")
-    return edited
-
-
-def envelope_of(queue: JobQueue, job: Job) -> dict:
-    """The job's loudness envelope, decoding its upload the first time (the same limits as
-    a transcription); an empty one when the upload is gone."""
-    service = current_app.extensions["whisper_service"]
-    return queue.envelope(job.id, service.decode) or {
-        "duration": 0.0, "seconds_per_bin": 0.0, "bins": 0, "levels": ""}

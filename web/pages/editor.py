@@ -2,14 +2,15 @@
 and CSRF token, not an API key): the page's script posts edits as JSON and gets the lines
 back rendered, so the page shows exactly what the server kept.
 
-The API (web/api/editing.py) does the same for programs; both go through JobQueue.
+The API (web/api/editing.py) does the same for programs; both go through JobQueue, with
+what they share in web/http/corrections.py.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, jsonify, redirect, render_template, url_for
 
-from web.api.editing import ORIGINAL_RULE, apply_request_edits, envelope_of
+from web.http.corrections import ORIGINAL_RULE, ORIGINAL_SUFFIX, apply_request_edits, envelope_of
 from web.http.downloads import transcript_download
 from web.http.errors import describe
 from web.http.signin import require_web_access
@@ -45,7 +46,7 @@ def restore(job_id: str):
 @blueprint.get(ORIGINAL_RULE)
 def original(job_id: str, fmt: str):
     job = _done_job(job_id)
-    return transcript_download(job, jobs().original_transcript(job.id), fmt, "-original")
+    return transcript_download(job, jobs().original_transcript(job.id), fmt, ORIGINAL_SUFFIX)
 
 
 @blueprint.get("/jobs/<job_id>/envelope.json")
