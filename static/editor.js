@@ -191,5 +191,6 @@
   };
   try { unsure.checked = localStorage.getItem(UNSURE_KEY) === "1"; } catch (e) { /* private mode */ }
   unsure.addEventListener("change", markUnsure);
+  unsure.closest("label").hidden = !list.querySelector(".word");  // no word timings: nothing to mark
   markUnsure();
 })();

@@ -70,6 +70,7 @@ HOST_FOLDER_DIGITS = 12  # of the data folder's digest in a host's name: enough 
 # bidi overrides that make 'exe.mp3' read 'mp3.exe'), line and paragraph separators
 _UNSAFE_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 _ENVELOPE_LOCK = threading.Lock()  # loudness envelopes are computed one at a time per process
+_EDITS_LOCK = threading.Lock()  # a transcript's corrections are read and written one at a time
 
 
 class JobState(str, Enum):
@@ -330,15 +331,17 @@ class JobQueue:
     def edit_transcript(self, job_id: str, edits: Sequence[Edit]) -> Optional[Transcript]:
         """Apply corrections to the transcript as it is now and keep the result beside the
         model's; the result, or None when the job has no transcript. BadOption (nothing
-        kept) for an edit that cannot apply. Two people saving at the same moment: the
-        later save wins."""
-        current = self.transcript(job_id)
-        if current is None:
-            return None
-        edited = apply_edits(current, edits)
-        if not self.store.put_side_file(job_id, EDITED_FILE, _transcript_json(edited)):
-            return None  # deleted meanwhile
-        return edited
+        kept) for an edit that cannot apply. Saves in one process take turns, each applied
+        to what the one before left; across processes, two at the same moment: the later
+        save wins."""
+        with _EDITS_LOCK:
+            current = self.transcript(job_id)
+            if current is None:
+                return None
+            edited = apply_edits(current, edits)
+            if not self.store.put_side_file(job_id, EDITED_FILE, _transcript_json(edited)):
+                return None  # deleted meanwhile
+            return edited
 
     def restore_transcript(self, job_id: str) -> bool:
         """Drop the corrections: the model's transcript is shown again. False: no transcript."""
@@ -349,14 +352,15 @@ class JobQueue:
         corrected one, so that restoring the model's keeps the names. False: no transcript."""
         if not valid_id(job_id):
             return False
-        original = self.original_transcript(job_id)
-        if original is None:
-            return False
-        edited = self.store.side_file(job_id, EDITED_FILE)
-        if edited is not None:
-            self.store.put_side_file(job_id, EDITED_FILE,
-                                     _transcript_json(_transcript_of(edited).renamed(names)))
-        return self.store.replace_transcript(job_id, _transcript_json(original.renamed(names)))
+        with _EDITS_LOCK:
+            original = self.original_transcript(job_id)
+            if original is None:
+                return False
+            edited = self.store.side_file(job_id, EDITED_FILE)
+            if edited is not None:
+                self.store.put_side_file(job_id, EDITED_FILE,
+                                         _transcript_json(_transcript_of(edited).renamed(names)))
+            return self.store.replace_transcript(job_id, _transcript_json(original.renamed(names)))
 
     def envelope(self, job_id: str, decode: Callable[[str], loudness.Samples]) -> Optional[dict]:
         """The loudness over time of a done job's audio (loudness.Envelope.to_dict()):

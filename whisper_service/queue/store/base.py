@@ -41,6 +41,13 @@ COPY_CHUNK = 1 << 20  # files move in pieces of this size: never a whole upload 
 Row = Dict[str, object]
 
 
+def check_side_file(name: str) -> str:
+    """name, when it is one of SIDE_FILES; ValueError otherwise (never a path from outside)."""
+    if name not in SIDE_FILES:
+        raise ValueError(f"{name!r} is not a side file of a job")
+    return name
+
+
 @dataclass(frozen=True)
 class Claimant:
     """Who holds a claim: a consumer in one process on one host."""

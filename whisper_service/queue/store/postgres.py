@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 from whisper_service.queue.store.base import (COPY_CHUNK, COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide,
                    JobStore, Row, Settlement)
 from whisper_service.errors import StoreUnavailable
-from whisper_service.queue.store.base import SIDE_FILES
+from whisper_service.queue.store.base import check_side_file
 from whisper_service.queue.store.files import remove_strays
 from whisper_service.queue.store.reachability import Reachability
 
@@ -299,7 +299,7 @@ class PostgresStore(JobStore):
         return True
 
     def side_file(self, job_id: str, name: str) -> Optional[str]:
-        _check_side_file(name)
+        check_side_file(name)
         pieces: List[bytes] = []
         with self._transaction() as db:
             if not self._read_file(db, job_id, name, pieces.append):
@@ -307,7 +307,7 @@ class PostgresStore(JobStore):
         return b"".join(pieces).decode("utf-8")
 
     def put_side_file(self, job_id: str, name: str, text: Optional[str]) -> bool:
-        _check_side_file(name)
+        check_side_file(name)
         with self._transaction() as db:
             # the transcript's first piece is locked: a delete waits, and so do other writers
             found = db.execute("SELECT 1 FROM job_files WHERE job_id = %s AND name = %s "
@@ -599,11 +599,6 @@ def _away_reason(error: psycopg.OperationalError) -> Optional[str]:
     if state in ("55P03", "57014"):  # lock_timeout, statement_timeout
         return "it stayed locked by another transaction past its timeout"
     return None
-
-
-def _check_side_file(name: str) -> None:
-    if name not in SIDE_FILES:
-        raise ValueError(f"{name!r} is not a side file of a job")
 
 
 class _Full(Exception):

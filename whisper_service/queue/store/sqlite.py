@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 from whisper_service.queue.store.base import (COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide, JobStore, Row,
                    Settlement)
 from whisper_service.errors import StoreUnavailable
-from whisper_service.queue.store.base import SIDE_FILES
+from whisper_service.queue.store.base import check_side_file
 from whisper_service.queue.store.files import remove_strays
 from whisper_service.queue.store.reachability import Reachability
 
@@ -188,15 +188,16 @@ class SQLiteStore(JobStore):
             if text is None:
                 os.remove(path)
             else:
-                self._write_file(path, text)
+                temp = f"{path}.{secrets.token_hex(8)}.tmp"
+                with open(temp, "w", encoding="utf-8") as out:
+                    out.write(text)
+                os.replace(temp, path)  # readers never see half a file
         except FileNotFoundError:  # nothing to remove, or the job's folder went meanwhile
             return os.path.exists(self._transcript_path(job_id))
         return True
 
     def _side_path(self, job_id: str, name: str) -> str:
-        if name not in SIDE_FILES:
-            raise ValueError(f"{name!r} is not a side file of a job")
-        return os.path.join(self._folder(job_id), name)
+        return os.path.join(self._folder(job_id), check_side_file(name))
 
     # --- changing -----------------------------------------------------------------------
 
@@ -360,10 +361,7 @@ class SQLiteStore(JobStore):
                        "DO UPDATE SET value = value + excluded.value", (name, amount))
 
     def _write_transcript(self, job_id: str, text: str) -> None:
-        self._write_file(self._transcript_path(job_id), text)
-
-    @staticmethod
-    def _write_file(path: str, text: str) -> None:
+        path = self._transcript_path(job_id)
         temp = f"{path}.{secrets.token_hex(8)}.tmp"
         with open(temp, "w", encoding="utf-8") as out:
             out.write(text)
