@@ -1,7 +1,8 @@
 """What many hosts add to the queue, on both stores: a lapsed lease puts a job back and its
 old worker writes nothing more; uploads stream through the store in pieces; the text final
 so far travels with progress, for a web host elsewhere to stream; an Idempotency-Key makes
-one job; /metrics and a web-only /readyz read the shared store."""
+one job; /metrics and a web-only /readyz read the shared store; people's corrections and
+the loudness envelope are kept beside the model's transcript, across restarts."""
 
 from __future__ import annotations
 
