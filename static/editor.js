@@ -90,6 +90,7 @@
     button.parentNode.insertBefore(box, button.nextSibling);
     editing = { index: index, box: box, button: button, original: box.value };
     splitButton.hidden = false;
+    tell("");  // an earlier line's message is no longer about what is on screen
     box.focus();
     box.setSelectionRange(box.value.length, box.value.length);
     box.addEventListener("keydown", function (event) {
