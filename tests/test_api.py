@@ -409,7 +409,7 @@ def test_invocations_take_hex_audio_and_jumpstart_names(api, media):
 @pytest.mark.parametrize("payload, field, words", [
     ({"audio_input": "xyz"}, "audio_input", "hexadecimal"),
     ({"audio": "00"}, "audio_input", "hexadecimal"),
-    ({"audio_input": "00", "num_beams": 99}, "beam_size", "must be in"),
+    ({"audio_input": "00", "num_beams": 99}, "num_beams", "must be in"),
     ({"audio_input": "00", "penalty_alpha": 0.6}, "penalty_alpha", "is not an option"),
 ])
 def test_bad_invocations_are_400_naming_the_field(api, payload, field, words):
