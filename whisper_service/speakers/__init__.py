@@ -3,8 +3,9 @@ speakers on a transcript's segments and words.
 
     base.py       SpeakerHints, SpeakerTurn, the Diarizer protocol, DiarizationUnavailable
     encoder.py    Resemblyzer's GE2E voice encoder, read from its wheel, without librosa
-    clustering.py voice embeddings -> speakers (threshold measured, or the count given)
-    embedded.py   the default backend: Silero VAD + the encoder + clustering, no download
+    pitch.py      the median F0 of a stretch of voiced speech
+    clustering.py voice embeddings + pitch -> speakers (threshold measured, or the count given)
+    embedded.py   the default backend: Silero VAD + the encoder + pitch + clustering, no download
     pyannote.py   pyannote.audio's pipeline (WHISPER_DIARIZATION=pyannote), not installed
                   by default
     assign.py     turns + transcript -> speaker per segment and word, split at changes

@@ -2,9 +2,9 @@
 
 Where the speech is comes from Silero VAD (as for the batched engine); every speech stretch
 is covered by 1.6 s windows every HOP_SECONDS, each window becomes a voice embedding
-(encoder.py: Resemblyzer's GE2E network, from its wheel), the embeddings are clustered
-(clustering.py), labels are smoothed over neighbouring windows, and each window speaks for
-the HOP_SECONDS around its centre.
+(encoder.py: Resemblyzer's GE2E network, from its wheel) and a pitch (pitch.py: the median
+F0 of its speech), the windows are clustered by both (clustering.py), labels are smoothed
+over neighbouring windows, and each window speaks for the HOP_SECONDS around its centre.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from whisper.audio import SAMPLE_RATE
 
 from whisper_service.speakers import encoder as voice
+from whisper_service.speakers import pitch as tone
 from whisper_service.speakers.base import (
     DiarizationUnavailable, FractionCallback, SpeakerHints, SpeakerTurn, merged,
     numbered_in_order,
@@ -33,7 +34,7 @@ SMOOTHING = 5  # windows (2 s) over which a label is the majority's: no 0.4 s fl
 MIN_SPEECH_MS = 250  # Silero: shorter blips are not speech
 MIN_SILENCE_MS = 100  # a pause this long separates two stretches (a turn may change there)
 SPEECH_PAD_MS = 30
-SAME_TURN_GAP = 0.5  # seconds of pause within which one speaker's stretches are one turn
+SAME_TURN_GAP = 0.35  # seconds of pause within which one speaker's stretches are one turn
 PROGRESS_BATCHES = 8  # progress is reported this many times while embedding
 
 
@@ -70,7 +71,8 @@ class EmbeddedDiarizer:
             parts.append(voice.embed_frames(encoder, mel, starts[chunk], self.device))
             if progress is not None:
                 progress(0.9 * done / len(chunks))
-        labels = cluster(np.concatenate(parts), hints, pieces=pieces(owner))
+        labels = cluster(np.concatenate(parts), hints, pieces=pieces(owner),
+                         pitch=window_pitch(audio, stretches, centres, owner))
         labels = smoothed(labels, owner)
         turns = to_turns(stretches, centres, owner, labels)
         if progress is not None:
@@ -117,6 +119,21 @@ def window_centres(stretches) -> Tuple[np.ndarray, np.ndarray]:
         centres.extend(start + (i + 0.5) * (end - start) / count for i in range(count))
         owner.extend([index] * count)
     return np.array(centres), np.array(owner)
+
+
+def window_pitch(audio: np.ndarray, stretches, centres: np.ndarray,
+                 owner: np.ndarray) -> np.ndarray:
+    """The median log2 F0 of the speech each window covers (its 1.6 s within its stretch),
+    NaN where none of it is voiced."""
+    out = np.full(len(centres), np.nan)
+    frames_per_second = SAMPLE_RATE / tone.HOP
+    for index, (start, end) in enumerate(stretches):
+        track = tone.log2_f0(audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)])
+        for window in np.flatnonzero(owner == index):
+            first = (centres[window] - WINDOW_SECONDS / 2 - start) * frames_per_second
+            last = (centres[window] + WINDOW_SECONDS / 2 - start) * frames_per_second
+            out[window] = tone.median_pitch(track, int(first), int(np.ceil(last)))
+    return out
 
 
 def pieces(owner: np.ndarray) -> np.ndarray:
