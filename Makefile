@@ -11,6 +11,9 @@ TEST_APT_PACKAGES = espeak-ng chromium postgresql
 # Node runs the official OpenAI Node SDK (tests/node, installed with npm ci); Debian's
 # packages only where the machine has no Node of its own
 NODE_APT_PACKAGES = nodejs npm
+# kubectl renders the Kubernetes manifests (`kubectl kustomize`); Debian's only where the
+# machine has no kubectl of its own (another package's would clash with it)
+KUBE_APT_PACKAGES = kubernetes-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -42,6 +45,7 @@ test-deps: system-deps $(VENV)/.test-installed
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq --no-install-recommends $(TEST_APT_PACKAGES)
 	@command -v npm >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq --no-install-recommends $(NODE_APT_PACKAGES)
+	@command -v kubectl >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq --no-install-recommends $(KUBE_APT_PACKAGES)
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 
 run: setup
