@@ -7,6 +7,7 @@ reads the queue that the store and /metrics really report."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import re
 import shutil
@@ -272,6 +273,11 @@ def test_the_web_pods_settings_parse_and_refuse_to_start_without_an_api_key(over
     assert settings.api_keys == ("a-real-key",)
     assert settings.role == "web" and settings.web_ui == "key"
     assert settings.data_dir == "/data"
+    # the ingress, a pod, is believed about the client; the public internet is not
+    assert any(ipaddress.ip_address("10.244.1.7") in ipaddress.ip_network(n)
+               for n in settings.trusted_proxies)
+    assert not any(ipaddress.ip_address("203.0.113.9") in ipaddress.ip_network(n)
+                   for n in settings.trusted_proxies)
 
 
 def test_the_database_url_placeholder_is_a_postgresql_url_that_fails_closed(overlay):
@@ -376,6 +382,8 @@ def test_the_image_command_and_user_are_the_dockerfiles(overlay):
 
 
 def test_every_web_pod_signs_sessions_with_the_same_key(overlay):
+    from flask import Flask
+
     from web.http.security import SECRET_FILE
 
     name, docs = overlay
@@ -386,6 +394,9 @@ def test_every_web_pod_signs_sessions_with_the_same_key(overlay):
                  if v["name"] == mount["name"]]
     (item,) = volume["secret"]["items"]
     assert item["path"] == SECRET_FILE
+    # Flask's instance folder of app.py, in the image where the Dockerfile copies app.py
+    assert Path(Flask("app").instance_path) == ROOT / "instance"
+    assert re.search(r"^COPY app\.py .*\./$", read("Dockerfile"), re.M)
     assert secret_data(docs, volume["secret"]["secretName"])[item["key"]]
 
 
