@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import wait_until
+from conftest import make_app, wait_until
 from test_jobs import Blocker, backend, make_queue, root, submit_bytes  # noqa: F401
 from whisper_service import metrics
 from whisper_service.cli.main import WORKER
@@ -348,6 +348,35 @@ def test_ports_and_probes_are_the_apps(overlay, app):
     service = one(docs, "Service", "whisper-web")["spec"]
     (exposed,) = service["ports"]
     assert exposed["port"] == port and exposed["targetPort"] == declared["name"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_a_web_pod_with_its_own_settings_passes_its_probes(checkpoint, backend, tmp_path):
+    """The web container's variables as rendered (a key in the Secret, the pod's folders
+    here, a real PostgreSQL): every probe path answers 200 with no worker running, and
+    /metrics, which the autoscaler's Prometheus scrapes, asks for an API key."""
+    docs = copy.deepcopy(render(KUBERNETES / "overlays" / "fleet"))
+    one(docs, "Secret", "whisper-secrets")["stringData"]["api-keys"] += "scrape-key\n"
+    spec = container(docs, "whisper-web")
+    variables = {k: v for k, v in environment(docs, spec).items() if isinstance(v, str)}
+    keys = tmp_path / "api-keys"
+    keys.write_text(secret_data(docs, "whisper-secrets")["api-keys"], encoding="utf-8")
+    variables.update(WHISPER_API_KEY_FILE=str(keys), WHISPER_DATA_DIR=str(tmp_path / "data"),
+                     WHISPER_DATABASE_URL=backend.url)
+    app = make_app(checkpoint, tmp_path, **variables)
+    try:
+        client = app.test_client()
+        for kind in ("startup", "liveness", "readiness"):
+            path = spec[f"{kind}Probe"]["httpGet"]["path"]
+            answer = client.get(path)
+            assert answer.status_code == 200, (kind, path, answer.get_json())
+        assert client.get("/readyz").get_json()["role"] == "web"
+        assert client.get("/metrics").status_code == 401
+        scraped = client.get("/metrics", headers={"Authorization": "Bearer scrape-key"})
+        assert scraped.status_code == 200
+        assert evaluate(trigger_of("prometheus")["query"], scraped.get_data(as_text=True)) == 0.0
+    finally:
+        app.extensions["whisper_jobs"].store.close()
 
 
 def test_selectors_find_their_pods(overlay):
