@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import tomllib
 from dataclasses import fields
 from pathlib import Path
@@ -34,8 +33,9 @@ from whisper_service.queue.worker import DEFAULT_GRACEFUL_SECONDS, parse_devices
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = sorted(p.name for p in (KUBERNETES / "overlays").iterdir() if p.is_dir())
-# the oldest Kubernetes release kubernetes-validate still carries schemas for that cloud
-# providers run, and the newest it carries
+# an older release that managed clusters still run (everything the manifests use, such as
+# PodDisruptionBudget policy/v1, is older still), and the newest release whose schemas
+# kubernetes-validate carries
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 KEDA_CRD = ROOT / "tests" / "schemas" / "keda.sh_scaledobjects.yaml"
 NAMESPACE = "whisper"
