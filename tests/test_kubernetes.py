@@ -410,6 +410,8 @@ def test_the_image_command_and_user_are_the_dockerfiles(overlay):
     for part in ("whisper-web", "whisper-worker"):
         pod = deployment(docs, part)["spec"]["template"]["spec"]["securityContext"]
         assert pod["runAsUser"] == uid and pod["runAsNonRoot"] is True
+        assert deployment(docs, part)["spec"]["template"]["spec"][
+            "automountServiceAccountToken"] is False
         mounts = {m["mountPath"] for m in container(docs, part)["volumeMounts"]}
         assert config_map(docs, container(docs, part))["WHISPER_DATA_DIR"] in mounts
 
