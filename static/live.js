@@ -80,7 +80,31 @@
     query.set("model", form.elements.model.value);
     query.set("language", form.elements.language.value);
     query.set("task", form.elements.task.value);
+    if (form.elements.diarize.checked) query.set("diarize", "true");
     return scheme + "//" + window.location.host + form.dataset.socketPath + "?" + query.toString();
+  }
+
+  // a `speaker` event names an ended utterance's voice: its pieces take the speaker's colour,
+  // and a name goes before them where the voice changes
+  var lastSpeaker = null;
+  function labelSpeaker(message) {
+    if (typeof message.utterance !== "number" || typeof message.speaker !== "string") return;
+    var number = parseInt(message.speaker.replace(/^S/, ""), 10);
+    if (!(number > 0)) return;
+    var pieces = committedBox.querySelectorAll('.piece[data-utterance="' + message.utterance + '"]');
+    if (!pieces.length) return;
+    pieces.forEach(function (piece) {
+      piece.classList.add("speaker-" + ((number - 1) % 8));
+      piece.dataset.speaker = message.speaker;
+    });
+    if (message.speaker !== lastSpeaker) {
+      var name = document.createElement("span");
+      name.className = "live-speaker speaker-" + ((number - 1) % 8);
+      name.textContent = (typeof message.name === "string" ? message.name : message.speaker) + ": ";
+      committedBox.insertBefore(name, pieces[0]);
+      pieces[0].textContent = pieces[0].textContent.replace(/^\s+/, "");
+    }
+    lastSpeaker = message.speaker;
   }
 
   function languageName(code) {
@@ -97,6 +121,7 @@
   function clearCaptions() {
     committedBox.textContent = "";
     partialBox.textContent = "";
+    lastSpeaker = null;
     placeholder.hidden = false;
     languageBox.hidden = true;
     languageBox.textContent = "";
@@ -264,9 +289,13 @@
           piece.textContent = committedBox.childNodes.length ? message.text : message.text.replace(/^\s+/, "");
           if (typeof message.start === "number") piece.dataset.start = message.start;
           if (typeof message.end === "number") piece.dataset.end = message.end;
+          if (typeof message.utterance === "number") piece.dataset.utterance = message.utterance;
           committedBox.appendChild(piece);
           placeholder.hidden = true;
         }
+        break;
+      case "speaker":
+        labelSpeaker(message);
         break;
       case "language":
         if (typeof message.language === "string") {

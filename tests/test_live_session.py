@@ -319,7 +319,11 @@ def test_live_options_are_checked_and_name_the_valid_ones():
     assert LiveOptions.from_mapping({"beam_size": "greedy"}).beam_size is None
     assert LiveOptions.from_mapping({"language": "auto"}).language is None
     with pytest.raises(BadOption, match="is not a live option; the live options are model, "
-                                        "language, task, beam_size, initial_prompt"):
-        LiveOptions.from_mapping({"diarize": "true"})
+                                        "language, task, beam_size, initial_prompt, diarize, "
+                                        "max_speakers"):
+        LiveOptions.from_mapping({"num_speakers": "2"})
+    assert LiveOptions.from_mapping({"diarize": "true", "max_speakers": "3"}).max_speakers == 3
+    with pytest.raises(BadOption, match="max_speakers"):
+        LiveOptions.from_mapping({"max_speakers": "3"})  # needs diarize on
     with pytest.raises(BadOption, match="language"):
         LiveOptions.from_mapping({"language": "klingon"})

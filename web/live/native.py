@@ -13,10 +13,11 @@ from web.live.connection import (
 )
 from whisper_service.live.audio import BYTES_PER_SAMPLE, BadAudio
 from whisper_service.live.session import (
-    Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, Partial, SpeechStarted,
-    SpeechStopped,
+    Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, Partial, SpeakerFound,
+    SpeechStarted, SpeechStopped,
 )
 from whisper_service.queue.jobs import Job
+from whisper_service.speakers.assign import default_name, speaker_id
 
 
 class NativeProtocol(LiveProtocol):
@@ -51,7 +52,10 @@ class NativeProtocol(LiveProtocol):
             return [dict(type="partial", text=event.text)]
         if isinstance(event, Committed):
             return [dict(type="committed", text=event.text, start=round(event.start, 3),
-                         end=round(event.end, 3))]
+                         end=round(event.end, 3), utterance=event.utterance)]
+        if isinstance(event, SpeakerFound):
+            return [dict(type="speaker", utterance=event.utterance,
+                         speaker=speaker_id(event.speaker), name=default_name(event.speaker))]
         if isinstance(event, LanguageFixed):
             return [dict(type="language", language=event.language)]
         if isinstance(event, DecodeFailed):

@@ -17,6 +17,9 @@ session for its next decode and hands back the words found. What happens between
   words are committed.
 - language None ("auto"): each decode detects it, until one is LANGUAGE_CONFIDENCE sure
   on at least LANGUAGE_MIN_SECONDS of audio; from then on it is fixed.
+- diarize: each utterance's voice, once it ends, gets a speaker (speakers/online.py: the
+  same number for the same voice all session long), told in a SpeakerFound event and kept
+  on the transcript's segments.
 
 Events go to `on_event` from whichever thread caused them (feeding or decoding); a caller
 that needs them on one thread queues them. One decode per session is in flight at a time.
@@ -37,6 +40,8 @@ from whisper_service.options import TranscribeOptions
 from whisper_service.transcript import Segment, Transcript, Word
 from whisper_service.live.gate import END_SILENCE_MS, SpeechGate, Transition
 from whisper_service.live.policy import CommitPolicy, LocalAgreement, Update
+from whisper_service.speakers import SpeakerHints, SpeakerTurn, assign_speakers
+from whisper_service.speakers.online import OnlineSpeakers
 
 STEP_SECONDS = 0.5  # a speaking utterance is decoded again once this much more has come
 START_PAD_SECONDS = 0.2  # kept before the gate's start of speech, so no onset is clipped
@@ -59,7 +64,8 @@ class LiveOptions:
     initial_prompt: Optional[str] = None  # the prompt until committed text replaces it
     max_seconds: float = 4 * 3600.0  # the longest stream a session takes
     end_silence_ms: int = END_SILENCE_MS  # silence that ends an utterance
-
+    diarize: bool = False  # label each utterance's speaker (SpeakerFound events)
+    max_speakers: Optional[int] = None  # with diarize: tell at most this many voices apart
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], **limits: Any) -> "LiveOptions":
@@ -73,17 +79,19 @@ class LiveOptions:
         checked = TranscribeOptions.from_mapping(values)
         return cls(model=checked.model, language=checked.language, task=checked.task,
                    beam_size=checked.beam_size, initial_prompt=checked.initial_prompt,
-                   **limits)
+                   diarize=checked.diarize, max_speakers=checked.max_speakers, **limits)
 
     def as_transcribe_options(self) -> TranscribeOptions:
         """What the finished job says it was made with."""
         return TranscribeOptions(task=self.task, language=self.language, model=self.model,
                                  beam_size=self.beam_size, initial_prompt=self.initial_prompt,
-                                 word_timestamps=True)
+                                 word_timestamps=True, diarize=self.diarize,
+                                 max_speakers=self.max_speakers)
 
 
 # the options a live session takes (as the upload page names them)
-LIVE_OPTION_NAMES = ("model", "language", "task", "beam_size", "initial_prompt")
+LIVE_OPTION_NAMES = ("model", "language", "task", "beam_size", "initial_prompt", "diarize",
+                     "max_speakers")
 
 
 # --- events -------------------------------------------------------------------------------
@@ -123,6 +131,12 @@ class UtteranceDone:
 
 
 @dataclass(frozen=True)
+class SpeakerFound:
+    utterance: int
+    speaker: int  # 0, 1, ... in order of first appearance; the same voice keeps its number
+
+
+@dataclass(frozen=True)
 class LanguageFixed:
     language: str
     probability: float
@@ -133,8 +147,8 @@ class DecodeFailed:
     message: str  # why, for people (a model that could not load, ...)
 
 
-Event = Union[SpeechStarted, SpeechStopped, Partial, Committed, UtteranceDone, LanguageFixed,
-              DecodeFailed]
+Event = Union[SpeechStarted, SpeechStopped, Partial, Committed, UtteranceDone, SpeakerFound,
+              LanguageFixed, DecodeFailed]
 
 
 class SessionTooLong(ServiceError):
@@ -227,6 +241,9 @@ class LiveSession:
         self._failed = False  # a decode failed (said once)
         self.stopped = False
         self.model_name = ""  # the model of the latest decode
+        self._speakers = (OnlineSpeakers(SpeakerHints(max_speakers=options.max_speakers))
+                          if options.diarize else None)
+        self._speaker_of: dict = {}  # utterance number -> speaker, once it ended with words
 
     def reconfigure(self, options: LiveOptions) -> None:
         """New options for the decodes to come (a protocol's session update)."""
@@ -366,11 +383,18 @@ class LiveSession:
             return "".join(w.word for u in self._utterances() for w in u.words).strip()
 
     def transcript(self) -> Transcript:
-        """What was committed, as the transcript of the whole stream."""
-        return Transcript(
+        """What was committed, as the transcript of the whole stream (with diarize, each
+        utterance's speaker on its segments and words)."""
+        transcript = Transcript(
             task=self.options.task, language=self.language or "en",
             language_probability=self.language_probability, duration=self.seconds,
             model=self.model_name, text=self.text, segments=tuple(self.segments()))
+        return assign_speakers(transcript, self._speaker_turns()) if self._speakers else transcript
+
+    def _speaker_turns(self) -> List[SpeakerTurn]:
+        with self._lock:
+            return [SpeakerTurn(u.words[0].start, u.words[-1].end, self._speaker_of[u.number])
+                    for u in self._utterances() if u.number in self._speaker_of]
 
     def segments(self) -> List[Segment]:
         """The committed words as transcript segments: cut after a sentence, or once
@@ -488,11 +512,22 @@ class LiveSession:
             self._ending.popleft()
         self._done.append(utterance)
         self._emit(Partial(utterance.number, ""))
+        self._label_speaker(utterance)
         words = utterance.words
         self._emit(UtteranceDone(
             utterance.number, "".join(w.word for w in words).strip(),
             words[0].start if words else utterance.first / SAMPLE_RATE,
             words[-1].end if words else (utterance.start + utterance.length) / SAMPLE_RATE))
+
+    def _label_speaker(self, utterance: _Utterance) -> None:
+        """With diarize: the ended utterance's speaker, from the audio its buffer still holds
+        (its last 30 s at most)."""
+        if self._speakers is None or not utterance.words:
+            return
+        speaker = self._speakers.label(utterance.buffer[:utterance.length])
+        if speaker is not None:
+            self._speaker_of[utterance.number] = speaker
+            self._emit(SpeakerFound(utterance.number, speaker))
 
     def _settle_language(self, request: DecodeRequest, result: DecodeResult) -> None:
         if self.language is not None:
