@@ -13,7 +13,8 @@ this costs milliseconds, never a wait on a client.
 from __future__ import annotations
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream
 
 CHUNK = 1 << 16  # bytes read at a time
 
@@ -27,10 +28,20 @@ def drain(limit_bytes: int) -> int:
         return 0  # no body (GET, WebSocket upgrades): nothing to read, never a blocking read
     if length and length > limit_bytes:
         return 0
+    raw = request.environ["wsgi.input"]
+    try:
+        stream = request.stream  # where the app stopped reading
+    except RequestEntityTooLarge:  # refused by its declared length: none of it was read
+        stream = LimitedStream(raw, length) if length else raw
     read = 0
-    stream = request.stream
     while read < limit_bytes:
-        piece = stream.read(min(CHUNK, limit_bytes - read))
+        try:
+            piece = stream.read(min(CHUNK, limit_bytes - read))
+        except RequestEntityTooLarge:  # past the app's limit, length unknown (chunked)
+            if not request.environ.get("wsgi.input_terminated"):
+                break
+            stream = raw  # the server ends it where the chunks end
+            continue
         if not piece:
             break
         read += len(piece)
