@@ -163,3 +163,26 @@ def test_sqlite_full_while_queueing_is_507_and_keeps_nothing(checkpoint, media, 
         assert job_folders(tmp_path) == []
     finally:
         app.extensions["whisper_jobs"].stop()
+
+
+def test_what_counts_as_a_full_disk():
+    from whisper_service.errors import DiskFull
+    from whisper_service.queue.store.space import full_disk_as_error, is_full
+
+    class PostgresDiskFull(Exception):
+        sqlstate = "53100"
+
+    sqlite_full = sqlite3.OperationalError("database or disk is full")
+    sqlite_full.sqlite_errorcode = 13
+    for error in (OSError(errno.ENOSPC, "full"), OSError(errno.EDQUOT, "quota"), sqlite_full,
+                  PostgresDiskFull()):
+        assert is_full(error), error
+        with pytest.raises(DiskFull, match="the server's disk is full"):
+            with full_disk_as_error():
+                raise error
+    for error in (OSError(errno.EACCES, "denied"), sqlite3.OperationalError("syntax"),
+                  ValueError("no")):
+        assert not is_full(error)
+        with pytest.raises(type(error)):
+            with full_disk_as_error():
+                raise error

@@ -64,16 +64,17 @@ class DiskSpace:
 
 
 SQLITE_FULL = 13  # SQLite's "database or disk is full"
+POSTGRES_DISK_FULL = "53100"  # PostgreSQL's SQLSTATE disk_full (its own disk, for uploads it keeps)
 
 
 def is_full(error: BaseException) -> bool:
     """Whether an error says the disk (or the writer's quota) is full: an OSError from a
-    file, or SQLite's own word for it from the embedded store."""
+    file, SQLite's own word for it from the embedded store, or PostgreSQL's."""
     if isinstance(error, OSError):
         return error.errno in FULL_ERRNOS
     if isinstance(error, sqlite3.Error):
         return getattr(error, "sqlite_errorcode", 0) & 0xFF == SQLITE_FULL
-    return False
+    return getattr(error, "sqlstate", None) == POSTGRES_DISK_FULL
 
 
 @contextmanager
@@ -81,7 +82,7 @@ def full_disk_as_error() -> Iterator[None]:
     """Turn a full disk met inside the block into DiskFull; other errors pass unchanged."""
     try:
         yield
-    except (OSError, sqlite3.Error) as error:
+    except Exception as error:  # noqa: BLE001 - only a full disk is changed; the rest passes
         if is_full(error):
             raise DiskFull(FULL_MESSAGE, RETRY_AFTER_SECONDS) from error
         raise
