@@ -9,6 +9,11 @@ HEADER_TIMEOUT_SECONDS, a body that never pauses longer than BODY_TIMEOUT_SECOND
 disk) and only then hands it to gunicorn on a unix socket in a private folder; answers are
 buffered the same way. nginx's own messages become JSON log lines like everything else.
 
+It takes in at most WHISPER_MAX_UPLOADS upload bodies at once (so at most that many are on
+its disk) and refuses one more from its headers, 503 with Retry-After. What it answers
+itself (that 503, 502 while gunicorn is away, 504, 413, 408) is JSON in the API's error
+shape on API paths and a short page elsewhere (own_answers).
+
 `WHISPER_PROXY=off` serves straight from gunicorn, for a host that already has such a proxy
 in front (it must buffer requests as nginx does).
 """
