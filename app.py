@@ -16,7 +16,7 @@ from flask import Flask
 
 from web import live
 from web.api import docs, editing, metrics, native, openai_compat, sagemaker
-from web.http import auth, errors, security, signin
+from web.http import auth, drain, errors, intake, proxy, security, signin
 from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
 from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
@@ -26,6 +26,7 @@ from whisper_service.config import Settings
 from whisper_service.queue.jobs import JobQueue
 from whisper_service.service import WhisperService
 from whisper_service.queue.store import open_store
+from whisper_service.queue.store.space import MB, DiskSpace
 
 HOURS = 3600
 
@@ -50,6 +51,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = WhisperService(settings)
     data_folder = settings.data_dir or os.path.join(app.instance_path, "jobs")
+    space = DiskSpace(data_folder, settings.min_free_mb * MB)
     queue = JobQueue(
         open_store(settings.database_url, data_folder),
         service,
@@ -58,8 +60,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         retention_seconds=settings.retention_hours * HOURS,
         shared_jobs=settings.shared_jobs,
         lease_seconds=settings.lease_seconds,
+        space=space,
     )
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
+                          whisper_disk=space,
                           whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
     app.extensions[auth.LIMITER] = FailureLimiter(
         Limit(settings.key_failures, settings.key_failure_window))
@@ -79,6 +83,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_blueprint(metrics.blueprint)
     live.register(app)
     errors.register(app)
+    intake.register(app, intake.UploadPlaces(settings.sync_waiters + intake.UPLOADS_BESIDE_WAITERS),
+                    space)
+    # what nginx lets through at most: the largest upload and its multipart framing
+    drain.register(app, settings.max_upload_bytes + proxy.UPLOAD_SLACK_MB * 1024 * 1024)
     security.register(app)
     if settings.role == "web":  # HTTP only: `python -m whisper_service worker` transcribes
         return app

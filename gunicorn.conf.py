@@ -22,6 +22,7 @@ import tempfile
 from gunicorn.glogging import Logger
 
 from web.http import proxy
+from web.http.intake import UPLOADS_BESIDE_WAITERS
 
 HOST = os.environ.get("WHISPER_HOST", "0.0.0.0")
 PORT = int(os.environ.get("WHISPER_PORT", "8000"))
@@ -44,7 +45,8 @@ except ConfigError as error:
     sys.exit(f"error: {error}")
 print(json.dumps({"gpus": torch.cuda.device_count(), "max_upload_mb": settings.max_upload_mb,
                   "sync_wait": max(settings.sync_timeout, settings.sync_limit),
-                  "sync_waiters": settings.sync_waiters, "live_sessions": settings.live_sessions}))
+                  "sync_waiters": settings.sync_waiters, "live_sessions": settings.live_sessions,
+                  "max_uploads": settings.max_uploads}))
 """
 
 
@@ -96,6 +98,9 @@ if threads < HELD_THREADS + MIN_FREE_THREADS:
              f"({FACTS['sync_waiters']}) + WHISPER_LIVE_SESSIONS ({FACTS['live_sessions']}) + "
              f"{MIN_FREE_THREADS}, so that health checks and uploads find a thread while "
              "synchronous calls and live sessions hold theirs")
+# upload bodies nginx takes in at once (WHISPER_MAX_UPLOADS); by default as many as the
+# workers take in (web/http/intake.py): each its synchronous waiters and two more
+MAX_UPLOADS = FACTS["max_uploads"] or workers * (FACTS["sync_waiters"] + UPLOADS_BESIDE_WAITERS)
 # CUDA cannot be used across fork: each worker imports the app and loads its model after it
 preload_app = False
 # the model runs in the job consumer, not in a request, so a worker's heartbeat stays fresh;
@@ -172,7 +177,7 @@ def on_starting(server):
         proxy.ProxyConfig(
             host=HOST, port=PORT, upstream_socket=bind[0][len("unix:"):], folder=PROXY_FOLDER,
             max_upload_mb=FACTS["max_upload_mb"],
-            read_timeout=FACTS["sync_wait"] + PROXY_READ_SLACK,
+            read_timeout=FACTS["sync_wait"] + PROXY_READ_SLACK, max_uploads=MAX_UPLOADS,
         ),
         # nginx gone means no client can reach us: stop, so a supervisor restarts us whole
         on_death=lambda code: os.kill(os.getpid(), signal.SIGTERM),

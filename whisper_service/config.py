@@ -104,6 +104,8 @@ class Settings:
     key_failures: int = 10  # WHISPER_KEY_FAILURES: wrong API keys an address may send per window, then 429
     key_failure_window: float = 60.0  # WHISPER_KEY_FAILURE_WINDOW: seconds a wrong key counts against its address
     trusted_proxies: Tuple[str, ...] = ("127.0.0.0/8", "::1")  # WHISPER_TRUSTED_PROXIES: networks whose X-Forwarded-For/-Proto are believed
+    max_uploads: int = 0  # WHISPER_MAX_UPLOADS: upload bodies the server (nginx) takes in at once, more get 503 + Retry-After; 0 = (WHISPER_SYNC_WAITERS + 2) per worker process
+    min_free_mb: int = 100  # WHISPER_MIN_FREE_MB: uploads are refused (507) while the data folder's disk has less free than this, in MiB; 0 = only a full disk refuses
 
     def __post_init__(self) -> None:
         if not self.model_dir:
@@ -290,4 +292,6 @@ _PARSERS = {
     "key_failures": _positive(int),
     "key_failure_window": _positive(float),
     "trusted_proxies": _proxies,
+    "max_uploads": _count,
+    "min_free_mb": _count,
 }

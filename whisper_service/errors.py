@@ -97,3 +97,13 @@ class StoreUnavailable(ServiceError):
 
 class ConfigError(Exception):
     """A WHISPER_* setting is invalid; raised at start-up, naming the variable."""
+
+
+class DiskFull(ServiceError):
+    """The data folder's disk has no room for an upload: it filled up while the upload was
+    written (nothing of it is kept), or its free space is below WHISPER_MIN_FREE_MB. A
+    server-side condition that passes when room is made; the web answers 507."""
+
+    def __init__(self, message: str, retry_after: int = 60):
+        super().__init__(message, field="file")
+        self.retry_after = retry_after

@@ -41,9 +41,10 @@ def gpu_utilization(device: str) -> Optional[float]:
 
 
 def render(counts: Dict[str, int], totals: Dict[str, float],
-           workers: List[Dict[str, object]], live: Optional[Tuple[int, int]] = None) -> str:
+           workers: List[Dict[str, object]], live: Optional[Tuple[int, int]] = None,
+           disk: Optional[Tuple[int, int]] = None) -> str:
     """live: (sessions open, sessions taken at most) of this server process, where it takes
-    live sessions."""
+    live sessions. disk: (bytes free, the floor in bytes) of the data folder's disk."""
     lines: List[str] = []
 
     def metric(name: str, kind: str, text: str, samples: List[Tuple[str, float]]) -> None:
@@ -68,6 +69,13 @@ def render(counts: Dict[str, int], totals: Dict[str, float],
         metric("whisper_live_sessions_limit", "gauge",
                "Live sessions this server process takes at once (WHISPER_LIVE_SESSIONS).",
                [("", live[1])])
+    if disk is not None:
+        metric("whisper_disk_free_bytes", "gauge",
+               "Free space on the data folder's disk; uploads are refused below the floor.",
+               [("", disk[0])])
+        metric("whisper_disk_min_free_bytes", "gauge",
+               "The free-space floor of the data folder's disk (WHISPER_MIN_FREE_MB).",
+               [("", disk[1])])
     return "\n".join(lines) + "\n"
 
 

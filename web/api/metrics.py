@@ -18,8 +18,9 @@ def prometheus():
     queue: JobQueue = current_app.extensions["whisper_jobs"]
     scheduler = current_app.extensions.get("whisper_live")
     live = (scheduler.active, scheduler.max_sessions) if scheduler is not None else None
+    room = current_app.extensions["whisper_disk"].room()
     text = metrics.render(queue.store.counts(), queue.store.counters(), queue.live_workers(),
-                          live)
+                          live, disk=(room.free_bytes, room.min_free_bytes))
     return Response(text, content_type=metrics.CONTENT_TYPE)
 
 

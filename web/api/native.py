@@ -39,6 +39,7 @@ from web.api.metrics import web_only_readiness
 from web.http.downloads import transcript_download
 from web.http.sync import answer_when_done, submitted, waiters
 from whisper_service.errors import BadOption, StoreUnavailable
+from whisper_service.queue.store.space import MB, RETRY_AFTER_SECONDS as DISK_RETRY_SECONDS
 from whisper_service.queue.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
 from whisper_service.options import TRUE_WORDS, TranscribeOptions, language_name
 from whisper_service.transcript import Transcript
@@ -138,7 +139,8 @@ def healthz():
 def readyz():
     """Ready when the default model (or the bundled one standing in for it, with a notice) is
     loaded and uploads are accepted; never loads it. A model that failed to load says why
-    (it is tried again with the next job); a job database away says so, with Retry-After."""
+    (it is tried again with the next job); a job database away says so, with Retry-After,
+    and so does a data folder's disk below WHISPER_MIN_FREE_MB."""
     try:
         return _readiness(jobs())
     except StoreUnavailable as error:  # nothing can be queued or read: not ready, and why
@@ -149,7 +151,12 @@ def readyz():
 def _readiness(queue: JobQueue):
     """/readyz's answer while the job database answers."""
     waiting = queue.queued_count()
-    body = {"queued": waiting, "max_queued": queue.max_queued}
+    room = current_app.extensions["whisper_disk"].room()
+    body = {"queued": waiting, "max_queued": queue.max_queued,
+            "disk": {"free_mb": room.free_bytes // MB, "min_free_mb": room.min_free_bytes // MB}}
+    if room.low:  # uploads are refused (507) until room is made
+        return ({"status": "low_on_disk", "error": room.sentence(), **body}, 503,
+                {"Retry-After": str(DISK_RETRY_SECONDS)})
     if settings().role == "web":  # no model here: the workers elsewhere transcribe
         return web_only_readiness(queue, body)
     registry = current_app.extensions["whisper_service"].models

@@ -52,10 +52,13 @@ ERROR_TEXT = {
     429: "Too many wrong API keys from this address lately (WHISPER_KEY_FAILURES within "
          "WHISPER_KEY_FAILURE_WINDOW); try again after Retry-After.",
     500: "The transcription failed repeatedly on the server.",
-    503: "The queue is full or every place for a synchronous call is taken (see "
-         "Retry-After), the model cannot be loaded, or the job database is unreachable "
-         "(code store_unavailable; try again after Retry-After).",
+    503: "The queue is full, every place for a synchronous call or every upload place is "
+         "taken (code too_many_uploads, WHISPER_MAX_UPLOADS; see Retry-After), the model "
+         "cannot be loaded, or the job database is unreachable (code store_unavailable; try "
+         "again after Retry-After).",
     504: "Not finished within WHISPER_SYNC_LIMIT; the job is cancelled.",
+    507: "The server's disk is full, or below WHISPER_MIN_FREE_MB: nothing of the upload "
+         "is kept (code disk_full; try again after Retry-After).",
 }
 
 
@@ -184,10 +187,13 @@ def _schemas() -> Dict[str, Any]:
             "description": "queued and max_queued are there unless the job database is "
                            "unreachable (status unavailable, error says so, Retry-After set)",
             "properties": {
-                "status": {"enum": ["ready", "loading", "unavailable", "busy"]},
+                "status": {"enum": ["ready", "loading", "unavailable", "busy", "low_on_disk"]},
                 "queued": {"type": "integer"}, "max_queued": {"type": "integer"},
+                "disk": _object(free_mb={"type": "integer"}, min_free_mb={"type": "integer"}),
                 "error": {"type": "string", "description": "unavailable: why the model did "
-                          "not load, or that the job database is unreachable"},
+                          "not load, or that the job database is unreachable; low_on_disk: "
+                          "the data folder's disk is below WHISPER_MIN_FREE_MB (uploads get "
+                          "507 until room is made)"},
                 "notice": {"type": "string", "description": "ready, but the bundled model "
                            "stands in for a default that could not be downloaded"},
             },
@@ -327,7 +333,7 @@ def _native_paths() -> Dict[str, Any]:
             "responses": {
                 "200": _json_response("The transcript, with the job's id.", "TranscriptResult"),
                 "202": _accepted(),
-                **_errors(400, 401, 409, 413, 415, 422, 500, 503),
+                **_errors(400, 401, 409, 413, 415, 422, 500, 503, 507),
             },
         }},
         "/api/v1/jobs/{job_id}": {
@@ -359,7 +365,7 @@ def _native_paths() -> Dict[str, Any]:
             "summary": "The spoken language of a file's first 30 seconds",
             "requestBody": _body("DetectionUpload", "DetectionBody"),
             "responses": {"200": _json_response("Probabilities.", "LanguageDetection"),
-                          **_errors(400, 401, 413, 415, 422, 503)},
+                          **_errors(400, 401, 413, 415, 422, 503, 507)},
         }},
         "/api/v1/models": {"get": {
             "tags": ["native"], "operationId": "listModels", "summary": "The models offered",
@@ -447,7 +453,7 @@ def _root_paths() -> Dict[str, Any]:
             }},
             "responses": {
                 "200": _json_response("The text.", _object(text={"type": "string"})),
-                **_errors(400, 401, 409, 413, 415, 422, 500, 503, 504),
+                **_errors(400, 401, 409, 413, 415, 422, 500, 503, 504, 507),
             },
         }},
         "/ping": {"get": {
@@ -455,16 +461,16 @@ def _root_paths() -> Dict[str, Any]:
             "summary": "SageMaker's health check: the same answer as /readyz",
             "responses": {"200": _json_response("Ready.", "Readiness"),
                           "503": _json_response("Loading the model, the model failed to load "
-                                                "(error says why), busy, or the job database "
-                                                "is unreachable.", "Readiness")},
+                                                "(error says why), busy, low on disk, or the "
+                                                "job database is unreachable.", "Readiness")},
         }},
         "/readyz": {"get": {
             "tags": ["health"], "operationId": "readiness", "security": [],
             "summary": "Ready when the default model is loaded and the queue has room",
             "responses": {"200": _json_response("Ready.", "Readiness"),
                           "503": _json_response("Loading the model, the model failed to load "
-                                                "(error says why), busy, or the job database "
-                                                "is unreachable.", "Readiness")},
+                                                "(error says why), busy, low on disk, or the "
+                                                "job database is unreachable.", "Readiness")},
         }},
         "/healthz": {"get": {
             "tags": ["health"], "operationId": "liveness", "security": [],
@@ -502,7 +508,7 @@ def _openai_paths() -> Dict[str, Any]:
                                         "description": "stream=true: `data: {event}` lines, "
                                                        "each event an OpenAITranscriptionEvent; "
                                                        "an error as `data: {\"error\": ...}`"}}}},
-                **_errors(400, 401, 409, 422, 500, 503, 504, schema="OpenAIError"),
+                **_errors(400, 401, 409, 422, 500, 503, 504, 507, schema="OpenAIError"),
             },
         }}
 
@@ -552,4 +558,7 @@ def _errors(*statuses: int, schema: str = "Error") -> Dict[str, Any]:
         responses["503"]["headers"] = {"Retry-After": {
             "schema": {"type": "integer"},
             "description": "seconds, when the queue is full or the job database is away"}}
+    if 507 in statuses:
+        responses["507"]["headers"] = {"Retry-After": {
+            "schema": {"type": "integer"}, "description": "seconds until room may be made"}}
     return responses

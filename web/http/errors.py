@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import WebsocketMismatch
 
 from whisper_service import errors as service_errors
+from web.http.intake import TooManyUploads
 from whisper_service.queue.jobs import Job, QueueFull
 
 WAITERS_RETRY_SECONDS = 30  # what a caller refused for want of a waiting place is told
@@ -46,6 +47,8 @@ STATUS_OF = {
     service_errors.StoreUnavailable: 503,  # the job database away: every API, every page
     QueueFull: 503,
     TooManyWaiting: 503,
+    TooManyUploads: 503,  # every upload place of the worker taken (web/http/intake.py)
+    service_errors.DiskFull: 507,  # the data folder's disk full, or below its floor
 }
 JSON_PREFIXES = ("/api/", "/invocations")
 OPENAI_PREFIX = "/v1/"

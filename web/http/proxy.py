@@ -9,6 +9,11 @@ HEADER_TIMEOUT_SECONDS, a body that never pauses longer than BODY_TIMEOUT_SECOND
 disk) and only then hands it to gunicorn on a unix socket in a private folder; answers are
 buffered the same way. nginx's own messages become JSON log lines like everything else.
 
+It takes in at most WHISPER_MAX_UPLOADS upload bodies at once (so at most that many are on
+its disk) and refuses one more from its headers, 503 with Retry-After. What it answers
+itself (that 503, 502 while gunicorn is away, 504, 413, 408) is JSON in the API's error
+shape on API paths and a short page elsewhere (own_answers).
+
 `WHISPER_PROXY=off` serves straight from gunicorn, for a host that already has such a proxy
 in front (it must buffer requests as nginx does).
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import html
 import json
 import logging
 import os
@@ -25,7 +31,7 @@ import signal
 import subprocess
 import threading
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 log = logging.getLogger("whisper_service.proxy")
 
@@ -44,9 +50,14 @@ STOP_SECONDS = 10  # nginx's graceful stop, then it is killed
 SOCKET_NAME = "app.sock"
 PR_SET_PDEATHSIG = 1  # prctl option: a signal for the child when its parent dies
 
-# what nginx answers itself, in the shape each part of the site speaks (web/http/errors.py)
-_TOO_LARGE = "The file is larger than this server accepts ({mb} MB)."
-_TIMEOUT = "The request was not sent in time; send it again without long pauses."
+UPLOAD_BODY_BYTES = 1_000_000  # a body this large (or chunked) is an upload: it counts
+UPLOADS_RETRY_SECONDS = 10  # what a client refused for want of an upload place is told
+RESTART_RETRY_SECONDS = 5  # what a client is told while gunicorn is not answering
+PAGE_KIND, NATIVE_KIND, OPENAI_KIND = "page", "native", "openai"
+# the paths whose errors are JSON (web/http/errors.py): OpenAI's shape under /v1/, ours on
+# the native API, SageMaker's and the probes; every other path is a page, answered in HTML
+OPENAI_PATHS = r"^/v1/"
+NATIVE_PATHS = r"^/(api/|invocations|ping|healthz|readyz|metrics)"
 
 
 @dataclass(frozen=True)
@@ -57,26 +68,108 @@ class ProxyConfig:
     folder: str  # nginx's pid file, spooled bodies and config live here
     max_upload_mb: int  # WHISPER_MAX_UPLOAD_MB; the app checks the exact limit
     read_timeout: float  # how long nginx waits for an answer (synchronous calls wait long)
+    # WHISPER_MAX_UPLOADS: upload bodies (UPLOAD_BODY_BYTES or more, or chunked) taken in
+    # at once, from the first byte until the app's answer; more are answered 503 at once.
+    # nginx keeps at most this many bodies of up to max_upload_mb + UPLOAD_SLACK_MB on disk
+    max_uploads: int = 16
+    body_timeout: float = BODY_TIMEOUT_SECONDS  # the longest pause within a request body
 
 
-def _error_body(code: str, message: str) -> tuple:
-    """The (native, OpenAI) JSON bodies of an error nginx answers itself."""
-    native = {"error": {"code": code, "message": message, "field": None}}
-    openai = {"error": {"message": message, "type": "invalid_request_error", "param": None,
-                        "code": code}}
-    return json.dumps(native), json.dumps(openai)
+@dataclass(frozen=True)
+class OwnAnswer:
+    """An error nginx answers itself, without the app, in the shape each part of the site
+    speaks: JSON in the API's error shape on API paths, a page elsewhere."""
+
+    status: int
+    code: str  # the error's code, as the app names its own ("too_many_uploads")
+    message: str  # one sentence for people
+    retry_after: Optional[int] = None  # seconds, sent as Retry-After
+    hopeless: bool = False  # OpenAI's clients are told not to send the request again
+
+
+def own_answers(config: "ProxyConfig") -> Tuple[OwnAnswer, ...]:
+    """Everything nginx may answer itself for these settings."""
+    return (
+        OwnAnswer(413, "request_entity_too_large",
+                  f"The file is larger than this server accepts ({config.max_upload_mb} MB).",
+                  hopeless=True),
+        OwnAnswer(408, "request_timeout",
+                  "The request was not sent in time; send it again without long pauses."),
+        OwnAnswer(503, "too_many_uploads",
+                  f"The server is taking in {config.max_uploads} uploads at once, as many as it "
+                  f"accepts; try again in {UPLOADS_RETRY_SECONDS} s.",
+                  retry_after=UPLOADS_RETRY_SECONDS),
+        OwnAnswer(502, "bad_gateway",
+                  "The server is starting or restarting and cannot answer yet; try again in "
+                  f"{RESTART_RETRY_SECONDS} s.", retry_after=RESTART_RETRY_SECONDS),
+        OwnAnswer(504, "gateway_timeout",
+                  "The server did not answer in time. For a long file, send it with 'Prefer: "
+                  "respond-async' to POST /api/v1/transcriptions and poll the job.",
+                  hopeless=True),
+    )
+
+
+def _bodies(answer: OwnAnswer) -> Dict[str, str]:
+    """The body of an answer for each kind of path."""
+    native = {"error": {"code": answer.code, "message": answer.message, "field": None}}
+    kind = "server_error" if answer.status >= 500 else "invalid_request_error"
+    openai = {"error": {"message": answer.message, "type": kind, "param": None,
+                        "code": answer.code}}
+    page = ("<!doctype html><html lang=\"en\"><meta charset=\"utf-8\">"
+            f"<title>Error {answer.status}</title><h1>Sorry, that did not work</h1>"
+            f"<p class=\"error\" role=\"alert\">{html.escape(answer.message)}</p>"
+            f"<p>Error {answer.status}. <a href=\"/\">Back to the upload page</a></p></html>")
+    return {OPENAI_KIND: json.dumps(openai), NATIVE_KIND: json.dumps(native), PAGE_KIND: page}
 
 
 def _nginx_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def _answer_maps(config: ProxyConfig) -> str:
+    """nginx maps: the kind of a request's path, and for each answer its body by kind."""
+    lines = [
+        "map $uri $answer_kind {",
+        f"    ~{OPENAI_PATHS} {OPENAI_KIND};",
+        f"    ~{NATIVE_PATHS} {NATIVE_KIND};",
+        f"    default {PAGE_KIND};",
+        "}",
+        "map $answer_kind $answer_type {",
+        f"    {PAGE_KIND} 'text/html; charset=utf-8';",
+        "    default application/json;",
+        "}",
+    ]
+    for answer in own_answers(config):
+        bodies = _bodies(answer)
+        lines.append(f"map $answer_kind $answer_{answer.status} {{")
+        lines += [f"    {kind} {_nginx_string(body)};" for kind, body in bodies.items()]
+        lines.append("}")
+    return "\n".join("    " + line for line in lines)
+
+
+def _answer_locations(config: ProxyConfig) -> str:
+    """error_page and a named location for each answer nginx gives itself. Only its own:
+    the app's answers pass as they are (proxy_intercept_errors stays off)."""
+    lines = []
+    for answer in own_answers(config):
+        lines.append(f"error_page {answer.status} @answer_{answer.status};")
+    for answer in own_answers(config):
+        lines += [
+            f"location @answer_{answer.status} {{",
+            '    default_type "";',
+            "    add_header Content-Type $answer_type always;",
+        ]
+        if answer.retry_after is not None:
+            lines.append(f"    add_header Retry-After {answer.retry_after} always;")
+        if answer.hopeless:
+            lines.append("    add_header x-should-retry false always;")
+        lines += [f"    return {answer.status} $answer_{answer.status};", "}"]
+    return "\n".join("        " + line for line in lines)
+
+
 def render(config: ProxyConfig) -> str:
     """nginx.conf for these settings."""
     listen = f"[{config.host}]:{config.port}" if ":" in config.host else f"{config.host}:{config.port}"
-    large_native, large_openai = _error_body(
-        "request_entity_too_large", _TOO_LARGE.format(mb=config.max_upload_mb))
-    slow_native, slow_openai = _error_body("request_timeout", _TIMEOUT)
     folder = config.folder
     return f"""# written by the server at start-up; see web/http/proxy.py
 daemon off;
@@ -98,7 +191,7 @@ http {{
         '"bytes":"$body_bytes_sent","ms":"$request_time","by":"proxy"}}';
     access_log /dev/stdout json if=$answered_here;
     client_header_timeout {HEADER_TIMEOUT_SECONDS}s;
-    client_body_timeout {BODY_TIMEOUT_SECONDS}s;
+    client_body_timeout {config.body_timeout:g}s;
     send_timeout {SEND_TIMEOUT_SECONDS}s;
     keepalive_timeout {KEEPALIVE_SECONDS}s;
     client_max_body_size {config.max_upload_mb + UPLOAD_SLACK_MB}m;
@@ -107,14 +200,18 @@ http {{
     # a TLS proxy in front says https; the app believes it only from a trusted proxy
     # (web/http/forwarded.py), which it tells by the address nginx adds to X-Forwarded-For
     map $http_x_forwarded_proto $forwarded_proto {{ "" $scheme; default $http_x_forwarded_proto; }}
-    map $uri $too_large_body {{
-        ~^/v1/ {_nginx_string(large_openai)};
-        default {_nginx_string(large_native)};
+    # an upload: a body of UPLOAD_BODY_BYTES or more, or one of unknown length (chunked);
+    # at most max_uploads at once, counted from its headers until the app's answer, so
+    # one past it is refused before a byte of its body is read (or spooled to disk)
+    map "$content_length:$http_transfer_encoding" $upload_body {{
+        default "";
+        "~^[0-9]{{{len(str(UPLOAD_BODY_BYTES))},}}:" upload;
+        "~:.+$" upload;
     }}
-    map $uri $too_slow_body {{
-        ~^/v1/ {_nginx_string(slow_openai)};
-        default {_nginx_string(slow_native)};
-    }}
+    limit_conn_zone $upload_body zone=uploads:1m;
+    limit_conn_status 503;
+    limit_conn_log_level warn;  # below error_log's level: the access log has each refusal
+{_answer_maps(config)}
     upstream app {{
         server unix:{config.upstream_socket};
         keepalive 16;
@@ -123,6 +220,7 @@ http {{
     server {{
         listen {listen} reuseport;
         location / {{
+            limit_conn uploads {config.max_uploads};
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -148,17 +246,7 @@ http {{
             proxy_read_timeout {LIVE_IDLE_SECONDS}s;
             proxy_send_timeout {LIVE_IDLE_SECONDS}s;
         }}
-        error_page 413 @too_large;
-        error_page 408 @too_slow;
-        location @too_large {{
-            default_type application/json;
-            add_header x-should-retry false always;
-            return 413 $too_large_body;
-        }}
-        location @too_slow {{
-            default_type application/json;
-            return 408 $too_slow_body;
-        }}
+{_answer_locations(config)}
     }}
 }}
 """

@@ -41,6 +41,7 @@ from whisper_service.queue.registry import RegistryBeat
 from whisper_service.queue.store.base import COPY_CHUNK, Claimant, JobStore, Row, Settlement
 from whisper_service.queue.store.base import EDITED_FILE, ENVELOPE_FILE
 from whisper_service.queue.store.files import valid_id
+from whisper_service.queue.store.space import DiskSpace, full_disk_as_error
 from whisper_service.queue.store.sqlite import SQLiteStore
 from whisper_service.transcript import Transcript
 from whisper_service import loudness
@@ -212,6 +213,7 @@ class JobQueue:
         shared_jobs: int = 8,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         worker_info: Optional[Callable[[], Dict[str, object]]] = None,
+        space: Optional[DiskSpace] = None,
     ):
         # a folder means the embedded store, as before there were two
         self.store = SQLiteStore(store) if isinstance(store, str) else store
@@ -224,6 +226,7 @@ class JobQueue:
         self.lease_seconds = lease_seconds
         self.heartbeat_seconds = lease_seconds / HEARTBEATS_PER_LEASE
         self._worker_info = worker_info or (lambda: {})
+        self.space = space  # the data folder's free-space floor, checked before an upload
         self._host = host_name(getattr(self.store, "root", "."))
         self._lock = threading.Lock()  # guards start() and stop()
         self._wake = threading.Event()  # set when there may be work for this process
@@ -241,24 +244,28 @@ class JobQueue:
     def submit(self, stream: BinaryIO, filename: str, options: TranscribeOptions) -> Job:
         """Store the upload, check its model and that it is media, and queue it. Raises QueueFull before
         anything is written when the queue is full, and the MediaError of a file that is
-        not usable media (nothing is kept of it)."""
+        not usable media (nothing is kept of it). DiskFull, with nothing kept, when the data
+        folder's disk is below its free-space floor or fills up while the upload is written."""
         waiting = self.queued_count()
         if waiting >= self.max_queued:
             raise QueueFull(waiting)
+        if self.space is not None:
+            self.space.check()
         job_id = secrets.token_urlsafe(ID_BYTES)
         filename = clean_filename(filename)
         try:
-            media_path = self.store.media_target(job_id)
-            with open(media_path, "wb") as media:
-                shutil.copyfileobj(stream, media, COPY_CHUNK)
-            # refuse an unlisted model or what is not media now, with the reason, rather
-            # than fail the job later
-            info = self.service.check_upload(media_path, options, filename)
-            row = dict(id=job_id, state=JobState.QUEUED.value, filename=filename,
-                       options=options_to_json(options), created_at=time.time(),
-                       media_type=getattr(info, "media_type", None))
-            if not self.store.add(row, self.max_queued):
-                raise QueueFull(self.max_queued)
+            with full_disk_as_error():
+                media_path = self.store.media_target(job_id)
+                with open(media_path, "wb") as media:
+                    shutil.copyfileobj(stream, media, COPY_CHUNK)
+                # refuse an unlisted model or what is not media now, with the reason,
+                # rather than fail the job later
+                info = self.service.check_upload(media_path, options, filename)
+                row = dict(id=job_id, state=JobState.QUEUED.value, filename=filename,
+                           options=options_to_json(options), created_at=time.time(),
+                           media_type=getattr(info, "media_type", None))
+                if not self.store.add(row, self.max_queued):
+                    raise QueueFull(self.max_queued)
         except BaseException:
             self.store.discard_local(job_id)  # a refused or broken upload leaves nothing
             raise
