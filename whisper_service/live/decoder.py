@@ -1,11 +1,18 @@
-"""Live sessions' buffers decoded together: one batch per model, language and task.
+"""Live sessions' buffers decoded together: one batch per model, task and kind of decode.
 
-Each buffer (at most 30 s) is one row of a batch: its own log-Mel window, its own prompt,
-decoded by the batched decoder (decoding/) at temperature 0 (greedy, or beam search when
-the session asked for it), then timed word by word from the cross-attention as
-whisper.transcribe does with word_timestamps. Rows whose language is still open are
-detected first, together. A decode takes the model's lock as an urgent turn (models.py's
-TurnLock): file jobs wait between their batches while live sessions decode.
+Each buffer (at most 30 s) is one row of a batch, with its own prompt, decoded at
+temperature 0 and then timed word by word from the cross-attention, as whisper.transcribe
+does with word_timestamps. Two kinds of decode (encoder.py says why):
+
+- tentative (a speaking utterance's buffer, again and again): greedy, and on the CPU from a
+  short encoder input (the buffer and a little padding, not 30 s) and CTranslate2's search,
+  as the file engine's windows decode there;
+- final (an utterance that ended: what it says is committed): the session's beam size, on
+  the full 30 s window, as a file's window is decoded.
+
+Rows whose language is still open are detected first, together, on the full window. A
+decode takes the model's lock as an urgent turn (models.py's TurnLock): file jobs wait
+between their batches while live sessions decode.
 """
 
 from __future__ import annotations
@@ -16,15 +23,16 @@ from typing import Dict, List, Protocol, Sequence, Tuple, Union
 
 import torch
 import whisper
-from whisper.audio import HOP_LENGTH
+from whisper.audio import HOP_LENGTH, SAMPLE_RATE
 from whisper.timing import add_word_timestamps, dtw
 from whisper.tokenizer import get_tokenizer
 
 from whisper_service.engines.batched import _segments
-from whisper_service.engines.decoding import decode_batch
+from whisper_service.engines.decoding import ct2, decode_batch
 from whisper_service.models import LoadedModel, ModelRegistry
 from whisper_service.transcript import Word
 from whisper_service.engines.vad import Window
+from whisper_service.live.encoder import encode
 from whisper_service.live.session import DecodeRequest, DecodeResult, LiveOptions
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,10 @@ log = logging.getLogger(__name__)
 # a row is silence when the model is this sure there is no speech (and unsure of its words)
 NO_SPEECH_PROBABILITY = 0.6
 SILENT_LOGPROB = -1.0
+# tokens a decode samples at most: this many, and this many per second of its buffer (fast
+# speech is about 5 text tokens a second, timestamps included)
+MIN_SAMPLE_TOKENS = 24
+TOKENS_PER_SECOND = 12
 
 Outcome = Union[DecodeResult, Exception]
 
@@ -62,12 +74,12 @@ class WhisperDecoder:
         outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
         groups: Dict[Tuple, List[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            groups[(request.options.model, request.options.task)].append(index)
-        for (model, task), indices in groups.items():
+            groups[(request.options.model, request.options.task, _tentative(request))].append(index)
+        for (model, task, tentative), indices in groups.items():
             try:
                 loaded = self.models.for_task(model, task)
                 with loaded.lock.urgent():
-                    found = _decode_rows(loaded, [requests[i] for i in indices])
+                    found = _decode_rows(loaded, [requests[i] for i in indices], tentative)
             except Exception as error:  # every session of the group learns why
                 log.exception("live decode of %d session(s) failed", len(indices))
                 found = [error] * len(indices)
@@ -76,30 +88,45 @@ class WhisperDecoder:
         return outcomes
 
 
-def _decode_rows(loaded: LoadedModel, requests: Sequence[DecodeRequest]) -> List[Outcome]:
+def _tentative(request: DecodeRequest) -> bool:
+    """A decode whose words are tentative (greedy, short input) rather than final; one
+    that still detects the language is decoded as a final one (on the full window)."""
+    return not request.final and request.language is not None
+
+
+def _sample_len(requests: Sequence[DecodeRequest], n_ctx: int) -> int:
+    """Tokens a decode may sample: enough for the longest buffer's speech, so that a
+    decoder looping on a phrase stops soon instead of at whisper's 224 tokens."""
+    seconds = max(len(r.audio) for r in requests) / SAMPLE_RATE
+    return min(n_ctx // 2, MIN_SAMPLE_TOKENS + int(TOKENS_PER_SECOND * seconds))
+
+
+def _decode_rows(loaded: LoadedModel, requests: Sequence[DecodeRequest],
+                 tentative: bool = False) -> List[Outcome]:
     model = loaded.model
-    mels = torch.stack([
-        whisper.log_mel_spectrogram(whisper.pad_or_trim(r.audio), model.dims.n_mels,
-                                    device=loaded.device)
-        for r in requests
-    ])
-    mels = mels.half() if loaded.fp16 else mels
-    with torch.no_grad():
-        features = model.encoder(mels)  # once: the search, language and word timing share it
+    # once: the search, language detection and word timing share it
+    features = encode(loaded, [r.audio for r in requests], short=tentative)
     languages = _languages(loaded, features, requests)
     outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
     by_language: Dict[str, List[int]] = defaultdict(list)
     for index, (code, _) in enumerate(languages):
         by_language[code].append(index)
     for code, indices in by_language.items():
-        task = requests[indices[0]].options.task
-        beam = requests[indices[0]].options.beam_size
+        rows = [requests[i] for i in indices]
+        task = rows[0].options.task
         tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages,
                                   language=code, task=task)
-        options = whisper.DecodingOptions(task=task, language=code, temperature=0.0,
-                                          beam_size=beam, fp16=loaded.fp16)
-        results = decode_batch(model, features[indices], options,
-                               [requests[i].prompt or None for i in indices])
+        options = whisper.DecodingOptions(
+            task=task, language=code, temperature=0.0,
+            beam_size=None if tentative else rows[0].options.beam_size, fp16=loaded.fp16,
+            sample_len=_sample_len(rows, model.dims.n_text_ctx))
+        prompts = [r.prompt or None for r in rows]
+        windows = loaded.windows if loaded.device.type == "cpu" else None
+        if windows is not None and ct2.supports(options):
+            results = windows.decode_encoded(model, features[indices].float().numpy(),
+                                             options, prompts)
+        else:
+            results = decode_batch(model, features[indices], options, prompts)
         for index, result in zip(indices, results):
             words = _words(model, tokenizer, requests[index], features[index], result)
             outcomes[index] = DecodeResult(tuple(words), *languages[index], model=loaded.name)

@@ -86,12 +86,28 @@ class CTranslate2Windows:
         verify_options(options)
         if n_audio == 0:
             return []
-        import ctranslate2
-
-        plan = DecodePlan.create(model, options, window_prompts)
         times = current_times()
         with times.stage("encoder"):
             encoded = self._encode(mel)
+        return self.decode_encoded(model, encoded, options, window_prompts)
+
+    def encode(self, mel: torch.Tensor) -> np.ndarray:
+        """(B, 1500, n_audio_state) float32 features of mel (B, n_mels, 3000)."""
+        return self._encode(mel)
+
+    def decode_encoded(self, model: Whisper, encoded: np.ndarray, options: DecodingOptions,
+                       prompts: Sequence[Prompt]) -> List[DecodingResult]:
+        """As decode(), from encoded features (B, positions, n_audio_state), float32: the
+        encoder's output for the full window, or for the first positions of a shorter input
+        (live captions' tentative decodes); options must be supported()."""
+        import ctranslate2
+
+        n_audio = len(encoded)
+        if n_audio == 0:
+            return []
+        plan = DecodePlan.create(model, options, prompts)
+        times = current_times()
+        encoded = np.ascontiguousarray(encoded, dtype=np.float32)
         # CTranslate2 wants <|startoftranscript|> at one position in a batch: windows
         # whose prompts differ in length are decoded in groups, from the one encoding
         groups: Dict[int, List[int]] = defaultdict(list)
