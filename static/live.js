@@ -28,6 +28,7 @@
   var stateBox = document.getElementById("live-state");
   var stateText = document.getElementById("live-state-text");
   var languageBox = document.getElementById("live-language");
+  var behindBox = document.getElementById("live-behind");
   var errorBox = document.getElementById("live-error");
   var resultBox = document.getElementById("live-result");
   var committedBox = document.getElementById("live-committed");
@@ -125,6 +126,7 @@
     placeholder.hidden = false;
     languageBox.hidden = true;
     languageBox.textContent = "";
+    showBehind(0);
     showError("");
     resultBox.hidden = true;
     resultBox.textContent = "";
@@ -303,12 +305,16 @@
           languageBox.hidden = false;
         }
         break;
+      case "behind":
+        showBehind(Number(message.seconds) || 0);
+        break;
       case "error":
         showError(errorWords(message));
         break;
       case "done":
         session.done = true;
         partialBox.textContent = "";
+        showBehind(0);
         setState("done", "Finished");
         var path = typeof message.url === "string" && message.url ? sameOriginPath(message.url) : null;
         if (!path && typeof message.job === "string" && message.job) path = jobPath(message.job);
@@ -322,6 +328,14 @@
       default:
         break;
     }
+  }
+
+  // the server cannot decode as fast as the speech comes: say how far behind the text is
+  function showBehind(seconds) {
+    behindBox.textContent = seconds > 0
+      ? "Behind by " + Math.round(seconds) + " s: this server is decoding slower than you speak"
+      : "";
+    behindBox.hidden = !(seconds > 0);
   }
 
   function errorWords(message) {

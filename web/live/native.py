@@ -13,7 +13,7 @@ from web.live.connection import (
 )
 from whisper_service.live.audio import BYTES_PER_SAMPLE, BadAudio
 from whisper_service.live.session import (
-    Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, Partial, SpeakerFound,
+    Behind, Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, Partial, SpeakerFound,
     SpeechStarted, SpeechStopped,
 )
 from whisper_service.queue.jobs import Job
@@ -58,6 +58,8 @@ class NativeProtocol(LiveProtocol):
                          speaker=speaker_id(event.speaker), name=default_name(event.speaker))]
         if isinstance(event, LanguageFixed):
             return [dict(type="language", language=event.language)]
+        if isinstance(event, Behind):
+            return [dict(type="behind", seconds=event.seconds)]
         if isinstance(event, DecodeFailed):
             return [self.error("decode_failed", event.message)]
         return []

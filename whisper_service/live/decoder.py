@@ -89,9 +89,9 @@ class WhisperDecoder:
 
 
 def _tentative(request: DecodeRequest) -> bool:
-    """A decode whose words are tentative (greedy, short input) rather than final; one
-    that still detects the language is decoded as a final one (on the full window)."""
-    return not request.final and request.language is not None
+    """A fast decode (greedy, short input): tentative words, or the last decode of a
+    session that is behind. One that still detects the language uses the full window."""
+    return request.fast and request.language is not None
 
 
 def _sample_len(requests: Sequence[DecodeRequest], n_ctx: int) -> int:

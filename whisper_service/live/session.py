@@ -5,16 +5,26 @@ session for its next decode and hands back the words found. What happens between
 
 - A SpeechGate (gate.py) finds where speech starts and stops. Silence opens no utterance:
   it is recorded, never decoded, never answered.
-- While someone speaks, the utterance's buffer (from START_PAD_SECONDS before the speech)
-  is decoded again each time STEP_SECONDS more of it has come. A commit policy
-  (LocalAgreement-2 unless told otherwise) says which words are final.
+- While someone speaks, the utterance's buffer (from START_PAD_SECONDS before the speech,
+  never reaching back into the previous utterance) is decoded again each time a step more
+  of it has come: tentative decodes (greedy, a short encoder input: decoder.py). The step
+  adapts to the host: STEP_PER_DECODE times as long as the last decode took to come back,
+  between STEP_SECONDS and MAX_STEP_SECONDS. A commit policy (LocalAgreement-2 unless told
+  otherwise) says which words are final.
 - Committed text is final: sent once, kept for the transcript; the last PROMPT_CHARS
   characters of what was committed before the buffer begins are the prompt of its decodes
   (committed words still in the buffer are not: the decoder would skip them as said). Past TRIM_SECONDS the buffer is cut
-  after the committed words; it never holds more than one Whisper window (30 s): a full
-  buffer ends the utterance there and the next one goes on.
-- END_SILENCE_MS of silence (the gate's) ends an utterance: one last decode, and all its
-  words are committed.
+  after the committed words, and past SENTENCE_TRIM_SECONDS once the committed words end a
+  sentence; it never holds more than one Whisper window (30 s): a full buffer ends the
+  utterance there and the next one goes on.
+- END_SILENCE_MS of silence (the gate's) ends an utterance, END_PAD_SECONDS after the
+  silence began (so a word's quiet end is kept): one last decode (the session's beam, the
+  full window), and all its words are committed.
+- A session whose text lags its audio by BEHIND_SECONDS or more (the host cannot decode as
+  fast as it is spoken) says so (Behind, with the lag) and catches up: tentative decodes
+  only every BEHIND_STEP_SECONDS of new audio, and its utterances' last decodes greedy on a
+  short input, until the lag is under CAUGHT_UP_SECONDS again (Behind with 0). Nothing
+  heard is dropped: every utterance still gets its last decode.
 - language None ("auto"): each decode detects it, until one is LANGUAGE_CONFIDENCE sure
   on at least LANGUAGE_MIN_SECONDS of audio; from then on it is fixed.
 - diarize: each utterance's voice, once it ends, gets a speaker (speakers/online.py: the
@@ -28,6 +38,7 @@ that needs them on one thread queues them. One decode per session is in flight a
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, List, Mapping, Optional, Sequence, Tuple, Union
@@ -43,8 +54,15 @@ from whisper_service.live.policy import CommitPolicy, LocalAgreement, Update
 from whisper_service.speakers import SpeakerHints, SpeakerTurn, assign_speakers
 from whisper_service.speakers.online import OnlineSpeakers
 
-STEP_SECONDS = 0.5  # a speaking utterance is decoded again once this much more has come
-START_PAD_SECONDS = 0.2  # kept before the gate's start of speech, so no onset is clipped
+STEP_SECONDS = 0.5  # a speaking utterance is decoded again once this much more has come ...
+STEP_PER_DECODE = 1.5  # ... or this many times the last decode's round trip ...
+MAX_STEP_SECONDS = 2.0  # ... up to this much
+START_PAD_SECONDS = 0.3  # kept before the gate's start of speech, so no onset is clipped
+END_PAD_SECONDS = 0.2  # kept after the silence that ends an utterance began
+BEHIND_SECONDS = 3.0  # text this far behind the audio: the session says so and catches up
+CAUGHT_UP_SECONDS = 1.5  # ... until it is this close again
+BEHIND_STEP_SECONDS = 3.0  # the step while behind
+SENTENCE_TRIM_SECONDS = 5.0  # a buffer this long is cut after committed words ending a sentence
 MIN_UTTERANCE_SECONDS = 0.5  # shorter ones, padding included (a cough, a click), are not decoded
 TRIM_SECONDS = 15.0  # a longer buffer is cut after its committed words
 MAX_BUFFER_SAMPLES = N_SAMPLES  # one Whisper window: 30 s
@@ -143,12 +161,17 @@ class LanguageFixed:
 
 
 @dataclass(frozen=True)
+class Behind:
+    seconds: float  # how far the text lags the audio; 0: caught up again
+
+
+@dataclass(frozen=True)
 class DecodeFailed:
     message: str  # why, for people (a model that could not load, ...)
 
 
 Event = Union[SpeechStarted, SpeechStopped, Partial, Committed, UtteranceDone, SpeakerFound,
-              LanguageFixed, DecodeFailed]
+              LanguageFixed, Behind, DecodeFailed]
 
 
 class SessionTooLong(ServiceError):
@@ -168,10 +191,17 @@ class DecodeRequest:
     prompt: str  # committed text before it ("" for none)
     language: Optional[str]  # None: detect it
     final: bool  # the utterance has ended: everything found is committed
+    fast: bool = True  # greedy on a short encoder input (tentative, or a session behind)
+    made: float = 0.0  # time.monotonic() when it was asked for
 
     @property
     def options(self) -> LiveOptions:
         return self.session.options
+
+    @property
+    def end(self) -> float:
+        """Where the audio ends, in seconds into the stream."""
+        return self.offset + len(self.audio) / SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -238,6 +268,10 @@ class LiveSession:
         self.language = options.language  # fixed: given, or detected with confidence
         self.language_probability = 1.0 if options.language else 0.0
         self.decodes = 0  # decode requests made (silence makes none)
+        self.step = STEP_SECONDS  # new audio that makes a tentative decode due
+        self.behind = 0.0  # the lag last said (Behind); 0: not behind
+        self._heard = 0.0  # seconds into the stream up to which the text is found
+        self._kept_end = 0  # the stream's sample where the last ended utterance's audio ends
         self._failed = False  # a decode failed (said once)
         self.stopped = False
         self.model_name = ""  # the model of the latest decode
@@ -283,6 +317,9 @@ class LiveSession:
             self._take(taken, self._gate.push(taken))
             self._samples += len(taken)
             self._recent = np.concatenate([self._recent, taken])[-len(self._recent):]
+            if self._current is None and not self._ending and not self._in_flight:
+                self._heard = self.seconds  # silence: nothing is waiting for its text
+            self._check_lag()
             if len(samples) > room:
                 self.stop()
                 self._wake()
@@ -338,7 +375,8 @@ class LiveSession:
             if self._ending:
                 return self._request(self._ending[0], final=True)
             current = self._current
-            if current is None or current.length - current.decoded < STEP_SECONDS * SAMPLE_RATE:
+            step = BEHIND_STEP_SECONDS if self.behind else self.step
+            if current is None or current.length - current.decoded < step * SAMPLE_RATE:
                 return None
             return self._request(current, final=False)
 
@@ -347,6 +385,11 @@ class LiveSession:
         with self._lock:
             self._in_flight = False
             self.model_name = result.model or self.model_name
+            self._heard = max(self._heard, request.end)
+            if request.made:
+                took = time.monotonic() - request.made
+                self.step = min(MAX_STEP_SECONDS, max(STEP_SECONDS, STEP_PER_DECODE * took))
+            self._check_lag()
             self._settle_language(request, result)
             utterance = request.utterance
             update = utterance.policy.update(result.words, request.offset)
@@ -356,7 +399,10 @@ class LiveSession:
                 self._finish(utterance)
             else:
                 self._emit(Partial(utterance.number, update.tentative_text))
-                if utterance.seconds > TRIM_SECONDS and utterance.policy.committed_end > 0:
+                if utterance.policy.committed_end > 0 and (
+                        utterance.seconds > TRIM_SECONDS
+                        or (utterance.seconds > SENTENCE_TRIM_SECONDS and utterance.words
+                            and utterance.words[-1].word.strip().endswith(SENTENCE_ENDS))):
                     end = int(utterance.policy.committed_end * SAMPLE_RATE)
                     utterance.trim_to(end)
                     utterance.policy.trim(end / SAMPLE_RATE)
@@ -367,6 +413,7 @@ class LiveSession:
         ended utterance ends with what it had committed, a running one is tried again."""
         with self._lock:
             self._in_flight = False
+            self._heard = max(self._heard, request.end)
             if not self._failed:
                 self._failed = True
                 self._emit(DecodeFailed(str(error) if isinstance(error, ServiceError)
@@ -443,7 +490,7 @@ class LiveSession:
             if self._current is None:
                 self._open(transition.sample, pad=True, before=before)
         elif self._current is not None:
-            self._end(self._current, transition.sample)
+            self._end(self._current, transition.sample, pad=True)
 
     def _fill(self, samples: np.ndarray, at: int) -> None:
         while len(samples):
@@ -458,7 +505,8 @@ class LiveSession:
         self._count += 1
         if pad:
             history = np.concatenate([self._recent, before])
-            wanted = min(len(history), sample, int(START_PAD_SECONDS * SAMPLE_RATE))
+            wanted = min(len(history), max(0, sample - self._kept_end),
+                         int(START_PAD_SECONDS * SAMPLE_RATE))
             padding = history[len(history) - wanted:]
         else:
             padding = np.zeros(0, dtype=np.float32)
@@ -467,10 +515,14 @@ class LiveSession:
         self._current = utterance
         self._emit(SpeechStarted(utterance.number, sample / SAMPLE_RATE))
 
-    def _end(self, utterance: _Utterance, sample: int) -> None:
+    def _end(self, utterance: _Utterance, sample: int, pad: bool = False) -> None:
+        """End the utterance at `sample` (the gate's: with END_PAD_SECONDS more, as far as
+        heard; a commit's, the stream's end or a full window's: there)."""
         if utterance is self._current:
             self._current = None
-        utterance.length = min(utterance.length, max(0, sample - utterance.start))
+        kept = sample + (int(END_PAD_SECONDS * SAMPLE_RATE) if pad else 0)
+        utterance.length = min(utterance.length, max(0, kept - utterance.start))
+        self._kept_end = max(self._kept_end, utterance.start + utterance.length)
         self._emit(SpeechStopped(utterance.number, sample / SAMPLE_RATE))
         if (sample - utterance.first) / SAMPLE_RATE < MIN_UTTERANCE_SECONDS \
                 and not utterance.words and utterance.decoded == 0:
@@ -486,7 +538,18 @@ class LiveSession:
             session=self, utterance=utterance, audio=utterance.buffer[:utterance.length].copy(),
             offset=utterance.start / SAMPLE_RATE, prompt=self._prompt(utterance),
             language=self.language,
-            final=final)
+            final=final, fast=not final or bool(self.behind), made=time.monotonic())
+
+    def _check_lag(self) -> None:
+        """Say when the text falls BEHIND_SECONDS behind the audio (again each time it
+        falls a second further), and when it has caught up."""
+        lag = max(0.0, self.seconds - self._heard)
+        if lag >= BEHIND_SECONDS and lag >= self.behind + 1.0:
+            self.behind = lag
+            self._emit(Behind(round(lag, 1)))
+        elif self.behind and lag < CAUGHT_UP_SECONDS:
+            self.behind = 0.0
+            self._emit(Behind(0.0))
 
     def _prompt(self, utterance: _Utterance) -> str:
         """Committed text said before the buffer begins (earlier utterances, words trimmed
