@@ -26,7 +26,14 @@ when the words were spoken:
   an utterance with no committed text is counted as missed);
 - a session keeps up when its final commit comes within --keep-up seconds (2) of the end of
   its last speech; "real time" counts the sessions that did, and the most sessions
-  sustained is the largest N where all did.
+  sustained is the largest N where all did;
+- server CPU per audio second: the CPU seconds (user + system) the server's worker used
+  during the row, over the seconds of audio all its sessions streamed: above 1 on one
+  core, the host cannot decode as fast as people speak (on a shared machine CPU seconds
+  are steadier than wall times); a server started here only (with --server the worker's
+  pid is unknown);
+- behind: the sessions that got a `behind` event (the server saying their text lags the
+  audio by 3 s or more) and the largest lag it said.
 
 Medians and p95 (nearest rank) are over every utterance of every session of a row; "vs 1"
 divides a row's p95 first text by the 1-session row's, measured in the same run.
@@ -128,6 +135,8 @@ class Measured:
     failed: List[str] = field(default_factory=list)
     missed: int = 0  # utterances that never got a committed word
     done_after_stop: List[float] = field(default_factory=list)
+    behind: List[float] = field(default_factory=list)  # per session that fell behind: its worst lag
+    cpu_per_audio: Optional[float] = None  # server CPU seconds per second of audio streamed
 
 
 def utterance_of(event: dict, utterances: List[Utterance]) -> int:
@@ -174,6 +183,9 @@ def measure(row: List[Session], utterances: List[Utterance], keep_up: float) -> 
         last = commits[-1]
         if last and max(last) - session.paced.wall_time(utterances[-1].end) <= keep_up:
             measured.kept_up += 1
+        lags = [float(e.get("seconds", 0)) for _, e in session.events if e.get("type") == "behind"]
+        if any(lags):
+            measured.behind.append(max(lags))
         done = [at for at, e in session.events if e.get("type") == "done"]
         if done:  # the stop goes out right after the last frame, when the audio ends
             measured.done_after_stop.append(done[0] - session.paced.wall_time(total_seconds(session)))
@@ -202,7 +214,7 @@ def p95(values: List[float]) -> Optional[float]:
 @contextlib.contextmanager
 def a_server(args, folder: str):
     if args.server:
-        yield args.server
+        yield args.server, None
         return
     model = args.model or "bundled"
     if model.startswith(SYNTHETIC):
@@ -214,13 +226,21 @@ def a_server(args, folder: str):
     print(f"starting the server ({model} on {args.device}); its log: {log}", file=sys.stderr)
     # every session of the largest row at once (gunicorn's threads follow: one each)
     sessions = args.max_sessions or max(int(n) for n in args.sessions.split(",") if n.strip())
-    with serving(model, args.device, log, live_sessions=str(sessions), proxy=args.proxy) as (base, _pid):
-        yield base
+    with serving(model, args.device, log, live_sessions=str(sessions), proxy=args.proxy) as (base, pid):
+        yield base, pid
+
+
+def cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User + system CPU seconds of a process so far (None: unknown)."""
+    if pid is None:
+        return None
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sessions", default="1,2,4,8", help="comma-separated session counts")
+    parser.add_argument("--sessions", default="1,2,4", help="comma-separated session counts")
     parser.add_argument("--server", help="a running server's address (default: start one)")
     parser.add_argument("--model",
                         help="what the started server loads: bundled (tiny.en, the default), a "
@@ -248,32 +268,39 @@ def main() -> None:
         seconds = len(pcm) / (SAMPLE_RATE * 2)
         options = {"api_key": args.api_key, "language": args.language, "done_timeout": 900,
                    "model": args.model if args.server else None}  # a started server's default
-        with a_server(args, folder) as server:
+        with a_server(args, folder) as (server, pid):
             # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)
             warm = int((utterances[0].end + 1.0) * SAMPLE_RATE) * 2
             live_client.stream(server, live_client.Paced(pcm[:warm]), **options)
             rows = []
             for count in counts:
-                started = time.monotonic()
+                started, cpu = time.monotonic(), cpu_seconds(pid)
                 row = run_row(server, count, pcm, args.stagger, options)
-                rows.append((count, measure(row, utterances, args.keep_up), time.monotonic() - started))
+                measured = measure(row, utterances, args.keep_up)
+                if cpu is not None:
+                    measured.cpu_per_audio = (cpu_seconds(pid) - cpu) / (count * seconds)
+                rows.append((count, measured, time.monotonic() - started))
                 print(f"{count} sessions: {rows[-1][2]:.1f} s", file=sys.stderr)
 
     print(f"\n{len(utterances)} utterances in {seconds:.1f} s of audio per session; "
-          f"{os.cpu_count()} CPU cores, {time.strftime('%Y-%m-%d')}\n")
+          f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}\n")
     print("| sessions | first text s, median / p95 | first commit s, median / p95 "
           "| final commit after speech end s, median / p95 | p95 first text vs 1 "
-          "| done after stop s, median | real time | utterances missed | failed |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| done after stop s, median | server CPU s per audio s | behind (worst s) "
+          "| real time | utterances missed | failed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     base = p95(rows[0][1].first_text) if rows and rows[0][0] == 1 else None
     sustained = 0
     for count, m, _wall in rows:
         worst = p95(m.first_text)
         ratio = f"{worst / base:.2f}" if base and worst is not None else "-"
         done = f"{statistics.median(m.done_after_stop):.2f}" if m.done_after_stop else "-"
+        cpu = f"{m.cpu_per_audio:.2f}" if m.cpu_per_audio is not None else "-"
+        behind = f"{len(m.behind)} of {count} ({max(m.behind):.1f})" if m.behind else f"0 of {count}"
         print(f"| {count} | {median_p95(m.first_text)} | {median_p95(m.first_commit)} "
-              f"| {median_p95(m.final_commit)} | {ratio} | {done} | {m.kept_up} of {count} "
-              f"| {m.missed} | {len(m.failed)} |")
+              f"| {median_p95(m.final_commit)} | {ratio} | {done} | {cpu} | {behind} "
+              f"| {m.kept_up} of {count} | {m.missed} | {len(m.failed)} |")
         if m.kept_up == count and not m.failed:
             sustained = max(sustained, count)
     print(f"\nMost sessions sustained in real time (final commit within {args.keep_up:g} s of "
