@@ -125,3 +125,18 @@ def test_committed_text_never_retracts_and_is_what_was_said(seed):
     committed.extend(policy.update(truth, 0.0).committed)  # the last decode is right
     committed.extend(policy.finish().committed)
     assert texts(committed) == texts(truth)
+
+
+def test_a_new_word_under_a_committed_words_stretched_end_is_kept():
+    """Whisper's last word before a pause often ends late: 'morning,' committed as ending
+    at 1.6 s, where 'everyone' begins at 1.2 s in the next decode. The new word is kept: the
+    repetition is found by its text, not by the stretched time."""
+    policy = LocalAgreement()
+    stretched = said("good morning")
+    stretched[-1] = Word(" morning,", 0.5, 1.6, 0.9)
+    policy.update(stretched, 0.0)
+    assert texts(policy.update(stretched, 0.0).committed) == ["good", "morning,"]
+    update = policy.update(said("good morning, everyone@1.2 and"), 0.0)
+    assert texts(update.tentative) == ["everyone", "and"]
+    assert texts(policy.update(said("good morning, everyone@1.2 and thank"), 0.0).committed) == \
+        ["everyone", "and"]

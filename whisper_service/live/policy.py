@@ -25,16 +25,21 @@ case, so a word only changing its timestamps, its punctuation or its case still 
 committed words are the newest hypothesis' (its spelling and timestamps).
 
 A decode of a buffer that still holds audio already committed says those words again. They
-are recognised by time (words that begin before the committed end, less
-OVERLAP_TOLERANCE_SECONDS, are dropped) and, near that end, by text (the longest run of up
-to MAX_REPEATED_WORDS words that repeats the end of the committed text is dropped), so no
-word is committed twice.
+are recognised first by text: the longest run of the hypothesis that repeats the end of
+the committed words still in the buffer, ending within REPEAT_WINDOW_SECONDS of the
+committed end, and everything before it, are dropped. Only where no such run is found
+(the decoder heard the last committed word differently) are they recognised by time: words
+that begin before the committed end, less OVERLAP_TOLERANCE_SECONDS, are dropped, and then
+a run of up to MAX_REPEATED_WORDS words repeating the committed text. So no word is
+committed twice, and a new word is not lost when a committed word's timestamps stretched
+over it (whisper's last word before a pause often ends late: "Good morning," ending where
+"everyone" begins) or the decodes' timestamps wander.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Protocol, Sequence, Tuple
+from typing import List, Optional, Protocol, Sequence, Tuple
 
 from whisper_service.transcript import Word
 
@@ -124,6 +129,9 @@ class LocalAgreement:
         """The hypothesis without what it says again of the committed words."""
         if not self._committed:
             return words
+        repeated = _repeat_end(self._committed, words, self._committed_end)
+        if repeated is not None:
+            return words[repeated:]
         words = [w for w in words if w.start > self._committed_end - OVERLAP_TOLERANCE_SECONDS]
         if not words or abs(words[0].start - self._committed_end) >= REPEAT_WINDOW_SECONDS:
             return words
@@ -145,6 +153,22 @@ def _text(word: Word) -> str:
 
 def _texts(words: Sequence[Word]) -> List[str]:
     return [_text(w) for w in words]
+
+
+def _repeat_end(committed: Sequence[Word], words: Sequence[Word], end: float) -> Optional[int]:
+    """Where the hypothesis' repetition of the committed words ends (the index of its first
+    new word): the longest run of `words` equal by text to the end of `committed`, whose
+    last word ends within REPEAT_WINDOW_SECONDS of `end`; of runs as long, the one ending
+    nearest `end`. None when no run ends there."""
+    said, heard = _texts(committed), _texts(words)
+    for length in range(min(len(said), len(heard)), 0, -1):
+        tail = said[-length:]
+        found = [stop for stop in range(length, len(heard) + 1)
+                 if heard[stop - length:stop] == tail
+                 and abs(words[stop - 1].end - end) < REPEAT_WINDOW_SECONDS]
+        if found:
+            return min(found, key=lambda stop: abs(words[stop - 1].end - end))
+    return None
 
 
 def _agreed_prefix(hypotheses: Sequence[Sequence[Word]]) -> int:
