@@ -44,7 +44,7 @@ FIRST_WORDS = ("good", "morning", "everyone")  # before the gate opens: the stre
 LAST_WORDS = ("public", "holiday")  # right before the stream ends
 BOUNDARY_WORDS = ("joining", "committee", "year", "please", "appointment", "library")
 FRAME_SECONDS = 0.25
-PACE_SECONDS = 0.125  # between frames: twice real time
+PACE_SECONDS = FRAME_SECONDS  # between frames: real time, as a microphone sends
 
 
 @pytest.fixture(scope="module")
