@@ -6,5 +6,6 @@ policy.py     which words of repeated decodes of a growing buffer are final (Loc
               first; the interface lets another, such as AlignAtt, replace it)
 scheduler.py  one thread decoding every session's due buffer together
 decoder.py    those batches on the model, before file jobs
+encoder.py    their audio features: a short encoder input for tentative decodes
 audio.py      PCM frames, resampling to 16 kHz, the recording
 """
