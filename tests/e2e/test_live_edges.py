@@ -115,27 +115,27 @@ def assert_every_word_kept(live: str, file_text: str) -> None:
 
 def native_session(server, speech, end) -> tuple:
     """Stream the speech to /api/live and end it with `end(ws)`; the events and the job."""
-    ws = connect(ws_url(server, "/api/live?language=en"))
-    ready = json.loads(ws.recv(timeout=30))
-    assert ready["type"] == "ready"
     events = []
+    with connect(ws_url(server, "/api/live?language=en")) as ws:
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready"
 
-    def read():
-        try:
-            while True:
-                events.append(json.loads(ws.recv(timeout=180)))
-                if events[-1]["type"] == "done":
-                    return
-        except Exception:  # closed: the events so far are what came
-            return
+        def read():
+            try:
+                while True:
+                    events.append(json.loads(ws.recv(timeout=180)))
+                    if events[-1]["type"] == "done":
+                        return
+            except Exception:  # closed: the events so far are what came
+                return
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    for frame in frames(speech["pcm"][16000], 16000):
-        ws.send(frame)
-        time.sleep(PACE_SECONDS)
-    end(ws)
-    reader.join(200)
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        for frame in frames(speech["pcm"][16000], 16000):
+            ws.send(frame)
+            time.sleep(PACE_SECONDS)
+        end(ws)
+        reader.join(200)
     return events, ready["session"]
 
 
