@@ -1,7 +1,7 @@
 """Live captions under load: N sessions at once, each streaming speech at real-time speed to
 /api/live, and how long after the words are spoken their text shows and is committed.
 
-    python bench/live.py                                          # CPU: bundled tiny.en, 1,2,4,8 sessions
+    python bench/live.py                                          # CPU: bundled tiny.en, 1,2,4 sessions
     python bench/live.py --model synthetic:tiny                   # random weights of tiny's shape
     python bench/live.py --model synthetic:turbo --device cuda --sessions 1,10,25,50
     python bench/live.py --server http://127.0.0.1:8000 --sessions 1,4   # a server already running
