@@ -5,8 +5,13 @@
     python bench/live.py --model synthetic:tiny                   # random weights of tiny's shape
     python bench/live.py --model synthetic:turbo --device cuda --sessions 1,10,25,50
     python bench/live.py --server http://127.0.0.1:8000 --sessions 1,4   # a server already running
+    python bench/live.py --in-process                             # the live engine alone, no server
 
-Without --server it starts `gunicorn -c gunicorn.conf.py` (one worker, nginx in front) with
+With --in-process the sessions are the live engine's own (whisper_service.live: gate,
+scheduler, decoder, the bundled tiny.en loaded in this process), fed the same frames at the
+same pace, with no HTTP, WebSocket or proxy between: what the decoding costs and how fast
+it follows, apart from the server; CPU seconds are this process's. Otherwise, without
+--server it starts `gunicorn -c gunicorn.conf.py` (one worker, nginx in front) with
 the model, as bench/transcribe.py does, and waits for /readyz. Each session is a thread
 running the `live` command's own streaming function (whisper_service.cli.live_client.stream),
 not a subprocess: frames of 0.25 s, each sent when a microphone would have it (the audio at
@@ -114,10 +119,44 @@ def run_session(session: Session, server: str, pcm: bytes, start: float, options
         session.failure = str(error)
 
 
-def run_row(server: str, sessions: int, pcm: bytes, stagger: float, options: dict) -> List[Session]:
+IN_PROCESS_EVENTS = {"Partial": "partial", "Committed": "committed", "Behind": "behind",
+                     "SpeechStarted": "speech_started", "SpeechStopped": "speech_stopped"}
+
+
+def run_in_process(session: Session, scheduler, pcm: bytes, start: float, options: dict) -> None:
+    """As run_session, on the live engine of this process (`scheduler`): the events as the
+    native protocol names them, `done` once the stopped session has settled."""
+    from dataclasses import asdict
+
+    from whisper_service.live.audio import pcm16_samples
+    from whisper_service.live.session import LiveOptions
+
+    time.sleep(max(0.0, start + session.delay - time.monotonic()))
+    session.paced = live_client.Paced(pcm)
+
+    def record(event) -> None:
+        kind = IN_PROCESS_EVENTS.get(type(event).__name__)
+        if kind:
+            session.events.append((time.monotonic(), {"type": kind, **asdict(event)}))
+
+    live = scheduler.open(LiveOptions(language=options["language"]), record)
+    try:
+        for frame in session.paced:
+            live.feed(pcm16_samples(frame))
+        live.stop()
+        while not live.settled:
+            time.sleep(0.01)
+        session.events.append((time.monotonic(), {"type": "done"}))
+    finally:
+        scheduler.close(live)
+
+
+def run_row(server, sessions: int, pcm: bytes, stagger: float, options: dict) -> List[Session]:
+    """server: a base URL, or a LiveScheduler of this process (--in-process)."""
     row = [Session(index, index * stagger) for index in range(sessions)]
     start = time.monotonic() + 0.5
-    threads = [threading.Thread(target=run_session, args=(s, server, pcm, start, options), daemon=True)
+    run = run_session if isinstance(server, str) else run_in_process
+    threads = [threading.Thread(target=run, args=(s, server, pcm, start, options), daemon=True)
                for s in row]
     for thread in threads:
         thread.start()
@@ -211,8 +250,29 @@ def p95(values: List[float]) -> Optional[float]:
     return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+def this_process() -> float:
+    return time.process_time()
+
+
 @contextlib.contextmanager
 def a_server(args, folder: str):
+    if args.in_process:
+        from whisper_service.checkpoints import BUNDLED
+        from whisper_service.config import Settings
+        from whisper_service.live.decoder import WhisperDecoder
+        from whisper_service.live.scheduler import LiveScheduler
+        from whisper_service.models import ModelRegistry
+
+        registry = ModelRegistry(Settings(model=BUNDLED, device="cpu"))
+        registry.get(BUNDLED).windows  # loaded now, as a server's first session finds it
+        WhisperDecoder.warm_up()
+        scheduler = LiveScheduler(WhisperDecoder(registry), max(
+            int(n) for n in args.sessions.split(",") if n.strip()))
+        try:
+            yield scheduler, "this process"
+        finally:
+            scheduler.stop()
+        return
     if args.server:
         yield args.server, None
         return
@@ -230,10 +290,12 @@ def a_server(args, folder: str):
         yield base, pid
 
 
-def cpu_seconds(pid: Optional[int]) -> Optional[float]:
-    """User + system CPU seconds of a process so far (None: unknown)."""
+def cpu_seconds(pid) -> Optional[float]:
+    """User + system CPU seconds of a process so far (None: unknown; "this process")."""
     if pid is None:
         return None
+    if pid == "this process":
+        return this_process()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -242,6 +304,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", default="1,2,4", help="comma-separated session counts")
     parser.add_argument("--server", help="a running server's address (default: start one)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="no server: the live engine of this process, bundled tiny.en on the CPU")
     parser.add_argument("--model",
                         help="what the started server loads: bundled (tiny.en, the default), a "
                              "model name or checkpoint, or synthetic:SHAPE for seeded random "
@@ -271,7 +335,10 @@ def main() -> None:
         with a_server(args, folder) as (server, pid):
             # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)
             warm = int((utterances[0].end + 1.0) * SAMPLE_RATE) * 2
-            live_client.stream(server, live_client.Paced(pcm[:warm]), **options)
+            if isinstance(server, str):
+                live_client.stream(server, live_client.Paced(pcm[:warm]), **options)
+            else:
+                run_in_process(Session(-1, 0.0), server, pcm[:warm], time.monotonic(), options)
             rows = []
             for count in counts:
                 started, cpu = time.monotonic(), cpu_seconds(pid)
