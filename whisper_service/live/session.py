@@ -15,7 +15,7 @@ session for its next decode and hands back the words found. What happens between
   characters of what was committed before the buffer begins are the prompt of its decodes
   (committed words still in the buffer are not: the decoder would skip them as said). Past TRIM_SECONDS the buffer is cut
   after the committed words, and past SENTENCE_TRIM_SECONDS once the committed words end a
-  sentence; it never holds more than one Whisper window (30 s): a full buffer ends the
+  sentence (not with diarize, whose speaker is told from the buffer's audio); it never holds more than one Whisper window (30 s): a full buffer ends the
   utterance there and the next one goes on.
 - END_SILENCE_MS of silence (the gate's) ends an utterance, END_PAD_SECONDS after the
   silence began (so a word's quiet end is kept): one last decode (the session's beam, the
@@ -402,7 +402,8 @@ class LiveSession:
                 if utterance.policy.committed_end > 0 and (
                         utterance.seconds > TRIM_SECONDS
                         or (utterance.seconds > SENTENCE_TRIM_SECONDS and utterance.words
-                            and utterance.words[-1].word.strip().endswith(SENTENCE_ENDS))):
+                            and utterance.words[-1].word.strip().endswith(SENTENCE_ENDS)
+                            and self._speakers is None)):  # diarize: its voice needs the audio
                     end = int(utterance.policy.committed_end * SAMPLE_RATE)
                     utterance.trim_to(end)
                     utterance.policy.trim(end / SAMPLE_RATE)
