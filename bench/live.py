@@ -264,7 +264,7 @@ def a_server(args, folder: str):
         from whisper_service.models import ModelRegistry
 
         registry = ModelRegistry(Settings(model=BUNDLED, device="cpu"))
-        registry.get(BUNDLED).windows  # loaded now, as a server's first session finds it
+        registry.get(BUNDLED).windows  # its CTranslate2 twin loaded now, not in a measured row
         WhisperDecoder.warm_up()
         scheduler = LiveScheduler(WhisperDecoder(registry), max(
             int(n) for n in args.sessions.split(",") if n.strip()))
