@@ -100,6 +100,8 @@ class Settings:
     lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
     live_sessions: int = 8  # WHISPER_LIVE_SESSIONS: live sessions a server process takes at once (each holds an HTTP thread)
     live_max_minutes: float = 240.0  # WHISPER_LIVE_MAX_MINUTES: the longest live session
+    live_max_speed: float = 4.0  # WHISPER_LIVE_MAX_SPEED: a live stream's audio taken at most this many times real time; the rest is dropped
+    live_buffer_seconds: float = 30.0  # WHISPER_LIVE_BUFFER_SECONDS: audio a live session holds for the decoder; past it, frames are dropped
     session_hours: float = 12.0  # WHISPER_SESSION_HOURS: a browser's sign-in lasts this long
     key_failures: int = 10  # WHISPER_KEY_FAILURES: wrong API keys an address may send per window, then 429
     key_failure_window: float = 60.0  # WHISPER_KEY_FAILURE_WINDOW: seconds a wrong key counts against its address
@@ -287,6 +289,8 @@ _PARSERS = {
     "lease_seconds": _positive(float),
     "live_sessions": _count,
     "live_max_minutes": _positive(float),
+    "live_max_speed": _positive(float),
+    "live_buffer_seconds": _positive(float),
     "diarization": _lower,
     "session_hours": _positive(float),
     "key_failures": _positive(int),

@@ -10,6 +10,7 @@ from flask import Flask, Request, abort, request, session
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
+from web.http.client_json import BadJson, parse_client_json
 from web.http.sessions import SessionCookies
 
 CSRF_FIELD = "csrf_token"
@@ -28,13 +29,11 @@ SANDBOX_POLICY = "default-src 'none'; sandbox; frame-ancestors 'none'"
 
 
 class JsonProvider(DefaultJSONProvider):
-    """JSON bodies nested past Python's recursion limit are a bad request, not a crash."""
+    """Request bodies are parsed by the one guarded parser of client JSON: nested too
+    deeply or broken, they are a bad request (BadJson), not a crash."""
 
     def loads(self, s, **kwargs):
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError("it is nested too deeply") from None
+        return parse_client_json(s) if not kwargs else super().loads(s, **kwargs)
 
 
 class JsonRequest(Request):
@@ -50,7 +49,8 @@ class JsonRequest(Request):
     def on_json_loading_failed(self, e):
         if e is None:  # not sent as application/json
             return super().on_json_loading_failed(e)
-        raise BadRequest(f"The body is not valid JSON: {str(e)[:200]}")
+        reason = f"it is {e}" if isinstance(e, BadJson) else str(e)[:200]
+        raise BadRequest(f"The body is not valid JSON: {reason}")
 
 
 def persistent_secret_key(instance_path: str) -> str:

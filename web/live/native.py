@@ -3,11 +3,11 @@ binary frames in, JSON events out; text frames `stop` and `commit`."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, List, Mapping, Optional
 
 from flask import current_app, request
 
+from web.http.client_json import BadJson, parse_client_json
 from web.live.connection import (
     NATIVE_RATE, LiveConnection, LiveProtocol, Message, blueprint, serve, sock,
 )
@@ -34,7 +34,12 @@ class NativeProtocol(LiveProtocol):
         if isinstance(message, bytes):
             connection.feed(message, NATIVE_RATE)
             return
-        kind = _message_type(message)
+        try:
+            data = parse_client_json(message)
+        except BadJson as error:
+            raise BadAudio("text frames are JSON messages of type 'stop' or 'commit'; this one "
+                           f"is {error}") from None
+        kind = data.get("type") if isinstance(data, dict) else None
         if kind == "stop":
             connection.stop()
         elif kind == "commit":
@@ -72,14 +77,6 @@ class NativeProtocol(LiveProtocol):
     def error(self, code: str, message: str, param: Optional[str] = None) -> dict:
         return dict(type="error", code=code, message=message,
                     **({"param": param} if param else {}))
-
-
-def _message_type(message: str) -> Optional[str]:
-    try:
-        data = json.loads(message)
-    except ValueError:
-        return None
-    return data.get("type") if isinstance(data, dict) else None
 
 
 @sock.route("/api/live", bp=blueprint)

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import secrets
 from typing import Any, Dict, List, Mapping, Optional
 
 from flask import current_app, request
 
+from web.http.client_json import BadJson, parse_client_json
 from web.live.connection import LiveConnection, LiveProtocol, Message, blueprint, serve, sock
 from whisper_service.errors import BadOption
 from whisper_service.queue.jobs import Job
@@ -78,9 +78,11 @@ class RealtimeProtocol(LiveProtocol):
             raise BadAudio("binary frames are not part of the Realtime protocol: send audio as "
                            "input_audio_buffer.append events (base64 PCM16, 24 kHz)")
         try:
-            data = json.loads(message)
-        except ValueError:
-            data = None
+            data = parse_client_json(message)
+        except BadJson as error:
+            connection.send(self.error("invalid_json", "a client event is a JSON object with "
+                                       f"a 'type'; this message is {error}"))
+            return
         if not isinstance(data, dict) or not isinstance(data.get("type"), str):
             connection.send(self.error("invalid_json", "a client event is a JSON object with "
                                        "a 'type'; this message is not"))

@@ -360,6 +360,17 @@ class LiveSession:
         self._wake()
 
     @property
+    def backlog_seconds(self) -> float:
+        """Audio waiting for the decoder: the ended utterances still to be decoded, and what
+        the current one took since its last decode request (what an overloaded decoder lets
+        pile up; the connection's Intake bounds it)."""
+        with self._lock:
+            waiting = sum(u.length for u in self._ending)
+            if self._current is not None:
+                waiting += max(0, self._current.length - self._current.decoded)
+            return waiting / SAMPLE_RATE
+
+    @property
     def settled(self) -> bool:
         """Stopped, and every utterance's last decode applied."""
         with self._lock:
