@@ -9,7 +9,14 @@ its messages.
 A connection holds one HTTP thread for as long as it lasts; WHISPER_LIVE_SESSIONS bounds
 them per process (one more is told `too_many_sessions` and closed with 1013 at once). Audio
 is recorded as it comes; when the session ends (stop, a dropped connection, the length
-limit, a refused frame), its last decodes are awaited and it is kept as a finished job.
+limit, a refused frame), its last decodes are awaited (FINISH_SECONDS at most) and it is
+kept as a finished job.
+
+Backpressure: messages are read from a bounded inbox (socket.py) as fast as they come;
+audio past WHISPER_LIVE_MAX_SPEED times real time, or while WHISPER_LIVE_BUFFER_SECONDS of
+audio wait for the decoder, is dropped (intake.py) and reported as an `audio_dropped`
+error, at most once a second, the session going on. So a session's memory is bounded
+whatever a client sends, and `stop` is answered within FINISH_SECONDS and a moment.
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from typing import Any, List, Mapping, Optional, Union
 from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, request
-from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from web.http.auth import ApiKeyRequired, bearer_key, check_key
@@ -33,6 +39,7 @@ from whisper_service.queue.jobs import Job
 from whisper_service.live.audio import (
     BYTES_PER_SAMPLE, BadAudio, Recording, Resampler, pcm16_samples,
 )
+from whisper_service.live.intake import Intake, IntakeLimits
 from whisper_service.live.scheduler import LiveScheduler, TooManySessions
 from whisper_service.live.session import (
     Event, LiveOptions, LiveSession, SessionTooLong,
@@ -40,14 +47,14 @@ from whisper_service.live.session import (
 
 log = logging.getLogger(__name__)
 
-sock = Sock()
 blueprint = Blueprint("live", __name__)
 
 NATIVE_RATE = 16000  # Hz of the native protocol's PCM16 frames
 MAX_MESSAGE_BYTES = 1 << 20  # larger messages are closed with 1009 by the WebSocket layer
 POLL_SECONDS = 0.05  # while no message comes, events are sent at least this often
-FINISH_SECONDS = 120.0  # a stopped session's last decodes are awaited this long at most
+FINISH_SECONDS = 10.0  # a stopped session's last decodes are awaited this long at most
 PING_SECONDS = 20  # keeps proxies from closing a connection through long silences
+RECEIVE_BYTES = 1 << 16  # read from the socket at a time (simple-websocket's default: 4096)
 
 # close codes (RFC 6455)
 NORMAL, POLICY, TOO_BIG, SERVER_ERROR, TRY_LATER = 1000, 1008, 1009, 1011, 1013
@@ -107,6 +114,8 @@ class LiveConnection:
         self._recording: Optional[Recording] = None
         self._job_id = ""
         self._resampler = Resampler(NATIVE_RATE)
+        self.intake = Intake(IntakeLimits(max_speed=self.settings.live_max_speed,
+                                          max_backlog_seconds=self.settings.live_buffer_seconds))
 
     # --- what protocols call -------------------------------------------------------------
 
@@ -118,13 +127,17 @@ class LiveConnection:
                 self.connected = False
 
     def feed(self, pcm: bytes, rate: int) -> None:
-        """PCM16 at `rate` Hz into the session; BadAudio or EndSession when refused."""
+        """PCM16 at `rate` Hz into the session, unless the intake drops it (too fast, or the
+        decoder too far behind); BadAudio or EndSession when refused."""
         limit = int(self.protocol.max_frame_seconds * rate * BYTES_PER_SAMPLE)
         if len(pcm) > limit:
             raise EndSession("frame_too_large",
                              f"an audio frame holds at most {self.protocol.max_frame_seconds:g} s"
                              f" ({limit} bytes at {rate} Hz); this one has {len(pcm)} bytes",
                              TOO_BIG)
+        if len(pcm) % BYTES_PER_SAMPLE == 0 and not self.intake.admit(
+                len(pcm) / (BYTES_PER_SAMPLE * rate), self.session.backlog_seconds):
+            return  # dropped: reported by _flush
         if self._resampler.rate != rate:  # the stream's rate, set by its first frame
             self._resampler = Resampler(rate)
         samples = self._resampler(pcm16_samples(pcm))
@@ -224,6 +237,11 @@ class LiveConnection:
             return None
 
     def _flush(self) -> None:
+        dropped = self.intake.report()
+        if dropped is not None:
+            log.info("live session %s: %.1f s of audio dropped (%s)", self._job_id,
+                     dropped.seconds, dropped.reason)
+            self.send(self.protocol.error("audio_dropped", dropped.message, "audio"))
         while True:
             try:
                 event = self.events.get_nowait()
@@ -267,6 +285,7 @@ def _same_origin() -> bool:
 
 
 def serve(ws, protocol: LiveProtocol) -> None:
+    """Run one connection (a view's whole work: see socket.route)."""
     LiveConnection(ws, protocol).run()
 
 

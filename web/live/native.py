@@ -9,8 +9,9 @@ from flask import current_app, request
 
 from web.http.client_json import BadJson, parse_client_json
 from web.live.connection import (
-    NATIVE_RATE, LiveConnection, LiveProtocol, Message, blueprint, serve, sock,
+    NATIVE_RATE, LiveConnection, LiveProtocol, Message, blueprint, serve,
 )
+from web.live.socket import route
 from whisper_service.live.audio import BYTES_PER_SAMPLE, BadAudio
 from whisper_service.live.session import (
     Behind, Committed, DecodeFailed, Event, LanguageFixed, LiveOptions, Partial, SpeakerFound,
@@ -79,6 +80,6 @@ class NativeProtocol(LiveProtocol):
                     **({"param": param} if param else {}))
 
 
-@sock.route("/api/live", bp=blueprint)
+@route("/api/live", blueprint)
 def native(ws) -> None:
     serve(ws, NativeProtocol())

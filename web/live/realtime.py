@@ -27,7 +27,8 @@ from typing import Any, Dict, List, Mapping, Optional
 from flask import current_app, request
 
 from web.http.client_json import BadJson, parse_client_json
-from web.live.connection import LiveConnection, LiveProtocol, Message, blueprint, serve, sock
+from web.live.connection import LiveConnection, LiveProtocol, Message, blueprint, serve
+from web.live.socket import route
 from whisper_service.errors import BadOption
 from whisper_service.queue.jobs import Job
 from whisper_service.live.audio import BadAudio
@@ -276,7 +277,7 @@ def _dig(data: dict, *keys: str) -> dict:
     return data
 
 
-@sock.route("/v1/realtime", bp=blueprint)
+@route("/v1/realtime", blueprint)
 def realtime(ws) -> None:
     serve(ws, RealtimeProtocol())
 
