@@ -52,11 +52,12 @@ def words_heard(text: str) -> set:
     return HEARD & set(re.findall(r"[a-z]+", text.lower()))
 
 
-def send_paced(ws, data: bytes, frame: int = FRAME_BYTES, then=None) -> threading.Thread:
+def send_paced(ws, data: bytes, frame: int = FRAME_BYTES, then=None,
+               pace: float = PACE_SECONDS) -> threading.Thread:
     def send():
         for start in range(0, len(data), frame):
             ws.send(data[start:start + frame])
-            time.sleep(PACE_SECONDS)
+            time.sleep(pace)
         if then is not None:
             ws.send(then)
 
@@ -244,7 +245,8 @@ def test_a_minute_of_silence_gives_no_text_and_the_length_limit_ends_it(server):
     with connect(ws_url(server, "/api/live")) as ws:
         ready = json.loads(ws.recv(timeout=30))
         assert ready["max_seconds"] == 60
-        send_paced(ws, b"\0" * 32000 * 61, frame=32000)
+        # 1 s frames at 4 times real time: as fast as the server takes audio (with 10 s ahead)
+        send_paced(ws, b"\0" * 32000 * 61, frame=32000, pace=0.25)
         events = read_until(ws, "done")
         assert closed_with(ws) == (1000, "session_too_long")
     kinds = {e["type"] for e in events}
