@@ -102,6 +102,7 @@ class Settings:
     live_max_minutes: float = 240.0  # WHISPER_LIVE_MAX_MINUTES: the longest live session
     live_max_speed: float = 4.0  # WHISPER_LIVE_MAX_SPEED: a live stream's audio taken at most this many times real time; the rest is dropped
     live_buffer_seconds: float = 30.0  # WHISPER_LIVE_BUFFER_SECONDS: audio a live session holds for the decoder; past it, frames are dropped
+    live_stop_seconds: float = 10.0  # WHISPER_LIVE_STOP_SECONDS: a stopped live session's last decodes are awaited this long at most
     session_hours: float = 12.0  # WHISPER_SESSION_HOURS: a browser's sign-in lasts this long
     key_failures: int = 10  # WHISPER_KEY_FAILURES: wrong API keys an address may send per window, then 429
     key_failure_window: float = 60.0  # WHISPER_KEY_FAILURE_WINDOW: seconds a wrong key counts against its address
@@ -291,6 +292,7 @@ _PARSERS = {
     "live_max_minutes": _positive(float),
     "live_max_speed": _positive(float),
     "live_buffer_seconds": _positive(float),
+    "live_stop_seconds": _positive(float),
     "diarization": _lower,
     "session_hours": _positive(float),
     "key_failures": _positive(int),

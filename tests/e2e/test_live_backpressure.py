@@ -24,7 +24,7 @@ from whisper_service.checkpoints import BUNDLED
 FLOOD_SECONDS = 8.0  # how long each client sends as fast as it can
 FLOOD_BYTES = 400 << 20  # ... or until it has sent this much
 RSS_GROWTH_MB = 120  # the worker may grow this much at most (all inboxes, buffers, decodes)
-STOP_ANSWER_SECONDS = 15.0  # `stop` is answered within this (FINISH_SECONDS is 10)
+STOP_ANSWER_SECONDS = 15.0  # `stop` is answered within this (WHISPER_LIVE_STOP_SECONDS: 10)
 MAX_SPEED, BURST = 4.0, 10.0  # the defaults the server runs with
 
 
@@ -214,7 +214,8 @@ def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(se
           f"commit answered in {answer:.1f} s, completed in {completed:.1f} s")
     assert sent_seconds > 4 * (BURST + MAX_SPEED * sent["seconds"])
     assert answer < 5, f"the commit was answered after {answer:.1f} s"
-    assert completed < 30, f"the committed item was completed after {completed:.1f} s"
+    # (its decode waits for the backlog before it: at most WHISPER_LIVE_BUFFER_SECONDS)
+    assert completed < 60, f"the committed item was completed after {completed:.1f} s"
     assert rss.growth < RSS_GROWTH_MB, f"the worker grew {rss.growth:.0f} MB"
     dropped = [e["error"] for e in events
                if e["type"] == "error" and e["error"]["code"] == "audio_dropped"]

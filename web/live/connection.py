@@ -9,14 +9,15 @@ its messages.
 A connection holds one HTTP thread for as long as it lasts; WHISPER_LIVE_SESSIONS bounds
 them per process (one more is told `too_many_sessions` and closed with 1013 at once). Audio
 is recorded as it comes; when the session ends (stop, a dropped connection, the length
-limit, a refused frame), its last decodes are awaited (FINISH_SECONDS at most) and it is
-kept as a finished job.
+limit, a refused frame), its last decodes are awaited (WHISPER_LIVE_STOP_SECONDS at most)
+and it is kept as a finished job.
 
 Backpressure: messages are read from a bounded inbox (socket.py) as fast as they come;
 audio past WHISPER_LIVE_MAX_SPEED times real time, or while WHISPER_LIVE_BUFFER_SECONDS of
 audio wait for the decoder, is dropped (intake.py) and reported as an `audio_dropped`
 error, at most once a second, the session going on. So a session's memory is bounded
-whatever a client sends, and `stop` is answered within FINISH_SECONDS and a moment.
+whatever a client sends, and `stop` is answered within WHISPER_LIVE_STOP_SECONDS and a
+moment.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ blueprint = Blueprint("live", __name__)
 NATIVE_RATE = 16000  # Hz of the native protocol's PCM16 frames
 MAX_MESSAGE_BYTES = 1 << 20  # larger messages are closed with 1009 by the WebSocket layer
 POLL_SECONDS = 0.05  # while no message comes, events are sent at least this often
-FINISH_SECONDS = 10.0  # a stopped session's last decodes are awaited this long at most
 PING_SECONDS = 20  # keeps proxies from closing a connection through long silences
 RECEIVE_BYTES = 1 << 16  # read from the socket at a time (simple-websocket's default: 4096)
 
@@ -204,17 +204,17 @@ class LiveConnection:
             self.send(self.protocol.error(ending.code, ending.message))
         session = self.session
         session.stop()
-        deadline = time.monotonic() + FINISH_SECONDS
+        wait = self.settings.live_stop_seconds
+        deadline = time.monotonic() + wait
         while not session.settled and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
             self._flush()
         self._flush()
         if not session.settled:  # the decoder is far behind: keep what is committed
-            log.warning("live session %s: last decodes not done in %d s", self._job_id,
-                        FINISH_SECONDS)
+            log.warning("live session %s: last decodes not done in %g s", self._job_id, wait)
             self.send(self.protocol.error(
                 "unfinished", f"the server could not decode the last words within "
-                f"{FINISH_SECONDS:g} s (it is overloaded); what was committed and the whole "
+                f"{wait:g} s (it is overloaded); what was committed and the whole "
                 "recording are kept"))
         self.scheduler.close(session)
         self._recording.close()
