@@ -151,6 +151,8 @@ def test_a_native_client_in_a_tight_loop_is_held_to_a_bounded_worker_and_stop_is
         sending_done, events = threading.Event(), []
         sent = flood(ws, frames, sending_done)
         events_until(ws, sending_done, events)
+        print(f"\nnative flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker RSS "
+              f"{rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB")
         ws.send(json.dumps({"type": "stop"}))
         asked = time.monotonic()
         while not events or events[-1]["type"] != "done":
@@ -186,6 +188,8 @@ def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(se
         sending_done, events = threading.Event(), []
         sent = flood(ws, frames, sending_done)
         events_until(ws, sending_done, events)
+        print(f"\nrealtime flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker "
+              f"RSS {rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB")
         # a last utterance's speech, so that the commit has something to end
         for i in range(0, 24000 * 3, 12000):
             ws.send(json.dumps({"type": "input_audio_buffer.append",
