@@ -146,7 +146,7 @@ def test_a_native_client_in_a_tight_loop_is_held_to_a_bounded_worker_and_stop_is
         server, pcm):
     frames = [pcm[16000][i:i + 32000] for i in range(0, len(pcm[16000]) - 32000, 32000)]
     url = server.base.replace("http://", "ws://") + "/api/live?language=en&beam_size=greedy"
-    with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None) as ws:
+    with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None, compression=None) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         sending_done, events = threading.Event(), []
         sent = flood(ws, frames, sending_done)
@@ -183,7 +183,7 @@ def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(se
                           "audio": base64.b64encode(audio[i:i + 24000]).decode()})
               for i in range(0, len(audio) - 24000, 24000)]  # 0.5 s each
     url = server.base.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
-    with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None) as ws:
+    with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None, compression=None) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
         sending_done, events = threading.Event(), []
         sent = flood(ws, frames, sending_done)
