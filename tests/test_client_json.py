@@ -33,7 +33,7 @@ def test_the_parser_takes_json_up_to_the_depth_and_refuses_deeper_or_broken():
         with pytest.raises(BadJson, match=f"nested too deeply \\(more than {MAX_DEPTH} levels"):
             parse_client_json(text)
     for text in ("{", "stop", b"\xff\xfe\xfa", "1" * 5000, ""):
-        with pytest.raises(BadJson, match="not JSON"):
+        with pytest.raises(BadJson, match="not valid JSON"):
             parse_client_json(text)
 
 

@@ -2,7 +2,7 @@
 WebSocket text frames (both live protocols) alike.
 
 A client's JSON is refused with BadJson, a ValueError whose message says why in a few words
-("nested too deeply (...)", "not JSON (...)": callers put "it is" before it), never a crash: Python's
+("nested too deeply (...)", "not valid JSON (...)", to follow "is"), never a crash: Python's
 parser recurses once per level, so a document nested thousands deep would otherwise end in
 RecursionError, which nothing between here and the client expects. Nothing the API takes
 is nested anywhere near MAX_DEPTH (a Realtime session.update is 5 levels).
@@ -29,7 +29,7 @@ def parse_client_json(text: Union[str, bytes, bytearray]) -> Any:
     except RecursionError:
         raise BadJson(TOO_DEEP) from None
     except ValueError as error:  # JSONDecodeError, bad UTF-8, an integer of 5000 digits
-        raise BadJson(f"not JSON ({str(error)[:160]})") from None
+        raise BadJson(f"not valid JSON ({str(error)[:160]})") from None
     if _depth_over(value, MAX_DEPTH):
         raise BadJson(TOO_DEEP)
     return value

@@ -49,8 +49,9 @@ class JsonRequest(Request):
     def on_json_loading_failed(self, e):
         if e is None:  # not sent as application/json
             return super().on_json_loading_failed(e)
-        reason = f"it is {e}" if isinstance(e, BadJson) else str(e)[:200]
-        raise BadRequest(f"The body is not valid JSON: {reason}")
+        if isinstance(e, BadJson):
+            raise BadRequest(f"The body is {e}.")
+        raise BadRequest(f"The body is not valid JSON: {str(e)[:200]}")
 
 
 def persistent_secret_key(instance_path: str) -> str:
