@@ -161,8 +161,9 @@ def test_no_microphone_is_one_line_naming_what_was_tried(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def fake_server():
     """/api/live that answers as the README says, chosen by the model asked for: `busy` is
-    closed 1013 at once, `bad` gets bad_option and 1008, `drop` is closed without `done`;
-    any other model echoes a committed word per second of audio, then `done`."""
+    closed 1013 at once, `bad` gets bad_option and 1008, `drop` is closed without `done`,
+    `behind` is told `audio_dropped` once (the session going on); any model but those
+    echoes a committed word per second of audio, then `done`."""
     app = Flask(__name__)
     sock = Sock(app)
 
@@ -194,6 +195,10 @@ def fake_server():
             if model == "drop" and received >= 16000:
                 ws.close(1011, "oops")
                 return
+            if model == "behind" and received == len(message):
+                ws.send(json.dumps({"type": "error", "code": "audio_dropped", "param": "audio",
+                                    "message": "0.25 s of audio dropped: the decoder is 30 s "
+                                               "of audio behind this session"}))
             if received % 32000 == 0:
                 said.append(f" second{received // 32000}")
                 ws.send(json.dumps({"type": "committed", "text": said[-1], "start": 0, "end": 1}))
@@ -270,6 +275,14 @@ def test_committed_text_the_job_and_a_download(capsys, fake_server, speech, tmp_
     assert code == 0, err
     assert f"job: {fake_server}/jobs/fake" in err
     assert (tmp_path / "talk.srt").read_text() == "srt of fake\n"
+
+
+def test_audio_dropped_by_a_server_behind_is_a_warning_and_the_session_goes_on(
+        capsys, fake_server, speech):
+    code, err = call_cli(capsys, "live", "--server", fake_server, "--file", speech,
+                         "--model", "behind", "--api-key", "right")
+    assert code == 0, err
+    assert f"job: {fake_server}/jobs/fake" in err and "error:" not in err
 
 
 def test_ctrl_c_stops_the_session_and_waits_for_the_job(fake_server, speech):

@@ -56,8 +56,9 @@ DONE_TIMEOUT = 120.0  # seconds to wait for `done` after `stop` (the rest is dec
 FETCH_TIMEOUT = 30.0  # seconds for a download, Retry-After waits included
 MICROPHONE_START_SECONDS = 5.0  # the first audio of a microphone comes within this
 
-# the error codes after which the session goes on (the README: the frame is dropped)
-RECOVERABLE_ERRORS = frozenset({"bad_frame"})
+# the error codes after which the session goes on (the README: the frame, or audio the
+# server could not keep up with, is dropped)
+RECOVERABLE_ERRORS = frozenset({"bad_frame", "audio_dropped"})
 # close codes the README names, said in words when no `error` event came before them
 CLOSE_CODES = {
     1001: "the server is going away (restarting or shutting down)",
@@ -470,7 +471,7 @@ def _receive(ws, result: LiveResult, on_event, stopped_at: List[float], done_tim
             code = str(event.get("code", "error"))
             error = LiveError(f"{event.get('message') or code} ({code})", code)
             if code in RECOVERABLE_ERRORS:
-                log.warning("the server dropped a frame: %s", error)
+                log.warning("the server dropped audio: %s", error)
             else:
                 result.error = error
         elif kind == "done":
