@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 from web.live import native, realtime  # noqa: F401  (their routes join the blueprint)
-from web.live.connection import MAX_MESSAGE_BYTES, PING_SECONDS, RECEIVE_BYTES, blueprint
+from web.live.connection import MAX_MESSAGE_BYTES, PING_SECONDS, blueprint
 from whisper_service.live.scheduler import LiveScheduler
 
 
@@ -18,8 +18,7 @@ def register(app) -> None:
 
     settings = app.extensions["whisper_settings"]
     app.config.setdefault("SOCK_SERVER_OPTIONS", {
-        "max_message_size": MAX_MESSAGE_BYTES, "ping_interval": PING_SECONDS,
-        "receive_bytes": RECEIVE_BYTES})
+        "max_message_size": MAX_MESSAGE_BYTES, "ping_interval": PING_SECONDS})
     if settings.role != "web" and settings.live_sessions:
         app.extensions["whisper_live"] = LiveScheduler(
             WhisperDecoder(app.extensions["whisper_service"].models), settings.live_sessions)

@@ -54,7 +54,6 @@ NATIVE_RATE = 16000  # Hz of the native protocol's PCM16 frames
 MAX_MESSAGE_BYTES = 1 << 20  # larger messages are closed with 1009 by the WebSocket layer
 POLL_SECONDS = 0.05  # while no message comes, events are sent at least this often
 PING_SECONDS = 20  # keeps proxies from closing a connection through long silences
-RECEIVE_BYTES = 1 << 16  # read from the socket at a time (simple-websocket's default: 4096)
 
 # close codes (RFC 6455)
 NORMAL, POLICY, TOO_BIG, SERVER_ERROR, TRY_LATER = 1000, 1008, 1009, 1011, 1013
