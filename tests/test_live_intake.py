@@ -68,7 +68,7 @@ def test_drops_are_reported_at_most_once_a_second_with_what_was_dropped_since():
         intake.admit(0.5, 0.0)
     first = intake.report()
     assert (first.reason, first.seconds, first.total_seconds) == ("too_fast", 1.5, 1.5)
-    assert "at most 2 times as fast as real time" in first.message
+    assert "at most 2x as fast as real time" in first.message
     for _ in range(10):
         intake.admit(0.5, 0.0)
         assert intake.report() is None  # within the second: nothing more is said
@@ -130,3 +130,33 @@ def test_a_shut_inbox_ends_its_reader():
     assert not thread.is_alive() and failed and list(inbox) == [b"1"]
     with pytest.raises(OSError):
         inbox.append(b"3")
+
+
+def test_the_settings_set_the_limits_and_what_is_dropped_is_not_recorded(checkpoint, tmp_path):
+    """WHISPER_LIVE_MAX_SPEED over a real connection (in-process, no model: silence only)."""
+    import json
+
+    import requests
+    from websockets.sync.client import connect
+
+    from conftest import make_app, serving
+
+    app = make_app(checkpoint, tmp_path, WHISPER_LIVE_MAX_SPEED="1")
+    with serving(app) as base, connect(base.replace("http://", "ws://") + "/api/live",
+                                       compression=None) as ws:
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        began = time.monotonic()
+        for _ in range(30):  # 30 s of silence at once: the 10 s burst is taken, no more
+            ws.send(b"\0" * 32000)
+        ws.send(json.dumps({"type": "stop"}))
+        events = []
+        while not events or events[-1]["type"] != "done":
+            events.append(json.loads(ws.recv(timeout=30)))
+        elapsed = time.monotonic() - began
+        dropped = [e for e in events if e["type"] == "error"]
+        assert [e["code"] for e in dropped] == ["audio_dropped"], events
+        assert "at most 1x as fast as real time" in dropped[0]["message"]
+        assert dropped[0]["param"] == "audio"
+        media = requests.get(f"{base}/jobs/{events[-1]['job']}/media", timeout=30).content
+    taken = (len(media) - 44) / 32000
+    assert 10 <= taken <= 10 + elapsed + 1, (taken, elapsed)

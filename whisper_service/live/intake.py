@@ -92,7 +92,7 @@ class Intake:
             why = (f"the decoder is {limits.max_backlog_seconds:g} s of audio behind this "
                    "session (the server is overloaded)")
         else:
-            why = (f"audio is taken at most {limits.max_speed:g} times as fast as real time "
+            why = (f"audio is taken at most {limits.max_speed:g}x as fast as real time "
                    f"(after {limits.burst_seconds:g} s ahead); send it as it is spoken")
         return (f"{seconds:.2f} s of audio dropped ({self.dropped_seconds:.2f} s in all): "
                 f"{why}. Dropped audio is neither transcribed nor recorded")
