@@ -4,15 +4,18 @@ session's backlog it reads, and the WebSocket inbox that stops reading when full
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import wave
 
 import numpy as np
 import pytest
+import requests
+from websockets.sync.client import connect
 
 from bundled_model import spoken_wav
-from conftest import FakeClock, wait_until
+from conftest import FakeClock, make_app, serving, wait_until
 from web.live.socket import Inbox
 from whisper_service.live.intake import REPORT_SECONDS, Intake, IntakeLimits
 from whisper_service.live.session import LiveOptions, LiveSession
@@ -134,13 +137,6 @@ def test_a_shut_inbox_ends_its_reader():
 
 def test_the_settings_set_the_limits_and_what_is_dropped_is_not_recorded(checkpoint, tmp_path):
     """WHISPER_LIVE_MAX_SPEED over a real connection (in-process, no model: silence only)."""
-    import json
-
-    import requests
-    from websockets.sync.client import connect
-
-    from conftest import make_app, serving
-
     app = make_app(checkpoint, tmp_path, WHISPER_LIVE_MAX_SPEED="1")
     with serving(app) as base, connect(base.replace("http://", "ws://") + "/api/live",
                                        compression=None) as ws:
