@@ -1,6 +1,7 @@
-"""A live session's backpressure without a server: the intake (a multiple of real time,
-a bound on the audio waiting for the decoder, drops reported at most once a second), the
-session's backlog it reads, and the WebSocket inbox that stops reading when full."""
+"""A live session's backpressure: the intake (a multiple of real time, a bound on the audio
+waiting for the decoder, drops reported at most once a second), the session's backlog it
+reads and the WebSocket inbox that stops reading when full, each on its own; then the
+settings over a connection to the app in-process."""
 
 from __future__ import annotations
 
