@@ -14,7 +14,7 @@ and it is kept as a finished job.
 
 Backpressure: messages are read from a bounded inbox (socket.py) as fast as they come;
 audio past WHISPER_LIVE_MAX_SPEED times real time, or while WHISPER_LIVE_BUFFER_SECONDS of
-audio wait for the decoder, is dropped (intake.py) and reported as an `audio_dropped`
+audio wait for the decoder, is dropped (backpressure.py) and reported as an `audio_dropped`
 error, at most once a second, the session going on. So a session's memory is bounded
 whatever a client sends, and `stop` is answered within WHISPER_LIVE_STOP_SECONDS and a
 moment.
@@ -40,7 +40,7 @@ from whisper_service.queue.jobs import Job
 from whisper_service.live.audio import (
     BYTES_PER_SAMPLE, BadAudio, Recording, Resampler, pcm16_samples,
 )
-from whisper_service.live.intake import Intake, IntakeLimits
+from whisper_service.live.backpressure import Intake, IntakeLimits
 from whisper_service.live.scheduler import LiveScheduler, TooManySessions
 from whisper_service.live.session import (
     Event, LiveOptions, LiveSession, SessionTooLong,

@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from bundled_model import spoken_wav
 from conftest import FakeClock, make_app, serving, wait_until
 from web.live.socket import Inbox
-from whisper_service.live.intake import REPORT_SECONDS, Intake, IntakeLimits
+from whisper_service.live.backpressure import REPORT_SECONDS, Intake, IntakeLimits
 from whisper_service.live.session import LiveOptions, LiveSession
 
 RATE = 16000
