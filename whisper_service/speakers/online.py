@@ -10,7 +10,8 @@ voice scatters more than a file's pieces do (one to five seconds, no second pass
 later), and a speaker heard for only a few seconds has a mean that is still moving, so the
 distance to such a young speaker may be YOUNG_MARGIN larger. An utterance too short to trust
 (fewer than clustering.SURE_WINDOWS windows: "Right.", "Yes.") joins the nearest speaker there
-is and never starts one. Past `max_speakers`, the nearest speaker takes it. A speaker's mean
+is unless it lies FAR_DISTANCE from every one (a second voice's first "Sounds good."). Past
+`max_speakers`, the nearest speaker takes it. A speaker's mean
 moves with every utterance it gets, weighted by windows.
 
 Labels are numbers from 0 in order of first appearance, as numbered_in_order gives files.
@@ -31,14 +32,18 @@ from whisper_service.speakers.base import SpeakerHints
 from whisper_service.speakers.embedded import WINDOW_SECONDS, window_centres, window_pitch
 
 MIN_SECONDS = 0.3  # an utterance shorter than this has no voice to tell (a click, a cough)
-# Measured on bench/diarize.py's dialogues and conversations fed one turn at a time (252
-# turns, 2-4 voices; bench/RESULTS.md): a single cut mislabels 11-13 turns wherever it is put
-# between 0.28 and 0.42 (young speakers split) and more above 0.5 (voices merge); 0.36 with
-# 0.1 more for speakers heard under YOUNG_WINDOWS mislabels 6, 5 of them espeak-ng's whisper
-# voice, which has no pitch, taken for the man it sounds like.
-NEW_SPEAKER_DISTANCE = 0.36
+TRIM_FRAME = 320  # 20 ms: the frames whose loudness finds where an utterance's speech lies
+QUIET = 0.05  # of the loudest frame's RMS (-26 dB): quieter frames at the ends are cut off
+SILENT_RMS = 1e-3  # frames this quiet are silence however quiet the rest is
+# Measured on bench/diarize.py's dialogues and four-voice conversations, one turn at a time
+# (bench/RESULTS.md): one cut for every speaker mislabels 19-26 of 192 turns between 0.28
+# and 0.4 (young speakers split, or voices merge); 0.1 more for speakers heard under
+# YOUNG_WINDOWS and a short utterance's own speaker past FAR_DISTANCE, 12, 5 of them
+# espeak-ng's whisper voice (no pitch) taken for the man it sounds like.
+NEW_SPEAKER_DISTANCE = 0.32
 YOUNG_WINDOWS = 16  # 6.4 s of a speaker's speech, after which their mean voice is settled
 YOUNG_MARGIN = 0.1
+FAR_DISTANCE = 0.6  # a short utterance this far from every speaker is a new one
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,9 @@ class Voice:
 def utterance_voice(audio: np.ndarray, device: str = "cpu") -> Optional[Voice]:
     """The voice of one utterance (16 kHz float32 samples, shape (n,)); None when it is
     shorter than MIN_SECONDS or silent."""
+    audio = _speech_only(audio)
     seconds = len(audio) / SAMPLE_RATE
-    if seconds < MIN_SECONDS or not np.any(audio):
+    if seconds < MIN_SECONDS:
         return None
     level = voice.normalize_volume(audio)
     mel = voice.mel_spectrogram(level)
@@ -68,6 +74,21 @@ def utterance_voice(audio: np.ndarray, device: str = "cpu") -> Optional[Voice]:
     return Voice(embedding=mean / max(float(np.linalg.norm(mean)), 1e-12),
                  pitch=float(np.median(known)) if len(known) else float("nan"),
                  windows=len(embeddings))
+
+
+def _speech_only(audio: np.ndarray) -> np.ndarray:
+    """The audio from its first to its last loud 20 ms frame (louder than QUIET of the
+    loudest): the silence a live utterance carries before and after its speech (its pad,
+    the gate's wait for the end) would otherwise be windows of no voice at all."""
+    frames = len(audio) // TRIM_FRAME
+    if frames == 0:
+        return audio[:0]
+    rms = np.sqrt(np.mean(np.square(audio[:frames * TRIM_FRAME].reshape(frames, TRIM_FRAME),
+                                    dtype=np.float64), axis=1))
+    loud = np.flatnonzero(rms > max(SILENT_RMS, QUIET * rms.max()))
+    if not len(loud):
+        return audio[:0]
+    return audio[loud[0] * TRIM_FRAME:(loud[-1] + 1) * TRIM_FRAME]
 
 
 class OnlineSpeakers:
@@ -106,7 +127,7 @@ class OnlineSpeakers:
         sure = heard.windows >= clustering.SURE_WINDOWS
         room = self.most is None or self.count < self.most
         limit = self.threshold + (YOUNG_MARGIN if self._windows[nearest] < YOUNG_WINDOWS else 0.0)
-        if sure and room and apart[nearest] > limit:
+        if room and ((sure and apart[nearest] > limit) or apart[nearest] > FAR_DISTANCE):
             return self._new(heard)
         self._join(nearest, heard)
         return nearest
