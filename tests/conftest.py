@@ -72,7 +72,8 @@ def pytest_configure(config):
 # the modules whose tests talk to the session's live server (live_server below): in a
 # parallel run they go to one worker, so the server and its model start once
 LIVE_SERVER_MODULES = ("tests/e2e/test_live_page.py", "tests/e2e/test_live_protocols.py",
-                       "tests/e2e/test_live_edges.py", "tests/test_live_client.py")
+                       "tests/e2e/test_live_edges.py", "tests/test_live_client.py",
+                       "tests/e2e/test_live_speakers_page.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
