@@ -4,6 +4,7 @@ compare models' error rates on a dataset.
     whisper-service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
     whisper-service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
     whisper-service live --server http://127.0.0.1:8000 --file talk.mp3 -o talk.txt
+    whisper-service finetune my-clips.csv --model small --output models/small-mine
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXIT_FAILED = 1  # a file could not be transcribed
 EXIT_USAGE = 2  # a bad option or flag: nothing was tried
 EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
 WORKER = "worker"  # the first argument that runs job consumers without HTTP (queue/worker.py)
+FINETUNE = "finetune"  # the first argument that fine-tunes a model instead (cli/finetune.py)
 LIVE = "live"  # the first argument that streams to a server's live captions (cli/live_client.py)
 DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help=f"audio or video files ('{EVALUATE} DATASET ...' compares models instead; "
-                             f"'{LIVE} --server URL ...' streams live captions from a server)")
+                             f"'{LIVE} --server URL ...' streams live captions from a server; "
+                             f"'{FINETUNE} DATASET --model BASE --output FOLDER' fine-tunes one)")
     parser.add_argument("--model", help="model name, checkpoint file or folder, Hugging Face id "
                                         "(default: WHISPER_MODEL or turbo)")
     _add_settings_flags(parser)
@@ -140,6 +143,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from whisper_service.cli.live_client import main as live_main
 
         return live_main(argv[1:])
+    if argv[:1] == [FINETUNE]:
+        from whisper_service.cli.finetune import main as finetune_main
+
+        return finetune_main(argv[1:])
     args = build_parser().parse_args(argv)
     _log_setup(args.verbose)
     try:
