@@ -172,7 +172,7 @@ def test_bad_input_is_refused_before_training(speech, tmp_path, capsys):
     train, _ = speech
     assert main(["finetune", str(tmp_path / "nothing.csv"), "--model", BUNDLED,
                  "--output", str(tmp_path / "out")]) == 2
-    assert "there is no dataset at" in capsys.readouterr().err
+    assert "nothing.csv' cannot be read: No such file or directory" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "config.json").write_text("{}")
     assert main(["finetune", str(train), "--model", BUNDLED, "--output", str(tmp_path / "taken")]) == 2

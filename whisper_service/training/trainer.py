@@ -140,7 +140,7 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         save_steps=options.save_steps,
         save_total_limit=2,
         fp16=gpu,
-        gradient_checkpointing=gpu and not freeze,
+        activation_checkpointing=gpu and not freeze,  # gradient checkpointing
         report_to=[],
         disable_tqdm=True,
         remove_unused_columns=False,
