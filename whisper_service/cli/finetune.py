@@ -13,81 +13,19 @@ import argparse
 import logging
 import os
 import sys
-from dataclasses import fields
-from typing import Optional, Sequence
 
-from whisper_service.cli.main import _add_option_flags
 from whisper_service.errors import ConfigError, ServiceError
 from whisper_service.options import OPTION_NAMES, TranscribeOptions
 
 FINETUNE = "finetune"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-PREFIX_OPTIONS = ("task", "language", "model")  # set by the fine-tune's own flags
+PREFIX_OPTIONS = ("task", "language", "model")  # set by the fine-tune's own flags, not decoding's
 MODEL_FILES = ("config.json", "model.safetensors")  # an output folder holding these is a model
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from whisper_service.training.options import FineTuneOptions
-
-    d = FineTuneOptions(base="", output="")
-    parser = argparse.ArgumentParser(
-        prog=f"whisper-service {FINETUNE}",
-        description="Fine-tune a Whisper model on your recordings and texts; print its held-out "
-                    "WER and CER before and after.")
-    parser.add_argument("dataset", metavar="DATASET",
-                        help="training clips: a Common Voice-style folder (a .tsv with path and "
-                             "sentence, clips/), or a .csv / .jsonl manifest with audio and text")
-    parser.add_argument("--model", required=True, metavar="BASE",
-                        help="the model to start from: a name, checkpoint file or folder, Hugging "
-                             "Face id, or 'bundled'")
-    parser.add_argument("--output", required=True, metavar="FOLDER",
-                        help="where the fine-tuned model is written; the folder's name is the "
-                             "model's name (serve it with WHISPER_MODELS=NAME=FOLDER)")
-    parser.add_argument("--eval", metavar="DATASET", help="held-out clips, in any dataset form "
-                        "(default: --eval-fraction of DATASET)")
-    parser.add_argument("--eval-fraction", type=float, default=d.eval_fraction, metavar="F",
-                        help=f"share of DATASET held out when --eval is not given (default {d.eval_fraction})")
-    parser.add_argument("--language", help="language of the clips (a code or a name); sets the "
-                                           "prefix of a multilingual model and the scoring")
-    parser.add_argument("--task", default=d.task, choices=("transcribe", "translate"))
-    parser.add_argument("--epochs", type=float, default=d.epochs, help=f"default {d.epochs:g}")
-    parser.add_argument("--max-steps", type=int, default=d.max_steps, metavar="N",
-                        help="optimiser steps in all; overrides --epochs")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
-                        help=f"clips per forward pass (default {d.batch_size})")
-    parser.add_argument("--gradient-accumulation", type=int, default=d.gradient_accumulation,
-                        metavar="N", help="forward passes per optimiser step (default 1)")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, metavar="LR",
-                        help=f"peak learning rate (default {d.learning_rate:g})")
-    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="N",
-                        help="steps of linear warm-up before the linear decay (default 0)")
-    freeze = parser.add_mutually_exclusive_group()
-    freeze.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
-                        help="train the decoder only (the default on a CPU)")
-    freeze.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
-                        help="train the encoder too (the default on a GPU)")
-    parser.add_argument("--no-timestamps", dest="timestamps", action="store_false",
-                        help="labels without timestamp tokens (the service decodes with them)")
-    parser.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
-                        help="held-out WER every N steps too (default: before and after only)")
-    parser.add_argument("--save-steps", type=int, default=d.save_steps, metavar="N",
-                        help=f"a checkpoint every N steps (default {d.save_steps})")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the last checkpoint in --output")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
-    parser.add_argument("--model-dir", help="where named models and Hugging Face ids are downloaded")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--verbose", action="store_true", help="log what happens")
-    # how the held-out clips are decoded for scoring: the transcription options, as evaluate's
-    _add_option_flags(parser, [spec for spec in fields(TranscribeOptions)
-                               if spec.name not in PREFIX_OPTIONS])
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+def main(args: argparse.Namespace) -> int:
+    """Run the fine-tune the parsed flags (cli/main.py's build_finetune_parser) ask for."""
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from tqdm import tqdm
