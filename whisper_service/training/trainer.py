@@ -44,6 +44,7 @@ REPORT_FILE = "finetune.json"  # next to the model: options, before/after, the c
 # encoder outputs kept in memory when the encoder is frozen, at most (bytes)
 MAX_CACHED_ENCODINGS = 2 * 1024 ** 3
 ENCODE_BATCH = 8
+PAUSE_POLL_SECONDS = 0.2  # how often a paused fine-tune looks whether it may go on
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,12 @@ class Stopped(Exception):
 def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held_out: Dataset,
               decoding: TranscribeOptions,
               on_step: Optional[Callable[[StepReport], None]] = None,
-              should_stop: Callable[[], bool] = lambda: False) -> FineTuneReport:
+              should_stop: Callable[[], bool] = lambda: False,
+              pause: Callable[[], bool] = lambda: False) -> FineTuneReport:
     """Train, write options.output, measure; raises DatasetError / ModelUnavailable with a
-    sentence before training when the data or the base model cannot be used."""
+    sentence before training when the data or the base model cannot be used. Between steps
+    training waits while `pause()` is true (transcription jobs waiting for the device), and
+    stops, its last checkpoint written, once `should_stop()` is (raising Stopped)."""
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
@@ -149,7 +153,7 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         use_cpu=not gpu,
         eval_strategy="no",
     )
-    progress = _Progress(total_steps, on_step, should_stop, before.wer)
+    progress = _Progress(total_steps, on_step, should_stop, before.wer, pause)
     if options.eval_steps:
         progress.evaluate_every(options.eval_steps, lambda model: scoring.score_model(
             scoring.loaded(name, convert.to_whisper(model, evaluated), device), held, decoding).wer)
@@ -195,8 +199,9 @@ def _encode(hf, usable, device) -> List[torch.Tensor]:
 class _Progress:
     """The losses and WERs as training logs them; reports each step; stops when told."""
 
-    def __init__(self, total_steps: int, on_step, should_stop, base_wer: float):
+    def __init__(self, total_steps: int, on_step, should_stop, base_wer: float, pause):
         self.total_steps = total_steps
+        self.pause = pause
         self.on_step = on_step
         self.should_stop = should_stop
         self.losses: List[Tuple[int, float]] = []
@@ -231,6 +236,8 @@ class _Progress:
                     was_training = model.training
                     outer.wers.append((state.global_step, outer.measure(model)))
                     model.train(was_training)
+                while outer.pause() and not outer.should_stop():
+                    time.sleep(PAUSE_POLL_SECONDS)
                 if outer.should_stop():
                     outer.stopped = True
                     control.should_save = True
