@@ -157,11 +157,14 @@ class FineTunes:
 
     # --- the runner ------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Offer the finished models, and run the unfinished fine-tunes (resumed)."""
+    def offer_finished(self) -> None:
+        """Every finished fine-tune's model joins the registry's allowed models."""
         for state in self.list():
             if state["state"] == DONE:
                 self.registry.add(state["name"], self._model_folder(state))
+
+    def start(self) -> None:
+        """Run the fine-tunes, the unfinished ones first (resumed), one at a time."""
         self._thread = threading.Thread(target=self._run, name="fine-tunes", daemon=True)
         self._thread.start()
 
