@@ -41,10 +41,22 @@ def test_try_it_opens_the_upload_page_with_the_model_chosen(app):
     assert '<option value="bundled" selected>' in html
 
 
-def test_a_bad_archive_is_answered_on_the_page_with_its_sentence(app):
-    response = app.test_client().post("/models", data={
-        "dataset": (io.BytesIO(b"just text"), "clips.zip"), "model": BUNDLED, "name": "mine"})
+def test_a_bad_archive_is_answered_on_the_page_with_its_sentence(tmp_path):
+    app = make_app(BUNDLED, tmp_path)
+    try:
+        response = app.test_client().post("/models", data={
+            "dataset": (io.BytesIO(b"just text"), "clips.zip"), "model": BUNDLED, "name": "mine"})
+        assert response.status_code == 400
+        html = response.get_data(as_text=True)
+        assert "the dataset is not a zip archive" in html
+        assert 'value="mine"' in html  # what was typed stays
+    finally:
+        app.extensions["whisper_finetunes"].stop()
+        app.extensions["whisper_jobs"].stop()
+
+
+def test_a_host_that_serves_http_only_refuses_to_fine_tune(app):
+    response = app.test_client().post("/api/v1/fine-tunes", data={
+        "dataset": (io.BytesIO(b"PK"), "clips.zip"), "model": BUNDLED, "name": "mine"})
     assert response.status_code == 400
-    html = response.get_data(as_text=True)
-    assert "the dataset is not a zip archive" in html
-    assert 'value="mine"' in html  # what was typed stays
+    assert "WHISPER_ROLE=web" in response.get_json()["error"]["message"]

@@ -46,6 +46,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed"
 UNFINISHED = (QUEUED, RUNNING)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
+WEB_ONLY = "web"  # the role of a host that serves HTTP and runs nothing
 TRAINING_PACKAGES = ("transformers", "accelerate", "matplotlib")
 # the form fields a fine-tune takes besides the archive, the base model and the name:
 # field -> (FineTuneOptions field, type)
@@ -89,6 +90,9 @@ class FineTunes:
         from whisper_service.training.archive import ArchiveLimits, unpack
         from whisper_service.training.options import FineTuneOptions
 
+        if self.settings.role == WEB_ONLY:
+            raise FineTuningUnavailable("this host serves HTTP only (WHISPER_ROLE=web) and trains "
+                                        "nothing: start the fine-tune on a host of role all")
         missing = [p for p in TRAINING_PACKAGES if importlib.util.find_spec(p) is None]
         if missing:
             raise FineTuningUnavailable(f"this server cannot fine-tune: it lacks {', '.join(missing)} "
