@@ -57,6 +57,7 @@ OPTION_FIELDS = {
     "eval_steps": ("eval_steps", int), "save_steps": ("save_steps", int), "seed": ("seed", int),
 }
 COPY_CHUNK = 1024 * 1024
+RUN_FIELDS = ("base", "output", "resume")  # FineTuneOptions set by the runner, not kept
 
 
 class FineTuningUnavailable(ServiceError):
@@ -126,7 +127,7 @@ class FineTunes:
                  "clips": len(dataset.utterances), "step": 0, "total_steps": None,
                  "loss": None, "wer": None, "eta_seconds": None, "error": None,
                  "created": time.time(), "options": {k: v for k, v in _asdict(options).items()
-                                                     if k not in ("base", "output")},
+                                                     if k not in RUN_FIELDS},
                  "before": None, "after": None, "losses": [], "wers": []}
         self._write(fine_tune_id, state)
         with self._wake:
@@ -220,10 +221,6 @@ class FineTunes:
         state.update(state=RUNNING, error=None)
         self._write(fine_tune_id, state)
         output = self._model_folder(state)
-        base = state["base"]
-        source = self.registry.source(base)
-        options = FineTuneOptions(base=f"{base}={source}" if base != source else base,
-                                  output=output, resume=resume, **state["options"])
 
         def on_step(report) -> None:
             state.update(step=report.step, total_steps=report.total_steps, loss=report.loss,
@@ -234,6 +231,10 @@ class FineTunes:
             return self._stopping or fine_tune_id in self._cancelled
 
         try:
+            base = state["base"]
+            source = self.registry.source(base)
+            options = FineTuneOptions(base=f"{base}={source}" if base != source else base,
+                                      output=output, resume=resume, **state["options"])
             dataset = read_dataset(find_table(os.path.join(self.folder, fine_tune_id, DATA_FOLDER)))
             parts = examples.split(dataset, None, options.eval_fraction, options.seed)
             decoding = TranscribeOptions(language=options.language, beam_size=None, temperature=(0.0,))
