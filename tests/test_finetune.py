@@ -180,3 +180,25 @@ def test_bad_input_is_refused_before_training(speech, tmp_path, capsys):
     assert main(["finetune", str(train), "--model", BUNDLED, "--output", str(tmp_path / "o"),
                  "--batch-size", "0"]) == 2
     assert "batch size must be 1 or more" in capsys.readouterr().err
+
+
+def test_training_waits_between_steps_while_uploads_wait_and_stops_when_told(monkeypatch):
+    from types import SimpleNamespace
+
+    from whisper_service.training import trainer
+
+    slept = []
+    monkeypatch.setattr(trainer, "time", SimpleNamespace(monotonic=lambda: 0.0, sleep=slept.append))
+    waiting = iter([True, True, False])  # two looks find transcription jobs queued
+    stop = []
+    progress = trainer._Progress(10, None, lambda: bool(stop), 0.5, lambda: next(waiting))
+    callback = progress.callback()
+    control = SimpleNamespace(should_save=False, should_training_stop=False)
+    callback.on_step_end(None, SimpleNamespace(global_step=1), control, model=None)
+    assert slept == [trainer.PAUSE_POLL_SECONDS] * 2
+    assert not control.should_training_stop and not control.should_save
+    stop.append(True)  # a cancel: the step ends with a checkpoint, and training stops
+    progress.pause = lambda: True  # a stop is not held up by waiting uploads
+    callback.on_step_end(None, SimpleNamespace(global_step=2), control, model=None)
+    assert control.should_training_stop and control.should_save and progress.stopped
+    assert len(slept) == 2

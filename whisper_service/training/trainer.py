@@ -116,6 +116,8 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
     before = scoring.score_model(scoring.loaded(base_name, evaluated, device), held, decoding)
     log.info("before: WER %.3f CER %.3f on %d held-out clips", before.wer, before.cer, before.utterances)
 
+    if should_stop():
+        raise Stopped("stopped before the first step")
     hf = convert.to_huggingface(base)
     freeze = options.freeze_encoder if options.freeze_encoder is not None else device.type == "cpu"
     encoded = None
