@@ -202,3 +202,15 @@ def test_training_waits_between_steps_while_uploads_wait_and_stops_when_told(mon
     callback.on_step_end(None, SimpleNamespace(global_step=2), control, model=None)
     assert control.should_training_stop and control.should_save and progress.stopped
     assert len(slept) == 2
+
+
+def test_japanese_is_scored_on_mecabs_words_as_well():
+    from whisper_service.cli.evaluate import score
+    from whisper_service.training import words
+
+    assert words.split("東京都に住んでいます") == "東京 都 に 住ん で い ます"
+    scored = [score("m", "a.wav", "東京都に住んでいます", "京都に住んでいます", "ja", 1.0, 1.0)]
+    # MeCab hears 京都 (Kyoto) as one word where the reference has 東京 都: one word
+    # substituted and one deleted, of seven; no split for English, whose words are spaced
+    assert words.word_error_rate(scored, "ja") == pytest.approx(2 / 7)
+    assert words.word_error_rate(scored, "en") is None

@@ -95,6 +95,17 @@ def main(args: argparse.Namespace) -> int:
     for why in report.after.skipped:
         print(f"not scored: {why}", file=sys.stderr)
     print(evaluate.table([report.before, report.after], language))
+    from whisper_service.training import words
+
+    if language in words.SPLIT_LANGUAGES:
+        if words.available():
+            before, after = (words.word_error_rate(s.results, language)
+                             for s in (report.before, report.after))
+            print(f"\nWER on MeCab's words: {report.before.model} {before:.1%}, "
+                  f"{report.after.model} {after:.1%}")
+        else:
+            print("a WER on MeCab's words needs fugashi and unidic-lite "
+                  "(requirements-finetune.txt)", file=sys.stderr)
     print(f"\nwrote {report.name} to {report.output} ({report.steps} steps on {report.train_clips} "
           f"clips); serve it with WHISPER_MODELS={report.name}={report.output}", file=sys.stderr)
     return 0

@@ -261,8 +261,12 @@ def write_report(report: FineTuneReport, options: FineTuneOptions) -> None:
     """finetune.json next to the model: what was asked, the totals before and after, the
     curves' points (the API and the Models page show it)."""
 
+    from whisper_service.training import words
+
     def totals(s: ModelScore) -> dict:
-        return {"model": s.model, "wer": s.wer, "cer": s.cer, "substitutions": s.substitutions,
+        return {"model": s.model, "wer": s.wer, "cer": s.cer,
+                "mecab_wer": words.word_error_rate(s.results, options.language),
+                "substitutions": s.substitutions,
                 "deletions": s.deletions, "insertions": s.insertions, "words": s.words,
                 "utterances": s.utterances, "skipped": list(s.skipped)}
 
