@@ -460,7 +460,7 @@ def _fine_tune_paths() -> Dict[str, Any]:
                      "summary": "Fine-tune a model on an uploaded dataset archive",
                      "requestBody": {"required": True, "content": {MULTIPART: {"schema": upload}}},
                      "responses": {"202": _json_response("Queued: poll Location.", fine_tune),
-                                   **_errors(400, 401, 413)}},
+                                   **_errors(400, 401, 413, 503, 507)}},
             "get": {"tags": ["native"], "operationId": "listFineTunes",
                     "summary": "Every fine-tune, oldest first",
                     "responses": {"200": _json_response("The fine-tunes.", _object(

@@ -84,10 +84,10 @@ class FineTunes:
                fields: Mapping[str, str]) -> dict:
         """Check everything, then queue the fine-tune; its state. Raises BadOption /
         DatasetError with a sentence before anything is queued."""
-        unknown = sorted(set(fields) - {"model", "name", *OPTION_FIELDS})
+        unknown = sorted(str(k or "") for k in set(fields) - {"model", "name", *OPTION_FIELDS})
         if unknown:
-            raise BadOption(unknown[0], f"{unknown[0]}: is not a fine-tune option; the options are "
-                                        f"model, name, {', '.join(OPTION_FIELDS)}")
+            raise BadOption(unknown[0], f"{unknown[0][:40]!r} is not a fine-tune option; the "
+                                        f"options are model, name, {', '.join(OPTION_FIELDS)}")
         from whisper_service.training.archive import ArchiveLimits, unpack
         from whisper_service.training.options import FineTuneOptions
 
