@@ -182,6 +182,14 @@ def test_bad_input_is_refused_before_training(speech, tmp_path, capsys):
     assert "batch size must be 1 or more" in capsys.readouterr().err
 
 
+def test_without_the_training_packages_the_command_says_what_to_install(monkeypatch, capsys, tmp_path):
+    import whisper_service.training
+
+    monkeypatch.setattr(whisper_service.training, "missing_packages", lambda: ["accelerate"])
+    assert main(["finetune", "x.csv", "--model", BUNDLED, "--output", str(tmp_path / "o")]) == 2
+    assert "fine-tuning needs accelerate: pip install" in capsys.readouterr().err
+
+
 def test_training_waits_between_steps_while_uploads_wait_and_stops_when_told(monkeypatch):
     from types import SimpleNamespace
 

@@ -38,6 +38,12 @@ def main(args: argparse.Namespace) -> int:
     from whisper_service.training.options import FineTuneOptions
     from whisper_service.training.trainer import Stopped, fine_tune
 
+    from whisper_service.training import missing_packages
+
+    if missing_packages():
+        print(f"error: fine-tuning needs {', '.join(missing_packages())}: pip install "
+              "transformers==5.24.0 -r requirements-finetune.txt", file=sys.stderr)
+        return EXIT_USAGE
     try:
         environ = dict(os.environ, WHISPER_MODEL=args.model, WHISPER_MODELS=args.model)
         if args.device:

@@ -18,7 +18,6 @@ transcribes (the one owner of its device) runs them one at a time:
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -47,7 +46,6 @@ UNFINISHED = (QUEUED, RUNNING)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{22}$")
 WEB_ONLY = "web"  # the role of a host that serves HTTP and runs nothing
-TRAINING_PACKAGES = ("transformers", "accelerate", "matplotlib")
 # the form fields a fine-tune takes besides the archive, the base model and the name:
 # field -> (FineTuneOptions field, type)
 OPTION_FIELDS = {
@@ -94,7 +92,9 @@ class FineTunes:
         if self.settings.role == WEB_ONLY:
             raise FineTuningUnavailable("this host serves HTTP only (WHISPER_ROLE=web) and trains "
                                         "nothing: start the fine-tune on a host of role all")
-        missing = [p for p in TRAINING_PACKAGES if importlib.util.find_spec(p) is None]
+        from whisper_service.training import missing_packages
+
+        missing = missing_packages()
         if missing:
             raise FineTuningUnavailable(f"this server cannot fine-tune: it lacks {', '.join(missing)} "
                                         "(pip install -r requirements-finetune.txt)")

@@ -8,3 +8,13 @@
 transformers, accelerate and matplotlib (requirements-finetune.txt) are imported only here:
 serving never needs them.
 """
+
+import importlib.util
+from typing import List
+
+PACKAGES = ("transformers", "accelerate", "matplotlib")  # what training imports beyond serving
+
+
+def missing_packages() -> List[str]:
+    """The training packages this install lacks (requirements-finetune.txt)."""
+    return [name for name in PACKAGES if importlib.util.find_spec(name) is None]
