@@ -15,14 +15,15 @@ from typing import Any, Mapping, Optional
 from flask import Flask
 
 from web import live
-from web.api import docs, editing, metrics, native, openai_compat, sagemaker
+from web.api import docs, editing, finetunes, metrics, native, openai_compat, sagemaker
 from web.http import auth, drain, errors, intake, proxy, security, signin
 from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
 from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
 from web.http.sync import SyncWaiters
-from web.pages import editor, views
+from web.pages import editor, models as models_page, views
 from whisper_service.config import Settings
+from whisper_service.queue.finetunes import FOLDER as FINE_TUNES, FineTunes
 from whisper_service.queue.jobs import JobQueue
 from whisper_service.service import WhisperService
 from whisper_service.queue.store import open_store
@@ -62,6 +63,10 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         lease_seconds=settings.lease_seconds,
         space=space,
     )
+    fine_tunes = FineTunes(os.path.join(data_folder, FINE_TUNES), settings, service.models,
+                           busy=lambda: queue.queued_count() > 0)
+    app.extensions[finetunes.EXTENSION] = fine_tunes
+    fine_tunes.offer_finished()
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
                           whisper_disk=space,
                           whisper_sync_waiters=SyncWaiters(settings.sync_waiters))
@@ -81,6 +86,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.register_blueprint(native.public)
     app.register_blueprint(openai_compat.blueprint)
     app.register_blueprint(metrics.blueprint)
+    app.register_blueprint(finetunes.blueprint)
+    app.register_blueprint(models_page.blueprint)
     live.register(app)
     errors.register(app)
     intake.register(app, intake.UploadPlaces(settings.sync_waiters + intake.UPLOADS_BESIDE_WAITERS),
@@ -93,4 +100,5 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     if settings.preload:
         app.extensions["whisper_preload"] = service.preload_in_background()
     queue.start()
+    fine_tunes.start()  # in the process that transcribes, after its jobs
     return app

@@ -193,6 +193,16 @@ class ModelRegistry:
     def translate_model(self) -> str:
         return split_alias(self.settings.translate_model)[0]
 
+    def source(self, name: str) -> str:
+        """What an allowed name loads ('meetings' -> '/models/ft.pt')."""
+        return self._sources[self.check_allowed(name)]
+
+    def add(self, name: str, source: str) -> None:
+        """Offer one more model from now on (a finished fine-tune), without a restart."""
+        with self._registry_lock:
+            self._sources[name] = source
+            self._loadable[name] = source
+
     def loaded(self) -> List[str]:
         with self._registry_lock:
             return list(self._models)

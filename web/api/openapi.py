@@ -27,6 +27,8 @@ JSON = "application/json"
 MULTIPART = "multipart/form-data"
 TEXT = "text/plain; charset=utf-8"
 EVENT_STREAM = "text/event-stream"
+FINE_TUNE_FIELDS = ("language", "epochs", "max_steps", "batch_size", "learning_rate",
+                    "warmup_steps", "eval_fraction", "eval_steps", "save_steps", "seed")
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # not a field of TranscribeOptions: from_mapping turns it into the temperature schedule
@@ -79,7 +81,8 @@ def document() -> Dict[str, Any]:
         },
         "security": [{"bearer": []}],
         "tags": [{"name": name} for name in ("native", "sagemaker", "openai", "health")],
-        "paths": {**_native_paths(), **_editing_paths(), **_root_paths(), **_openai_paths()},
+        "paths": {**_native_paths(), **_editing_paths(), **_fine_tune_paths(), **_root_paths(),
+                  **_openai_paths()},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": _schemas(),
@@ -435,6 +438,45 @@ def _editing_paths() -> Dict[str, Any]:
             "responses": {"200": _json_response("The envelope.", "Envelope"),
                           **_errors(401, 404, 409)},
         }},
+    }
+
+
+def _fine_tune_paths() -> Dict[str, Any]:
+    fine_tune = {"type": "object", "description": "A fine-tune's state: id, name, base, state "
+                 "(queued, running, done, failed, cancelled), step, total_steps, loss, wer, "
+                 "eta_seconds, error, before and after (the held-out error rates), losses and "
+                 "wers (the curves' points)"}
+    fine_tune_id = {"name": "fine_tune_id", "in": "path", "required": True, "schema": JOB_ID}
+    upload = {"type": "object", "required": ["dataset", "model", "name"], "properties": {
+        "dataset": {"type": "string", "format": "binary",
+                    "description": "a zip of the clips and a .csv / .jsonl table (audio, text), "
+                                   "or of a Common Voice folder"},
+        "model": {"type": "string", "description": "the base model, one this server offers"},
+        "name": {"type": "string", "description": "the fine-tuned model's name"},
+        **{field: {"type": "string"} for field in FINE_TUNE_FIELDS}}}
+    return {
+        "/api/v1/fine-tunes": {
+            "post": {"tags": ["native"], "operationId": "createFineTune",
+                     "summary": "Fine-tune a model on an uploaded dataset archive",
+                     "requestBody": {"required": True, "content": {MULTIPART: {"schema": upload}}},
+                     "responses": {"202": _json_response("Queued: poll Location.", fine_tune),
+                                   **_errors(400, 401, 413, 503, 507)}},
+            "get": {"tags": ["native"], "operationId": "listFineTunes",
+                    "summary": "Every fine-tune, oldest first",
+                    "responses": {"200": _json_response("The fine-tunes.", _object(
+                        fine_tunes={"type": "array", "items": fine_tune})), **_errors(401)}},
+        },
+        "/api/v1/fine-tunes/{fine_tune_id}": {
+            "get": {"tags": ["native"], "operationId": "getFineTune", "parameters": [fine_tune_id],
+                    "summary": "A fine-tune's state, step, loss, WER and time left",
+                    "responses": {"200": _json_response("The fine-tune.", fine_tune),
+                                  **_errors(401, 404)}},
+            "delete": {"tags": ["native"], "operationId": "cancelFineTune",
+                       "parameters": [fine_tune_id],
+                       "summary": "Cancel a fine-tune: at once while queued, after the step running",
+                       "responses": {"202": _json_response("The fine-tune, cancelling.", fine_tune),
+                                     **_errors(401, 404)}},
+        },
     }
 
 

@@ -50,7 +50,10 @@ def upload_page(refused_files: Sequence[RefusedFile] = (), status: int = 200):
     models = current_app.extensions["whisper_service"].models
     choices = [(name, models.label(name), models.download_gb(name)) for name in models.allowed]
     return render_template(
-        "index.html", settings=settings, models=choices, default_model=models.default,
+        "index.html", settings=settings, models=choices,
+        # "Try it" on the Models page links here with ?model=NAME chosen
+        default_model=request.args.get("model") if request.args.get("model") in models.allowed
+        else models.default,
         stand_in_notice=models.stand_in_notice, presets=PRESETS, default_preset=DEFAULT_PRESET,
         defaults=TranscribeOptions(), refused=refused_files,
         languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),

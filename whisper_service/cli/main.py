@@ -4,6 +4,7 @@ compare models' error rates on a dataset.
     whisper-service talk.mp4 lecture.mp3 --model turbo --format srt,vtt --output-dir out
     whisper-service evaluate cv-corpus/ja --model small,ja=/models/whisper-small-ja --language ja
     whisper-service live --server http://127.0.0.1:8000 --file talk.mp3 -o talk.txt
+    whisper-service finetune my-clips.csv --model small --output models/small-mine
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ EXIT_FAILED = 1  # a file could not be transcribed
 EXIT_USAGE = 2  # a bad option or flag: nothing was tried
 EVALUATE = "evaluate"  # the first argument that runs the evaluation instead
 WORKER = "worker"  # the first argument that runs job consumers without HTTP (queue/worker.py)
+FINETUNE = "finetune"  # the first argument that fine-tunes a model instead (cli/finetune.py)
 LIVE = "live"  # the first argument that streams to a server's live captions (cli/live_client.py)
 DEFAULT_EVALUATION_CSV = "evaluation.csv"
 
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help=f"audio or video files ('{EVALUATE} DATASET ...' compares models instead; "
-                             f"'{LIVE} --server URL ...' streams live captions from a server)")
+                             f"'{LIVE} --server URL ...' streams live captions from a server; "
+                             f"'{FINETUNE} DATASET --model BASE --output FOLDER' fine-tunes one)")
     parser.add_argument("--model", help="model name, checkpoint file or folder, Hugging Face id "
                                         "(default: WHISPER_MODEL or turbo)")
     _add_settings_flags(parser)
@@ -79,6 +82,66 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--verbose", action="store_true", help="log what happens")
     _add_option_flags(parser, fields(TranscribeOptions))
+    return parser
+
+
+def build_finetune_parser() -> argparse.ArgumentParser:
+    from whisper_service.cli.finetune import PREFIX_OPTIONS
+    from whisper_service.training.options import FineTuneOptions
+
+    d = FineTuneOptions(base="", output="")
+    parser = argparse.ArgumentParser(
+        prog=f"whisper-service {FINETUNE}",
+        description="Fine-tune a Whisper model on your recordings and texts; print its held-out "
+                    "WER and CER before and after.")
+    parser.add_argument("dataset", metavar="DATASET",
+                        help="training clips: a Common Voice-style folder (a .tsv with path and "
+                             "sentence, clips/), or a .csv / .jsonl manifest with audio and text")
+    parser.add_argument("--model", required=True, metavar="BASE",
+                        help="the model to start from: a name, checkpoint file or folder, Hugging "
+                             "Face id, or 'bundled'")
+    parser.add_argument("--output", required=True, metavar="FOLDER",
+                        help="where the fine-tuned model is written; the folder's name is the "
+                             "model's name (serve it with WHISPER_MODELS=NAME=FOLDER)")
+    parser.add_argument("--eval", metavar="DATASET", help="held-out clips, in any dataset form "
+                        "(default: --eval-fraction of DATASET)")
+    parser.add_argument("--eval-fraction", type=float, default=d.eval_fraction, metavar="F",
+                        help=f"share of DATASET held out when --eval is not given (default {d.eval_fraction})")
+    parser.add_argument("--language", help="language of the clips (a code or a name); sets the "
+                                           "prefix of a multilingual model and the scoring")
+    parser.add_argument("--task", default=d.task, choices=("transcribe", "translate"))
+    parser.add_argument("--epochs", type=float, default=d.epochs, help=f"default {d.epochs:g}")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, metavar="N",
+                        help="optimiser steps in all; overrides --epochs")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, metavar="N",
+                        help=f"clips per forward pass (default {d.batch_size})")
+    parser.add_argument("--gradient-accumulation", type=int, default=d.gradient_accumulation,
+                        metavar="N", help="forward passes per optimiser step (default 1)")
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate, metavar="LR",
+                        help=f"peak learning rate (default {d.learning_rate:g})")
+    parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="N",
+                        help="steps of linear warm-up before the linear decay (default 0)")
+    freeze = parser.add_mutually_exclusive_group()
+    freeze.add_argument("--freeze-encoder", dest="freeze_encoder", action="store_true", default=None,
+                        help="train the decoder only (the default on a CPU)")
+    freeze.add_argument("--train-encoder", dest="freeze_encoder", action="store_false",
+                        help="train the encoder too (the default on a GPU)")
+    parser.add_argument("--no-timestamps", dest="timestamps", action="store_false",
+                        help="labels without timestamp tokens (the service decodes with them)")
+    parser.add_argument("--eval-steps", type=int, default=d.eval_steps, metavar="N",
+                        help="held-out WER every N steps too (default: before and after only)")
+    parser.add_argument("--save-steps", type=int, default=d.save_steps, metavar="N",
+                        help=f"a checkpoint every N steps (default {d.save_steps})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in --output")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: WHISPER_DEVICE or auto)")
+    parser.add_argument("--model-dir", help="where named models and Hugging Face ids are downloaded")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="log what happens")
+    # how the held-out clips are decoded for scoring: the transcription options, as evaluate's
+    _add_option_flags(parser, [spec for spec in fields(TranscribeOptions)
+                               if spec.name not in PREFIX_OPTIONS])
     return parser
 
 
@@ -140,6 +203,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from whisper_service.cli.live_client import main as live_main
 
         return live_main(argv[1:])
+    if argv[:1] == [FINETUNE]:
+        from whisper_service.cli.finetune import main as finetune_main
+
+        return finetune_main(build_finetune_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     _log_setup(args.verbose)
     try:
