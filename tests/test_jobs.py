@@ -525,7 +525,8 @@ def test_cancel_a_running_job(make_queue):
     job = submit_bytes(queue, "endless")
     queue.start()
     assert endless.started.wait(WAIT)
-    wait_until(lambda: queue.get(job.id).progress > 0)
+    # the first estimate comes once a stretch of audio was measured (pace.py)
+    wait_until(lambda: queue.get(job.id).progress > 0 and queue.get(job.id).eta_seconds)
     running = queue.get(job.id)
     assert running.state is JobState.RUNNING and 0 < running.progress < 1
     assert running.eta_seconds > 0

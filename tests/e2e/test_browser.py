@@ -238,13 +238,13 @@ def test_the_page_shows_what_the_status_reports_smoothly_and_counts_down(page, i
     expect(page.locator("#job-eta")).to_have_text("About 1 min 30 s until it is done.")
     expect(page.get_by_text("You can close this tab")).to_be_visible()
 
-    answers.append(reported({"state": "running", "label": "Transcribing: 40 %", "progress": 0.4,
+    answers.append(reported({"state": "running", "label": "Transcribing…", "progress": 0.4,
                              "eta_seconds": 30}))
     seen = set()
     wait_until(lambda: seen.add(page.locator("#job-progress").evaluate("p => p.value")) or 40 in seen,
                10, interval=0.02, what="the bar to reach 40 %")
     assert any(0 < value < 40 for value in seen), seen  # on its way, not in one jump
-    expect(page.locator("#job-state")).to_have_text("Transcribing: 40 %")
+    expect(page.locator("#job-state")).to_have_text("Transcribing…")  # the % once: beside the bar
     eta = page.locator("#job-eta")
     expect(eta).to_have_text(re.compile(r"^About \d+ s left\.$"))
     # two seconds of the page's time, stopped and moved on by the test: a loaded machine

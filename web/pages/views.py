@@ -240,7 +240,7 @@ def state_words(job: Job) -> str:
     if job.state == "queued":
         return f"Waiting: number {job.position} in the queue"
     if job.state == "running":
-        return f"Transcribing: {round(job.progress * 100)} %"
+        return "Transcribing…"  # the percentage is the bar's, shown once beside it
     return job.state.value.capitalize()
 
 

@@ -35,6 +35,7 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence,
 from whisper_service import cancel
 from whisper_service.errors import ServiceError, StoreUnavailable
 from whisper_service.failures import Failure, explain, stopped
+from whisper_service.pace import Pace, TimeLeft, pace_key
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress
 from whisper_service.queue.backoff import Backoff
@@ -96,7 +97,7 @@ class Job:
     started_at: Optional[float]
     finished_at: Optional[float]
     progress: float  # 0..1
-    eta_seconds: Optional[float]  # while running, from the rate of progress so far
+    eta_seconds: Optional[float]  # while running: the time left at this host's pace (pace.py)
     position: Optional[int]  # 1-based place in the queue while queued
     error: Optional[str]  # why a failed job failed, as a sentence for people
     error_kind: Optional[str]  # the ServiceError class behind it ("TruncatedMedia"), if any
@@ -242,6 +243,8 @@ class JobQueue:
         self._registry: Optional[RegistryBeat] = None  # beats while started, jobs or not
         self._cancels: Dict[str, threading.Event] = {}  # running here: id -> asked to stop
         self._cancels_lock = threading.Lock()
+        # how fast this process transcribes, per model and options: the running jobs' time left
+        self.pace = Pace()
 
     # --- what HTTP threads call ----------------------------------------------------------
 
@@ -777,21 +780,21 @@ class JobQueue:
         kept, so the text of one that came between writes goes with the next write, and a
         report without segments (diarization's) does not take text away."""
         last_write = 0.0
-        started_at = job.started_at or time.time()
         segments: tuple = ()  # the most final segments reported
         written = 0  # of them in the store
+        # the time left: this host's pace for the model and options, corrected by each report
+        left = TimeLeft(self.pace, pace_key(job.options.model, job.options))
 
         def report(progress: Progress) -> None:
             nonlocal last_write, segments, written
             if len(progress.segments) > len(segments):
                 segments = progress.segments
+            eta = left.update(progress.done_seconds, progress.total_seconds)
             now = time.monotonic()
             if now - last_write < PROGRESS_SECONDS and progress.fraction < 1.0:
                 return
             last_write = now
             fraction = progress.fraction
-            elapsed = time.time() - started_at
-            eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
             text = None
             if len(segments) > written:
                 text = "".join(segment.text for segment in segments)
