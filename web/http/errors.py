@@ -59,9 +59,10 @@ OPENAI_PREFIX = "/v1/"
 # header, which they obey, says when that cannot help (a cancelled job, a bad request)
 RETRY_HEADER = "x-should-retry"
 WORTH_RETRYING = (408, 429)
-# OpenAI's API answers a file it cannot use with 400 (its clients raise BadRequestError);
-# 413 and 415 are not among the codes its clients know
-OPENAI_STATUS = {413: 400, 415: 400}
+# OpenAI's API answers a file it cannot use with 400 (its clients raise BadRequestError):
+# 413 and 415 are not among the codes its clients know, and an empty, truncated or too long
+# file (422 elsewhere) is a bad request there too
+OPENAI_STATUS = {413: 400, 415: 400, 422: 400}
 
 
 class JobFailed(service_errors.ServiceError):
