@@ -25,6 +25,7 @@ blueprint.before_request(require_web_access)
 class FailedView:
     """What the failed job's part of the page shows."""
 
+    sentence: str  # what happened, as a sentence
     retry: bool  # "Try again" is offered
     models: Tuple[Tuple[str, str], ...]  # (name, label) for "Try with another model"; () none
     detail: Optional[str]  # the operator's detail, for a signed-in operator only
@@ -39,7 +40,11 @@ def failed_view(job: Job) -> FailedView:
     models: List[Tuple[str, str]] = []
     if other_model:
         models = [(name, registry.label(name)) for name in registry.allowed if name != tried]
-    return FailedView(retry=can_retry, models=tuple(models),
+    error = job.error or "the transcription failed"
+    # a clause ("'talk.mp3' is truncated: ...", "language: ...") gets a beginning; the
+    # sentences of failures.py have one
+    sentence = error if error[:1].isupper() else f"This file could not be transcribed: {error}"
+    return FailedView(sentence=sentence, retry=can_retry, models=tuple(models),
                       detail=job.error_detail if signed_in() else None)
 
 
