@@ -62,7 +62,11 @@ def again(job_id: str):
     if model:
         options = options.with_changes(model=current_app.extensions["whisper_service"]
                                        .models.check_allowed(model))
-    with open(job.media_path, "rb") as media:
+    try:
+        media = open(job.media_path, "rb")
+    except OSError:  # deleted meanwhile, or past its retention
+        raise BadOption("job", "its upload is no longer on the server; upload the file again") from None
+    with media:
         created = jobs().submit(media, job.filename, options)
     remember([created.id])
     return redirect(url_for("pages.job_page", job_id=created.id), code=303)
