@@ -97,3 +97,43 @@ def test_on_a_phone_the_downloads_come_before_the_transcript(phone, desktop, bro
     with phone.expect_download() as download:
         near.get_by_role("link", name="TXT").click()
     assert download.value.suggested_filename == "speech.txt"
+
+
+def test_an_estimate_that_ran_out_is_not_almost_done(desktop, media, checkpoint, tmp_path):
+    """The page counts the time left down between reports; when it runs out before the job
+    is done, "Almost done…" only where the bar is nearly full, and the percentage is shown
+    once (beside the bar, not in the state)."""
+    from test_browser import pause_page_clock, reported
+
+    app = make_app(checkpoint, tmp_path / "idle")
+    app.extensions["whisper_jobs"].stop()
+    page = desktop
+    with serving(app) as base:
+        answers = [reported({"state": "running", "label": "Transcribing…", "progress": 0.5,
+                             "eta_seconds": 3})]
+        page.route(re.compile(r"/status$"), lambda route: route.fulfill(json=answers[-1]))
+        page.clock.install()
+        page.goto(base + "/")
+        page.set_input_files("#file", str(media["speech.wav"]))
+        page.click("#submit")
+        page.wait_for_url(JOB_PAGE, timeout=30_000)
+        eta = page.locator("#job-eta")
+        expect(eta).to_have_text(re.compile(r"^About \d s left\.$"))
+        expect(page.locator("#job-percent")).to_have_text("50 %")
+        expect(page.locator("#job-state")).to_have_text("Transcribing…")
+        pause_page_clock(page)
+        page.clock.run_for(5_000)  # past the estimate, the bar at half
+        expect(eta).to_have_text("Taking longer than estimated…")
+        shoot(page, "desktop-job-longer-than-estimated")
+        answers.append(reported({"state": "running", "label": "Transcribing…", "progress": 0.97,
+                                 "eta_seconds": 1}))
+        # the page's clock moves only when the test moves it; the answers come in real time
+        for _ in range(200):
+            page.clock.run_for(250)
+            if page.locator("#job-percent").inner_text() == "97 %":
+                break
+        expect(page.locator("#job-percent")).to_have_text("97 %")  # its estimate runs out too
+        page.clock.run_for(2_000)
+        expect(eta).to_have_text("Almost done…")
+        page.clock.resume()
+        page.unroute(re.compile(r"/status$"))

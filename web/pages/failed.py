@@ -14,7 +14,7 @@ from flask import Blueprint, abort, current_app, redirect, request, url_for
 from web.http.signin import require_web_access, signed_in
 from web.pages.views import jobs, remember
 from whisper_service.errors import BadOption
-from whisper_service.failures import remedies
+from whisper_service.failures import remedies, scrub
 from whisper_service.queue.jobs import Job, JobState
 
 blueprint = Blueprint("failed", __name__)
@@ -40,7 +40,8 @@ def failed_view(job: Job) -> FailedView:
     models: List[Tuple[str, str]] = []
     if other_model:
         models = [(name, registry.label(name)) for name in registry.allowed if name != tried]
-    error = job.error or "the transcription failed"
+    # jobs failed before failures.py kept the operator's text: no path or errno of it shows
+    error = scrub(job.error or "") or "the transcription failed"
     # a clause ("'talk.mp3' is truncated: ...", "language: ...") gets a beginning; the
     # sentences of failures.py have one
     sentence = error if error[:1].isupper() else f"This file could not be transcribed: {error}"
