@@ -643,7 +643,7 @@ class JobQueue:
                 outcome = error
         if isinstance(outcome, (_Aborted, cancel.Cancelled)):
             settled = self.store.settle(job.id, token,
-                                        lambda row: self._end_attempt(row, None))
+                                        lambda row: self._end_attempt(row, stopped("cancelled")))
             log.info("job %s stopped: %s", job.id,
                      settled.changes["state"] if settled else "deleted or taken over")
         elif isinstance(outcome, StoreUnavailable):  # its upload could not be fetched
@@ -683,14 +683,13 @@ class JobQueue:
         else:
             log.info("job %s was deleted or taken over; result dropped", job.id)
 
-    def _end_attempt(self, row: Row, failure: Optional[Failure]) -> Settlement:
-        """After an attempt that did not finish (failure: why, None when cancelled):
-        cancelled, failed for good (the dead letter: its sentence and detail kept), or
-        queued again."""
+    def _end_attempt(self, row: Row, failure: Failure) -> Settlement:
+        """After an attempt that did not finish (failure: why): cancelled, failed for good
+        (the dead letter: its sentence and detail kept), or queued again."""
         now = time.time()
         counters: Dict[str, float] = {}
         detail = None
-        if row["cancel_requested"] or failure is None:
+        if row["cancel_requested"]:
             state, error, finished_at = JobState.CANCELLED, None, now
             counters["jobs_cancelled"] = 1
         elif row["attempts"] >= self.max_attempts:
@@ -713,7 +712,7 @@ class JobQueue:
         """A job whose attempt never began (the store went away while its upload was
         fetched): queued again as it was, the attempt not counted against max_attempts."""
         if row["cancel_requested"]:
-            return self._end_attempt(row, None)
+            return self._end_attempt(row, stopped("cancelled"))
         return Settlement(
             dict(state=JobState.QUEUED.value, attempts=max(0, row["attempts"] - 1),
                  progress=0.0, started_at=None, eta_seconds=None, claim_pid=None,
