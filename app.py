@@ -21,7 +21,7 @@ from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
 from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
 from web.http.sync import SyncWaiters
-from web.pages import editor, models as models_page, views
+from web.pages import archive, editor, failed, models as models_page, views
 from whisper_service.config import Settings
 from whisper_service.queue.finetunes import FOLDER as FINE_TUNES, FineTunes
 from whisper_service.queue.jobs import JobQueue
@@ -77,6 +77,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(editor.blueprint)
+    app.register_blueprint(failed.blueprint)
+    app.register_blueprint(archive.blueprint)
     app.register_blueprint(signin.blueprint)
     app.register_blueprint(docs.blueprint)
     app.register_blueprint(native.blueprint)

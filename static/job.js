@@ -10,6 +10,7 @@
   var RETRY_MS = 3000;
   var TICK_MS = 250;
   var RELOAD_MS = 400;  // the final state stays a moment before the page shows the result
+  var ALMOST_DONE_PERCENT = 95;  // below this, an estimate that ran out is not "almost done"
 
   function duration(seconds) {
     seconds = Math.max(0, Math.round(seconds));
@@ -58,8 +59,9 @@
         eta.textContent = "";
       } else if (deadline !== null) {
         var left = (deadline - Date.now()) / 1000;
+        // past the estimate: "Almost done" only where the bar says so
         eta.textContent = left >= 1 ? "About " + duration(left) + (queued ? " until it is done." : " left.")
-          : "Almost done…";
+          : shown >= ALMOST_DONE_PERCENT ? "Almost done…" : "Taking longer than estimated…";
       }
     };
     setInterval(tick, TICK_MS);

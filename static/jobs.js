@@ -1,10 +1,15 @@
 // Lists of jobs (recent jobs, one upload's files): times in the browser's own time zone,
-// and the state of unfinished jobs kept current. Without JavaScript the page shows UTC
+// and the state of unfinished jobs kept current (one upload's page is reloaded when one
+// of them finishes). Without JavaScript the page shows UTC
 // and refreshes itself.
 (function () {
   "use strict";
   var POLL_MS = 2000;
   var FINISHED = ["done", "failed", "cancelled"];
+  var RELOAD_MS = 400;
+  // one upload's page: a job that finishes changes its heading and what "Download all"
+  // holds, which the server renders
+  var batchHeading = document.getElementById("batch-heading");
 
   document.querySelectorAll("time.local").forEach(function (time) {
     var when = new Date(time.dateTime);
@@ -20,6 +25,7 @@
         badge.textContent = job.label;
         badge.className = "badge " + (job.cancelling ? "cancelling" : job.state);
         if (FINISHED.indexOf(job.state) < 0) setTimeout(function () { follow(badge); }, POLL_MS);
+        else if (batchHeading) setTimeout(function () { window.location.reload(); }, RELOAD_MS);
       })
       .catch(function () { setTimeout(function () { follow(badge); }, POLL_MS * 3); });
   }

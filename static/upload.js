@@ -62,7 +62,10 @@
     drop.classList.add("invalid");
   }
 
-  function megabytes(bytes) {
+  // a size as people read it: "512 bytes", "38 KB", "4.2 MB" (never "0.0 MB")
+  function size(bytes) {
+    if (bytes < 1024) return bytes + (bytes === 1 ? " byte" : " bytes");
+    if (bytes < 1048576) return Math.round(bytes / 1024) + " KB";
     return (bytes / 1048576).toFixed(1) + " MB";
   }
 
@@ -83,8 +86,8 @@
   function check(file) {
     if (file.size === 0) return Promise.resolve(file.name + " is empty.");
     if (file.size > maxBytes) {
-      return Promise.resolve(file.name + " is " + megabytes(file.size) + "; this server accepts up to " +
-        megabytes(maxBytes) + " per file.");
+      return Promise.resolve(file.name + " is " + size(file.size) + "; this server accepts up to " +
+        size(maxBytes) + " per file.");
     }
     return file.slice(0, HEAD_BYTES).arrayBuffer().then(function (head) {
       return looksLikeText(new Uint8Array(head)) ? file.name + " is not audio or video we can read." : null;
@@ -94,20 +97,38 @@
   function checkAll(files) {
     return Promise.all(files.map(check)).then(function (problems) {
       return files.filter(function (file, i) {
-        if (problems[i]) addError(problems[i]);
+        if (problems[i]) {
+          addError(problems[i]);
+          markRefused(file);
+        }
         return !problems[i];
       });
     });
   }
 
+  // the chosen files, each with its size; one that is refused (here or by the server)
+  // is marked in the list, so it can be told from those that were sent
+  var listed = [];  // [file, its item]
   function showChosen(files) {
     list.textContent = "";
-    files.forEach(function (file) {
+    listed = files.map(function (file) {
       var item = document.createElement("li");
-      item.textContent = file.name + " (" + megabytes(file.size) + ")";
+      item.textContent = file.name + " (" + size(file.size) + ")";
       list.appendChild(item);
+      return [file, item];
     });
     list.hidden = files.length === 0;
+  }
+
+  function markRefused(file) {
+    listed.forEach(function (entry) {
+      if (entry[0] !== file || entry[1].classList.contains("refused")) return;
+      entry[1].classList.add("refused");
+      var mark = document.createElement("strong");
+      mark.className = "refused-mark";
+      mark.textContent = " — not sent";
+      entry[1].appendChild(mark);
+    });
   }
 
   input.addEventListener("change", function () {
@@ -201,6 +222,7 @@
         }
         var page = new DOMParser().parseFromString(request.responseText, "text/html");
         var refusals = page.querySelectorAll("#file-errors .field-error");
+        markRefused(file);
         if (refusals.length) {
           refusals.forEach(addNode);
         } else {
@@ -211,6 +233,7 @@
       });
       request.addEventListener("error", function () {
         addError(file.name + ": the connection broke during the upload; please try again.");
+        markRefused(file);
         resolve(null);
       });
       request.send(data);

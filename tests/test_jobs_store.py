@@ -25,6 +25,7 @@ from whisper_service.queue.jobs import PROGRESS_SECONDS, JobState
 from whisper_service.progress import FinishedSegment, Progress
 from whisper_service.queue.store.base import COPY_CHUNK, EDITED_FILE, ENVELOPE_FILE, Claimant
 from whisper_service.errors import BadOption
+from whisper_service.failures import explain
 from whisper_service.loudness import MIN_BINS
 from whisper_service.transcript import Segment, Speaker, Transcript
 from whisper_service.transcript_edits import parse_edits
@@ -92,8 +93,10 @@ def test_a_job_whose_leases_keep_lapsing_ends_failed_with_its_reason(make_queue)
         assert last.recover() == 1
         failed = last.get(job.id)
         assert (failed.state, failed.attempts) == (JobState.FAILED, 2)
-        assert failed.error == ("transcription failed 2 times: "
-                                "the server stopped while transcribing it")
+        assert failed.error == ("The server stopped while transcribing this file. "
+                                "It was tried 2 times.")
+        assert failed.error_detail == ("failed 2 times; the last time: "
+                                       "the server stopped while transcribing it")
         assert last.store.counters()["jobs_failed"] == 1
     finally:
         for blocker in blockers:
@@ -190,7 +193,7 @@ def test_the_text_final_so_far_goes_with_the_attempt(make_queue):
     assert store.get(job.id)["partial_text"] == " Hello"
     assert not store.progress(job.id, "another claim", 0.4, 3.0, " Hijacked")
     assert store.get(job.id)["partial_text"] == " Hello"
-    settled = store.settle(job.id, "first", lambda row: queue._end_attempt(row, "it broke"))
+    settled = store.settle(job.id, "first", lambda row: queue._end_attempt(row, explain(RuntimeError("it broke"))))
     assert settled.changes["state"] == JobState.QUEUED.value
     assert queue.get(job.id).partial_text == ""
     assert not store.progress(job.id, "first", 0.1, None, " Stale")  # its claim is gone

@@ -291,7 +291,9 @@ def test_media_errors_in_openai_shape(client, media):
     error = openai_error(post(client, media["notes.mp3"]), 400, "file")  # as OpenAI answers
     assert error["code"] == "not_media"
     assert "'notes.mp3' is not an audio or video file" in error["message"]
-    assert openai_error(post(client, media["empty.wav"]), 422, "file")["code"] == "empty_media"
+    # OpenAI's clients expect 400 for an empty file (BadRequestError), as for any bad file
+    assert openai_error(post(client, media["empty.wav"]), 400, "file")["code"] == "empty_media"
+    assert openai_error(post(client, media["truncated.mp3"]), 400, "file")["code"] == "truncated_media"
 
 
 def test_failed_job_is_raised_again(english_checkpoint, tmp_path, media):

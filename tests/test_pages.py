@@ -78,7 +78,7 @@ def test_a_running_job_with_a_cancel_asked_for_reads_cancelling(busy_client, med
     job = job_of(busy_client.application, queued_job(busy_client, media))
     running = dataclasses.replace(job, state=JobState.RUNNING, cancel_requested=True, progress=0.3)
     assert state_words(running) == "Cancelling…"
-    assert state_words(dataclasses.replace(running, cancel_requested=False)) == "Transcribing: 30 %"
+    assert state_words(dataclasses.replace(running, cancel_requested=False)) == "Transcribing…"
     assert state_words(dataclasses.replace(job, state=JobState.CANCELLED)) == "Cancelled"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -238,13 +239,13 @@ def test_the_page_shows_what_the_status_reports_smoothly_and_counts_down(page, i
     expect(page.locator("#job-eta")).to_have_text("About 1 min 30 s until it is done.")
     expect(page.get_by_text("You can close this tab")).to_be_visible()
 
-    answers.append(reported({"state": "running", "label": "Transcribing: 40 %", "progress": 0.4,
+    answers.append(reported({"state": "running", "label": "Transcribing…", "progress": 0.4,
                              "eta_seconds": 30}))
     seen = set()
     wait_until(lambda: seen.add(page.locator("#job-progress").evaluate("p => p.value")) or 40 in seen,
                10, interval=0.02, what="the bar to reach 40 %")
     assert any(0 < value < 40 for value in seen), seen  # on its way, not in one jump
-    expect(page.locator("#job-state")).to_have_text("Transcribing: 40 %")
+    expect(page.locator("#job-state")).to_have_text("Transcribing…")  # the % once: beside the bar
     eta = page.locator("#job-eta")
     expect(eta).to_have_text(re.compile(r"^About \d+ s left\.$"))
     # two seconds of the page's time, stopped and moved on by the test: a loaded machine
@@ -368,26 +369,48 @@ def test_several_files_and_the_ones_refused(page, live_server, media, tmp_path):
     }""")
     expect(page.locator("#file-list li")).to_have_count(2)  # dropped files are all taken
     expect(errors).to_contain_text("memo.mp3 is not audio or video we can read.")
+    # small files by their size in bytes, never "(0.0 MB)"; the refused one marked in the list
+    expect(page.locator("#file-list li", has_text="b.wav")).to_have_text("b.wav (4 bytes)")
+    expect(page.locator("#file-list li.refused")).to_have_count(1)
+    expect(page.locator("#file-list li.refused")).to_contain_text("memo.mp3 (10 bytes) — not sent")
     page.set_input_files("#file", [str(media["speech.wav"]), str(media["notes.mp3"]),
                                    str(media["speech.flac"]), str(junk)])
     expect(errors).not_to_contain_text("memo.mp3")
     # checked in the browser, before anything is sent
     expect(errors).to_contain_text("notes.mp3 is not audio or video we can read.")
     expect(page.locator("#file-list li")).to_have_count(4)
+    expect(page.locator("#file-list li", has_text="speech.wav")).to_have_text(re.compile(r"^speech\.wav \(\d+ KB\)$"))
     choose_preset(page, "Fast")
     page.click("#submit")
     expect(errors).to_contain_text("2 files were queued.", timeout=30_000)
     expect(errors).to_contain_text("junk.mp3 is not audio or video we can read.")
+    # the two refused (one here, one by the server) are marked in the chosen list
+    expect(page.locator("#file-list li.refused")).to_have_count(2)
+    expect(page.locator("#file-list li.refused", has_text="junk.mp3")).to_contain_text("not sent")
     detail = errors.locator(".field-error", has_text="junk.mp3").locator("details")
     expect(detail.locator(".detail")).to_be_hidden()
     detail.locator("summary").click()
     expect(detail.locator(".detail")).to_contain_text("ffmpeg")
     shoot(page, "desktop-upload-refused")
     page.get_by_role("link", name="See them together").click()
-    expect(page.get_by_role("heading", name="2 files queued")).to_be_visible()
+    expect(page.locator("#batch-heading")).to_have_text(re.compile(r"^2 files"))
     expect(page.locator("table.jobs tbody tr")).to_have_count(2)
     expect(page.locator("table.jobs")).to_contain_text("speech.wav")
     expect(page.locator("table.jobs")).to_contain_text("speech.flac")
+    # once both are done the heading says so (not "queued"), and Download all is offered
+    expect(page.locator("#batch-heading")).to_have_text("2 files done", timeout=60_000)
+    expect(page.get_by_text("Download all 2 transcripts as one zip")).to_be_visible()
+    page.get_by_label("JSON").check()
+    page.get_by_label("SRT").uncheck()
+    shoot(page, "desktop-batch-done")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download all").click()
+    assert download.value.suggested_filename == "transcripts.zip"
+    with zipfile.ZipFile(download.value.path()) as archive:
+        # speech.wav and speech.flac: one stem, told apart
+        assert set(archive.namelist()) == {"speech.json", "speech.txt", "speech (2).json",
+                                           "speech (2).txt"}
+        assert all(archive.read(name) for name in archive.namelist())
 
 
 def test_an_upload_that_is_also_a_page_runs_no_script_here(page, live_server, media, tmp_path):

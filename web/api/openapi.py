@@ -550,7 +550,7 @@ def _openai_paths() -> Dict[str, Any]:
                                         "description": "stream=true: `data: {event}` lines, "
                                                        "each event an OpenAITranscriptionEvent; "
                                                        "an error as `data: {\"error\": ...}`"}}}},
-                **_errors(400, 401, 409, 422, 500, 503, 504, 507, schema="OpenAIError"),
+                **_errors(400, 401, 409, 500, 503, 504, 507, schema="OpenAIError"),
             },
         }}
 

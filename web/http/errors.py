@@ -4,6 +4,7 @@ a page in the browser, JSON under /api and /invocations, OpenAI's error shape un
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Optional, Tuple
 
@@ -13,8 +14,10 @@ from werkzeug.routing import WebsocketMismatch
 
 from whisper_service import errors as service_errors
 from web.http.intake import TooManyUploads
+from whisper_service.failures import explain
 from whisper_service.queue.jobs import Job, QueueFull
 
+log = logging.getLogger(__name__)
 WAITERS_RETRY_SECONDS = 30  # what a caller refused for want of a waiting place is told
 
 
@@ -56,9 +59,10 @@ OPENAI_PREFIX = "/v1/"
 # header, which they obey, says when that cannot help (a cancelled job, a bad request)
 RETRY_HEADER = "x-should-retry"
 WORTH_RETRYING = (408, 429)
-# OpenAI's API answers a file it cannot use with 400 (its clients raise BadRequestError);
-# 413 and 415 are not among the codes its clients know
-OPENAI_STATUS = {413: 400, 415: 400}
+# OpenAI's API answers a file it cannot use with 400 (its clients raise BadRequestError):
+# 413 and 415 are not among the codes its clients know, and an empty, truncated or too long
+# file (422 elsewhere) is a bad request there too
+OPENAI_STATUS = {413: 400, 415: 400, 422: 400}
 
 
 class JobFailed(service_errors.ServiceError):
@@ -108,7 +112,12 @@ def _shaped(status: int, code: str, message: str, field: Optional[str]) -> dict:
 def describe(error: Exception) -> Tuple[int, str, str, Optional[str]]:
     """(status, code, message, field) of any error a request can end in."""
     if isinstance(error, service_errors.ServiceError):
-        return status_of(error), error_code(error), str(error), error.field
+        # the sentence people are shown (failures.py): no server path, no errno; the
+        # operator's detail goes to the log when it says more
+        failure = explain(error)
+        if not isinstance(error, JobFailed) and failure.message != str(error):
+            log.warning("%s %s: %s", request.method, request.path, failure.detail)
+        return status_of(error), error_code(error), failure.message, failure.field
     if isinstance(error, HTTPException):
         return error.code or 500, error_code(error), error.description or "", None
     return 500, "server_error", "The transcription failed on the server.", None

@@ -5,8 +5,9 @@ Views only translate HTTP to and from the job queue; the model runs in its consu
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from flask import (
     Blueprint, abort, current_app, jsonify, redirect, render_template, request, send_file,
@@ -181,6 +182,28 @@ def speaker_colour(transcript, speaker_id) -> int:
     return ids.index(speaker_id) % SPEAKER_COLOURS if speaker_id in ids else 0
 
 
+@dataclass(frozen=True)
+class ModelShown:
+    """The model line of a done job's facts."""
+
+    label: str  # the model that made the transcript, as people know it
+    stood_in_for: Optional[str]  # the model the job asked for, when another one ran instead
+    why: str  # why, after "which": "could not be loaded here", "cannot translate"
+
+
+@blueprint.app_template_global()
+def model_shown(job: Job, transcript) -> ModelShown:
+    """Which model made the transcript, and whether it stood in for the one chosen."""
+    models = current_app.extensions["whisper_service"].models
+    chosen = job.options.model or models.default
+    made_by = transcript.model
+    if made_by == chosen:
+        return ModelShown(models.label(made_by), None, "")
+    why = ("cannot translate" if transcript.task == "translate" and made_by == models.translate_model
+           else "could not be loaded here")
+    return ModelShown(models.label(made_by), models.label(chosen), why)
+
+
 @blueprint.get("/jobs/<job_id>/status")
 def status(job_id: str):
     job = _job(job_id)
@@ -243,7 +266,7 @@ def state_words(job: Job) -> str:
     if job.state == "queued":
         return f"Waiting: number {job.position} in the queue"
     if job.state == "running":
-        return f"Transcribing: {round(job.progress * 100)} %"
+        return "Transcribing…"  # the percentage is the bar's, shown once beside it
     return job.state.value.capitalize()
 
 

@@ -14,14 +14,15 @@ final so far, for text shown before the end) and a typed result.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence, Union
+from dataclasses import replace
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import whisper
 from whisper.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
-from whisper_service.engines import batched, sequential
+from whisper_service.engines import batched, sequential, short_clips
 from whisper_service.engines.batched import FileRequest, windows_per_batch
 from whisper_service.errors import BadOption, ModelBusy
 from whisper_service.models import LoadedModel
@@ -63,7 +64,9 @@ def transcribe(
 ) -> Transcript:
     """Transcribe (or translate) 16 kHz mono audio. batch_windows: windows decoded together
     in batched mode; None chooses from free GPU memory. times: where the batched engine
-    adds each stage's seconds."""
+    adds each stage's seconds. A clip too short to hold more than a word is decoded once
+    (short_clips), without the temperature fallback."""
+    options = short_clips.for_clip(options, len(audio) / SAMPLE_RATE)
     if mode_of(loaded, options) == "batched":
         outcome = transcribe_together(loaded, [FileRequest(audio, options, progress)],
                                       batch_windows, times)[0]
@@ -91,7 +94,11 @@ def transcribe_together(
     Transcript or the error that stopped it alone (a language the model cannot do, its
     progress callback raising). Their shared_options must be equal."""
     outcomes: List[Union[Transcript, Exception, None]] = [None] * len(requests)
-    by_language: Dict[str, List[int]] = defaultdict(list)
+    # a short clip decodes at one temperature (short_clips): it shares batches only with
+    # files whose schedule is the same
+    requests = [replace(r, options=short_clips.for_clip(r.options, len(r.audio) / SAMPLE_RATE))
+                for r in requests]
+    by_language: Dict[Tuple[str, Tuple[float, ...]], List[int]] = defaultdict(list)
     probabilities: Dict[int, float] = {}
     for index, request in enumerate(requests):
         try:
@@ -101,10 +108,10 @@ def transcribe_together(
             continue
         with loaded.lock:
             language, probabilities[index] = _language(loaded, request.audio, request.options)
-        by_language[language].append(index)
+        by_language[language, request.options.temperature].append(index)
     # the model's lock is taken batch by batch (batched.py), so a language detection
     # asked for meanwhile waits for one batch, not for the whole run
-    for language, indexes in by_language.items():
+    for (language, _), indexes in by_language.items():
         group = [requests[i] for i in indexes]
         size = batch_windows or windows_per_batch(loaded, group[0].options.beam_size)
         decoded = batched.decode_files(loaded, group, language, size, times)

@@ -34,6 +34,8 @@ REPORT_EVERY_SECONDS = 0.5  # at most this often; the job queue writes no more o
 TIME_PRECISION = 0.02  # seconds per timestamp token
 # speech at 150 words a minute, about 1.3 tokens a word: some 3 tokens a second
 SECONDS_PER_TEXT_TOKEN = 0.3
+# the most of a window that is reported before its decoder has finished it
+UNFINISHED_SHARE = 0.9
 
 Report = Callable[[Sequence[float]], None]
 _scope = threading.local()
@@ -80,8 +82,10 @@ class Watch:
 
 def within(seconds: float, length: float) -> float:
     """Seconds reached in a window of `length` seconds: all of it once it has finished
-    (math.inf), else short of its end, which only the decoder finishing it may report."""
-    return length if seconds == math.inf else min(seconds, max(0.0, length - TIME_PRECISION))
+    (math.inf), else at most UNFINISHED_SHARE of it. The reach is a guess (text tokens
+    counted as seconds, a decode that may start over at a higher temperature), so a window
+    still decoding never looks nearly done: the last one of a file never shows 99 %."""
+    return length if seconds == math.inf else min(seconds, UNFINISHED_SHARE * length)
 
 
 def seconds_reached(stamp: int, text_tokens: int, timestamp_begin: int) -> float:

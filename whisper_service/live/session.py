@@ -47,6 +47,7 @@ import numpy as np
 from whisper.audio import N_SAMPLES, SAMPLE_RATE
 
 from whisper_service.errors import BadOption, ServiceError
+from whisper_service.failures import explain
 from whisper_service.options import TranscribeOptions
 from whisper_service.transcript import Segment, Transcript, Word
 from whisper_service.live.gate import END_SILENCE_MS, SpeechGate, Transition
@@ -428,7 +429,8 @@ class LiveSession:
             self._heard = max(self._heard, request.end)
             if not self._failed:
                 self._failed = True
-                self._emit(DecodeFailed(str(error) if isinstance(error, ServiceError)
+                # people's sentence (failures.py): a model that cannot load names no path
+                self._emit(DecodeFailed(explain(error).message if isinstance(error, ServiceError)
                                         else "the live decoder failed; see the server's log"))
             if request.final:
                 self._finish(request.utterance)

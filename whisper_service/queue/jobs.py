@@ -34,6 +34,8 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence,
 
 from whisper_service import cancel
 from whisper_service.errors import ServiceError, StoreUnavailable
+from whisper_service.failures import Failure, explain, stopped
+from whisper_service.pace import Pace, TimeLeft, pace_key
 from whisper_service.options import SubtitleLayout, TranscribeOptions
 from whisper_service.progress import Progress
 from whisper_service.queue.backoff import Backoff
@@ -95,7 +97,7 @@ class Job:
     started_at: Optional[float]
     finished_at: Optional[float]
     progress: float  # 0..1
-    eta_seconds: Optional[float]  # while running, from the rate of progress so far
+    eta_seconds: Optional[float]  # while running: the time left at this host's pace (pace.py)
     position: Optional[int]  # 1-based place in the queue while queued
     error: Optional[str]  # why a failed job failed, as a sentence for people
     error_kind: Optional[str]  # the ServiceError class behind it ("TruncatedMedia"), if any
@@ -107,6 +109,9 @@ class Job:
     # while running: the text of the segments final so far ("" before the first), written
     # with progress; it begins the transcript's text, which takes its place once done
     partial_text: str = ""
+    # a failed job's detail for the operator (failures.Failure.detail: the error's class and
+    # text, which may name server paths): the log has it, the page shows it to signed-in ones
+    error_detail: Optional[str] = None
     # the upload as a local file: fetched on first use where the store keeps it elsewhere
     media_source: Callable[[], str] = field(compare=False, repr=False, default=lambda: "")
 
@@ -238,6 +243,8 @@ class JobQueue:
         self._registry: Optional[RegistryBeat] = None  # beats while started, jobs or not
         self._cancels: Dict[str, threading.Event] = {}  # running here: id -> asked to stop
         self._cancels_lock = threading.Lock()
+        # how fast this process transcribes, per model and options: the running jobs' time left
+        self.pace = Pace()
 
     # --- what HTTP threads call ----------------------------------------------------------
 
@@ -485,7 +492,7 @@ class JobQueue:
     def recover(self) -> int:
         """Requeue (or end) running jobs whose consumer is gone; returns how many."""
         recovered = self.store.recover(self._is_orphan,
-                                       lambda row: self._end_attempt(row, ORPHAN_REASON))
+                                       lambda row: self._end_attempt(row, stopped(ORPHAN_REASON)))
         for row, settlement in recovered:
             log.warning("job %s was orphaned by process %s on %s (%s); now %s", row["id"],
                         row["claim_pid"], row["claim_host"],
@@ -636,24 +643,26 @@ class JobQueue:
                 outcome = error
         if isinstance(outcome, (_Aborted, cancel.Cancelled)):
             settled = self.store.settle(job.id, token,
-                                        lambda row: self._end_attempt(row, "cancelled"))
+                                        lambda row: self._end_attempt(row, stopped("cancelled")))
             log.info("job %s stopped: %s", job.id,
                      settled.changes["state"] if settled else "deleted or taken over")
         elif isinstance(outcome, StoreUnavailable):  # its upload could not be fetched
             settled = self.store.settle(job.id, token, self._give_back)
             log.info("job %s: the store was away before it began; now %s", job.id,
                      settled.changes["state"] if settled else "deleted or taken over")
-        elif isinstance(outcome, ServiceError):  # the media or options are at fault
+        elif isinstance(outcome, ServiceError):  # the media, options or model are at fault
+            failure = explain(outcome)
             self.store.settle(job.id, token, lambda row: Settlement(
-                dict(state=JobState.FAILED.value, error=str(outcome)[:MAX_ERROR_CHARS],
-                     error_kind=type(outcome).__name__, error_field=outcome.field,
+                dict(state=JobState.FAILED.value, error=failure.message[:MAX_ERROR_CHARS],
+                     error_kind=failure.kind, error_field=failure.field,
+                     error_detail=failure.detail[:MAX_ERROR_CHARS],
                      eta_seconds=None, finished_at=time.time(), lease_until=None,
                      partial_text=None),
                 counters={"jobs_failed": 1}))
-            log.warning("job %s failed: %s", job.id, outcome)
+            log.warning("job %s failed: %s", job.id, failure.detail)
         else:
-            reason = str(outcome) or type(outcome).__name__
-            settled = self.store.settle(job.id, token, lambda row: self._end_attempt(row, reason))
+            failure = explain(outcome)
+            settled = self.store.settle(job.id, token, lambda row: self._end_attempt(row, failure))
             log.warning("job %s: attempt %d failed (now %s)", job.id, job.attempts,
                         settled.changes["state"] if settled else "deleted or taken over",
                         exc_info=outcome)
@@ -674,22 +683,25 @@ class JobQueue:
         else:
             log.info("job %s was deleted or taken over; result dropped", job.id)
 
-    def _end_attempt(self, row: Row, reason: str) -> Settlement:
-        """After an attempt that did not finish: cancelled, failed for good (the dead
-        letter: its reason kept), or queued again."""
+    def _end_attempt(self, row: Row, failure: Failure) -> Settlement:
+        """After an attempt that did not finish (failure: why): cancelled, failed for good
+        (the dead letter: its sentence and detail kept), or queued again."""
         now = time.time()
         counters: Dict[str, float] = {}
+        detail = None
         if row["cancel_requested"]:
             state, error, finished_at = JobState.CANCELLED, None, now
             counters["jobs_cancelled"] = 1
         elif row["attempts"] >= self.max_attempts:
             state, finished_at = JobState.FAILED, now
-            error = f"transcription failed {_times(row['attempts'])}: {reason}"[:MAX_ERROR_CHARS]
+            tried = _times(row["attempts"])
+            error = f"{failure.message} It was tried {tried}."[:MAX_ERROR_CHARS]
+            detail = f"failed {tried}; the last time: {failure.detail}"[:MAX_ERROR_CHARS]
             counters["jobs_failed"] = 1
         else:
             state, error, finished_at = JobState.QUEUED, None, None
         # the text final so far goes too: the transcript has it, or another attempt starts over
-        changes = dict(state=state.value, error=error, finished_at=finished_at,
+        changes = dict(state=state.value, error=error, error_detail=detail, finished_at=finished_at,
                        eta_seconds=None, claim_pid=None, claim_token=None, claim_host=None,
                        lease_until=None, partial_text=None)
         if state is JobState.QUEUED:
@@ -700,7 +712,7 @@ class JobQueue:
         """A job whose attempt never began (the store went away while its upload was
         fetched): queued again as it was, the attempt not counted against max_attempts."""
         if row["cancel_requested"]:
-            return self._end_attempt(row, "cancelled")
+            return self._end_attempt(row, stopped("cancelled"))
         return Settlement(
             dict(state=JobState.QUEUED.value, attempts=max(0, row["attempts"] - 1),
                  progress=0.0, started_at=None, eta_seconds=None, claim_pid=None,
@@ -767,21 +779,21 @@ class JobQueue:
         kept, so the text of one that came between writes goes with the next write, and a
         report without segments (diarization's) does not take text away."""
         last_write = 0.0
-        started_at = job.started_at or time.time()
         segments: tuple = ()  # the most final segments reported
         written = 0  # of them in the store
+        # the time left: this host's pace for the model and options, corrected by each report
+        left = TimeLeft(self.pace, pace_key(job.options.model, job.options))
 
         def report(progress: Progress) -> None:
             nonlocal last_write, segments, written
             if len(progress.segments) > len(segments):
                 segments = progress.segments
+            eta = left.update(progress.done_seconds, progress.total_seconds)
             now = time.monotonic()
             if now - last_write < PROGRESS_SECONDS and progress.fraction < 1.0:
                 return
             last_write = now
             fraction = progress.fraction
-            elapsed = time.time() - started_at
-            eta = elapsed * (1.0 - fraction) / fraction if fraction > 0 else None
             text = None
             if len(segments) > written:
                 text = "".join(segment.text for segment in segments)
@@ -818,6 +830,7 @@ class JobQueue:
             media_type=row["media_type"],
             cancel_requested=bool(row["cancel_requested"]),
             partial_text=row.get("partial_text") or "",
+            error_detail=row.get("error_detail"),
             media_source=lambda: self.store.media_path(job_id) or self.store.local_media_path(job_id),
         )
 

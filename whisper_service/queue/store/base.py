@@ -26,7 +26,7 @@ COLUMNS = (
     "id", "state", "filename", "options", "created_at", "started_at", "finished_at",
     "progress", "eta_seconds", "error", "error_kind", "error_field", "attempts", "model",
     "media_type", "cancel_requested", "claim_host", "claim_pid", "claim_token", "lease_until",
-    "partial_text",
+    "partial_text", "error_detail",
 )
 # counters kept in the store for /metrics; they only ever grow (purges do not lower them)
 COUNTERS = ("jobs_done", "jobs_failed", "jobs_cancelled", "audio_seconds", "processing_seconds")

@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     claim_pid INTEGER,                      -- ... the process ...
     claim_token TEXT,                       -- ... and which start() of that process
     lease_until DOUBLE PRECISION,           -- the claim lapses then (database clock)
-    partial_text TEXT                       -- while running: the text final so far
+    partial_text TEXT,                      -- while running: the text final so far
+    error_detail TEXT                       -- a failed job's detail for the operator
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 -- a job's files in pieces; the key is checked at commit, so the pieces of an upload can be
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 # columns added since the first release: a database made by an older version gets them
 # (added only where missing: ALTER TABLE would wait for every transaction on jobs)
-_ADDED_COLUMNS = {"partial_text": "TEXT"}
+_ADDED_COLUMNS = {"partial_text": "TEXT", "error_detail": "TEXT"}
 _SELECT = f"""
 SELECT *, CASE WHEN state = 'queued' THEN
     (SELECT COUNT(*) FROM jobs AS ahead WHERE ahead.state = 'queued' AND ahead.seq <= jobs.seq)

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     claim_token TEXT,                       -- ... and which start() of that process
     claim_host TEXT,                        -- ... on which host
     lease_until REAL,                       -- the claim lapses then unless renewed
-    partial_text TEXT                       -- while running: the text final so far
+    partial_text TEXT,                      -- while running: the text final so far
+    error_detail TEXT                       -- a failed job's detail for the operator
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
@@ -66,7 +67,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
 """
 # columns added since the first release: a database written by an older version gets them
 _ADDED_COLUMNS = {"media_type": "TEXT", "claim_host": "TEXT", "lease_until": "REAL",
-                  "partial_text": "TEXT"}
+                  "partial_text": "TEXT", "error_detail": "TEXT"}
 # a queued job's 1-based place: the queued jobs submitted before it, and itself
 _SELECT = """
 SELECT *, CASE WHEN state = 'queued' THEN
