@@ -54,7 +54,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     data_folder = settings.data_dir or os.path.join(app.instance_path, "jobs")
     space = DiskSpace(data_folder, settings.min_free_mb * MB)
     queue = JobQueue(
-        open_store(settings.database_url, data_folder),
+        open_store(settings.database_url, data_folder, settings.object_store),
         service,
         max_queued=settings.max_queued,
         max_attempts=settings.max_attempts,

@@ -337,6 +337,34 @@ def postgres():
     cluster.destroy()
 
 
+@pytest.fixture(scope="session")
+def seaweed():
+    """One real S3 server (SeaweedFS) for the whole session (tests/seaweed.py). A missing
+    binary fails the tests that need it, with what to install: they are never skipped."""
+    from seaweed import MissingSeaweed, Seaweed
+
+    try:
+        server = Seaweed()
+    except MissingSeaweed as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def object_store(seaweed, monkeypatch) -> str:
+    """A WHISPER_OBJECT_STORE of its own for one test: a fresh prefix in the session's
+    bucket; the endpoint and key are in the environment, where boto3 reads them (and
+    servers the test starts inherit them)."""
+    import secrets
+
+    from seaweed import BUCKET
+
+    for name, value in seaweed.environment().items():
+        monkeypatch.setenv(name, value)
+    return f"s3://{BUCKET}/t_{secrets.token_hex(6)}"
+
+
 @pytest.fixture
 def postgres_url(postgres) -> str:
     """A database URL of its own for one test: a fresh schema, first on the search path."""

@@ -117,13 +117,28 @@ def root(tmp_path) -> str:
 
 
 class Backend:
-    """One of the stores, and what a test needs to know of it."""
+    """One of the stores, and what a test needs to know of it: sqlite, postgres (files in
+    the database) or s3 (PostgreSQL for state, files as objects in a real S3 server)."""
 
-    def __init__(self, name: str, url: str, root: str):
+    def __init__(self, name: str, url: str, root: str, object_store: str = ""):
         self.name, self.url, self.root = name, url, root
+        self.object_store = object_store  # WHISPER_OBJECT_STORE, for s3
 
-    def store(self):
-        return open_store(self.url, self.root)
+    @property
+    def shared(self) -> bool:
+        """Whether hosts share it (each with a local folder of its own)."""
+        return self.name != "sqlite"
+
+    def store(self, root: str = ""):
+        """The store as a host whose local folder is root (the test's own by default)."""
+        return open_store(self.url, root or self.root, self.object_store)
+
+    def settings(self) -> dict:
+        """The WHISPER_* settings of a server on this store."""
+        found = {"WHISPER_DATABASE_URL": self.url}
+        if self.object_store:
+            found["WHISPER_OBJECT_STORE"] = self.object_store
+        return found
 
     def set_column(self, job_id: str, column: str, value) -> None:
         """Change a row behind the queue's back (a test's stand-in for history)."""
@@ -146,10 +161,11 @@ class Backend:
         return [f"{job_id}/media"]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "s3"])
 def backend(request, root) -> Backend:
-    url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
-    return Backend(request.param, url, root)
+    url = request.getfixturevalue("postgres_url") if request.param != "sqlite" else ""
+    objects = request.getfixturevalue("object_store") if request.param == "s3" else ""
+    return Backend(request.param, url, root, objects)
 
 
 @pytest.fixture
@@ -469,8 +485,8 @@ def test_a_job_that_keeps_taking_the_server_down_fails(make_queue):
             blocker.release.set()
 
 
-def _consume_in_child(url: str, root: str, running) -> None:
-    JobQueue(open_store(url, root), Blocker(running)).start()
+def _consume_in_child(url: str, root: str, objects: str, running) -> None:
+    JobQueue(open_store(url, root, objects), Blocker(running)).start()
     time.sleep(WAIT)  # until killed
     os._exit(0)
 
@@ -481,7 +497,8 @@ def test_a_live_process_keeps_its_job_and_a_killed_ones_job_is_recovered(make_qu
     job = submit_bytes(queue, "talk.mp3")
     fork = multiprocessing.get_context("fork")
     running = fork.Event()
-    child = fork.Process(target=_consume_in_child, args=(backend.url, backend.root, running))
+    child = fork.Process(target=_consume_in_child, args=(backend.url, backend.root, backend.object_store,
+                                                                 running))
     child.start()
     try:
         assert running.wait(WAIT)

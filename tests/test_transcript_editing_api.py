@@ -35,7 +35,7 @@ def recorded_transcript() -> Transcript:
 
 @pytest.fixture
 def web_app(backend, checkpoint, tmp_path):
-    app = make_app(checkpoint, tmp_path, WHISPER_DATABASE_URL=backend.url, WHISPER_ROLE="web")
+    app = make_app(checkpoint, tmp_path, **backend.settings(), WHISPER_ROLE="web")
     yield app
     app.extensions["whisper_jobs"].store.close()
 

@@ -96,6 +96,7 @@ class Settings:
     web_ui: str = "auto"  # WHISPER_WEB_UI: open, key (sign in with an API key) or off; auto = key when API keys are set
     diarization: str = "embedded"  # WHISPER_DIARIZATION: speaker labels by the embedded model, or pyannote (needs HF_TOKEN)
     database_url: str = ""  # WHISPER_DATABASE_URL: postgresql://... shared by many hosts; "" = SQLite in WHISPER_DATA_DIR
+    object_store: str = ""  # WHISPER_OBJECT_STORE: s3://bucket/prefix for uploads, recordings and transcripts (needs WHISPER_DATABASE_URL); "" = files in the job store
     role: str = "all"  # WHISPER_ROLE: all (HTTP and transcription in each server process) or web (HTTP only)
     lease_seconds: float = 60.0  # WHISPER_LEASE_SECONDS: a running job whose worker was not heard from this long runs again
     live_sessions: int = 8  # WHISPER_LIVE_SESSIONS: live sessions a server process takes at once (each holds an HTTP thread)
@@ -152,6 +153,13 @@ class Settings:
         if self.database_url and not self.database_url.startswith(DATABASE_SCHEMES):
             raise ConfigError("WHISPER_DATABASE_URL must be a postgresql:// URL, or empty for "
                               "SQLite in WHISPER_DATA_DIR")
+        if self.object_store:
+            if not self.database_url:
+                raise ConfigError("WHISPER_OBJECT_STORE needs WHISPER_DATABASE_URL: the "
+                                  "embedded SQLite store keeps its files in WHISPER_DATA_DIR")
+            from whisper_service.queue.store.objects import parse_url
+
+            parse_url(self.object_store)  # a ConfigError naming the setting
         for entry in self.trusted_proxies:
             try:
                 ipaddress.ip_network(entry, strict=False)
@@ -285,6 +293,7 @@ _PARSERS = {
     "sync_waiters": _positive(int),
     "web_ui": _lower,
     "database_url": _text,
+    "object_store": _text,
     "role": _lower,
     "cpu_decoder": _lower,
     "lease_seconds": _positive(float),

@@ -61,7 +61,8 @@ class Worker:
     """The consumers of one process; start(), then stop() on a signal."""
 
     def __init__(self, settings: Settings, devices: Sequence[str]):
-        self.store = open_store(settings.database_url, settings.data_dir or DEFAULT_DATA_DIR)
+        self.store = open_store(settings.database_url, settings.data_dir or DEFAULT_DATA_DIR,
+                                settings.object_store)
         self.queues: List[JobQueue] = []
         for device in devices:
             service = WhisperService(replace(settings, device=device))

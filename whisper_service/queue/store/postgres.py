@@ -5,10 +5,11 @@ hosts and GPU hosts share nothing but the database.
   on each other's claims, nor take the same job.
 - Leases are stamped and checked with the database's clock, so hosts whose clocks differ
   still agree on when a lease lapsed.
-- Files (uploads, transcripts) are rows of at most COPY_CHUNK bytes in job_files, written
-  with COPY and read with a server-side cursor: a 1 GB upload is never in memory at once.
-  Each host keeps the uploads it wrote or read in a local folder (a cache: the model reads
-  files by path), removed with the job.
+- Files (uploads, transcripts, side files) go to a blobs.JobFiles: rows of job_files in
+  this database by default (blobs.TableFiles), or objects in S3 storage when
+  WHISPER_OBJECT_STORE is set (objects.ObjectFiles), and then PostgreSQL keeps state, queue
+  and leases only. Each host keeps the uploads it wrote or read in a local folder (a cache:
+  the model reads files by path), removed with the job.
 - Submits and requeues NOTIFY a channel; idle consumers LISTEN on it instead of polling.
 - Connections are pooled per process and checked before each use, so a restarted database
   costs a retry, not a crash. While it cannot be reached, every call raises
@@ -30,10 +31,11 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import psycopg
 from psycopg.rows import dict_row
 
-from whisper_service.queue.store.base import (COPY_CHUNK, COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide,
+from whisper_service.queue.store.base import (COUNTERS, MEDIA_FILE, TRANSCRIPT_FILE, Claimant, Decide,
                    JobStore, Row, Settlement)
 from whisper_service.errors import StoreUnavailable
 from whisper_service.queue.store.base import check_side_file
+from whisper_service.queue.store.blobs import JobFiles, TableFiles
 from whisper_service.queue.store.files import remove_strays
 from whisper_service.queue.store.reachability import Reachability
 
@@ -76,15 +78,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_detail TEXT                       -- a failed job's detail for the operator
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, seq);
--- a job's files in pieces; the key is checked at commit, so the pieces of an upload can be
--- written before its row, and the queue's length lock is held only for the row's insert
-CREATE TABLE IF NOT EXISTS job_files (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
-    name TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    data BYTEA NOT NULL,
-    PRIMARY KEY (job_id, name, part)
-);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL, info TEXT NOT NULL
@@ -181,8 +174,10 @@ class PostgresStore(JobStore):
     errors = (psycopg.Error, StoreUnavailable)
     shared_across_hosts = True
 
-    def __init__(self, url: str, cache_root: str):
+    def __init__(self, url: str, cache_root: str, files: Optional[JobFiles] = None):
         self.root = cache_root  # this host's copies of uploads
+        self._files = files or TableFiles()  # where jobs' files are kept
+        self._files.check()
         self._pool = _Pool(url)
         self._wakers: List[Callable[[], None]] = []
         self._listener: Optional[threading.Thread] = None
@@ -190,7 +185,7 @@ class PostgresStore(JobStore):
         os.makedirs(cache_root, exist_ok=True)
         with self._transaction() as db:
             db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            db.execute(_SCHEMA)
+            db.execute(_SCHEMA + self._files.schema)
             columns = {row["column_name"] for row in db.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
                 "AND table_schema = current_schema()")}
@@ -209,7 +204,7 @@ class PostgresStore(JobStore):
         marks = ", ".join("%s" for _ in row)
         try:
             with self._transaction() as db:
-                self._write_file(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
+                self._files.put_path(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
                 # stamped under the lock, so that created_at orders jobs as seq does
                 row = dict(row, created_at=time.time())
@@ -221,17 +216,24 @@ class PostgresStore(JobStore):
                 if not inserted:
                     raise _Full()  # rolls the pieces back with the transaction
                 db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
-        except _Full:
-            return False
+        except BaseException as error:
+            self._forget_files(row["id"])  # the row was not written: neither are its files
+            if isinstance(error, _Full):
+                return False
+            raise
         return True
 
     def add_finished(self, row: Row, transcript: str) -> None:
         columns = ", ".join(row)
-        with self._transaction() as db:
-            self._write_file(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
-            self._put_text(db, row["id"], TRANSCRIPT_FILE, transcript)
-            db.execute(f"INSERT INTO jobs ({columns}) VALUES ({', '.join('%s' for _ in row)})",
-                       tuple(row.values()))
+        try:
+            with self._transaction() as db:
+                self._files.put_path(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
+                self._files.put_text(db, row["id"], TRANSCRIPT_FILE, transcript)
+                db.execute(f"INSERT INTO jobs ({columns}) VALUES ({', '.join('%s' for _ in row)})",
+                           tuple(row.values()))
+        except BaseException:
+            self._forget_files(row["id"])
+            raise
 
     def discard_local(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
@@ -270,7 +272,7 @@ class PostgresStore(JobStore):
         temp = f"{path}.{secrets.token_hex(8)}.tmp"
         try:
             with open(temp, "wb") as out, self._transaction() as db:
-                if not self._read_file(db, job_id, MEDIA_FILE, out.write):
+                if not self._files.read(db, job_id, MEDIA_FILE, out.write):
                     return None
             os.replace(temp, path)  # another thread fetching the same file: last one wins
             return path
@@ -286,39 +288,34 @@ class PostgresStore(JobStore):
     def transcript(self, job_id: str) -> Optional[str]:
         pieces: List[bytes] = []
         with self._transaction() as db:
-            if not self._read_file(db, job_id, TRANSCRIPT_FILE, pieces.append):
+            if not self._files.read(db, job_id, TRANSCRIPT_FILE, pieces.append):
                 return None
         return b"".join(pieces).decode("utf-8")
 
     def replace_transcript(self, job_id: str, text: str) -> bool:
         with self._transaction() as db:
-            found = db.execute("SELECT 1 FROM job_files WHERE job_id = %s AND name = %s "
-                               "AND part = 0 FOR UPDATE", (job_id, TRANSCRIPT_FILE)).fetchone()
-            if found is None:
+            if not self._lock_transcript(db, job_id):
                 return False
-            self._put_text(db, job_id, TRANSCRIPT_FILE, text)
+            self._files.put_text(db, job_id, TRANSCRIPT_FILE, text)
         return True
 
     def side_file(self, job_id: str, name: str) -> Optional[str]:
         check_side_file(name)
         pieces: List[bytes] = []
         with self._transaction() as db:
-            if not self._read_file(db, job_id, name, pieces.append):
+            if not self._files.read(db, job_id, name, pieces.append):
                 return None
         return b"".join(pieces).decode("utf-8")
 
     def put_side_file(self, job_id: str, name: str, text: Optional[str]) -> bool:
         check_side_file(name)
         with self._transaction() as db:
-            # the transcript's first piece is locked: a delete waits, and so do other writers
-            found = db.execute("SELECT 1 FROM job_files WHERE job_id = %s AND name = %s "
-                               "AND part = 0 FOR UPDATE", (job_id, TRANSCRIPT_FILE)).fetchone()
-            if found is None:
+            if not self._lock_transcript(db, job_id):
                 return False
             if text is None:
-                db.execute("DELETE FROM job_files WHERE job_id = %s AND name = %s", (job_id, name))
+                self._files.remove(db, job_id, name)
             else:
-                self._put_text(db, job_id, name, text)
+                self._files.put_text(db, job_id, name, text)
         return True
 
     # --- changing -----------------------------------------------------------------------
@@ -335,6 +332,7 @@ class PostgresStore(JobStore):
             deleted = db.execute("DELETE FROM jobs WHERE id = %s", (job_id,)).rowcount
         if deleted:
             self.discard_local(job_id)
+            self._forget_files(job_id)
         return bool(deleted)
 
     def claim(self, claimant: Claimant, lease_seconds: float, lookahead: int,
@@ -402,7 +400,7 @@ class PostgresStore(JobStore):
                 return None
             settlement = decide(row)
             if transcript is not None:
-                self._put_text(db, job_id, TRANSCRIPT_FILE, transcript)
+                self._files.put_text(db, job_id, TRANSCRIPT_FILE, transcript)
             self._apply(db, job_id, settlement)
             return settlement
 
@@ -422,7 +420,9 @@ class PostgresStore(JobStore):
                        (WORKER_FORGET_SECONDS,))
         for job_id in expired:
             self.discard_local(job_id)
+            self._forget_files(job_id)
         remove_strays(self.root, self._known)
+        self._files.collect_strays(self._known)
         return len(expired)
 
     # --- many hosts -------------------------------------------------------------------
@@ -546,43 +546,19 @@ class PostgresStore(JobStore):
         if settlement.notify:
             db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
 
-    @staticmethod
-    def _write_file(db: psycopg.Connection, job_id: str, name: str, path: str) -> None:
-        """Stream a local file into job_files, a piece at a time."""
-        with open(path, "rb") as source, db.cursor().copy(
-                "COPY job_files (job_id, name, part, data) FROM STDIN") as copy:
-            part = 0
-            while True:
-                piece = source.read(COPY_CHUNK)
-                if not piece and part:
-                    break
-                copy.write_row((job_id, name, part, piece))
-                part += 1
-                if not piece:  # an empty file is one empty piece, so that it exists
-                    break
+    def _lock_transcript(self, db: psycopg.Connection, job_id: str) -> bool:
+        """Within db's transaction: lock the job's row (a delete and other writers wait)
+        and say whether it has a transcript."""
+        row = db.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
+        return row is not None and self._files.exists(db, job_id, TRANSCRIPT_FILE)
 
-    @staticmethod
-    def _put_text(db: psycopg.Connection, job_id: str, name: str, text: str) -> None:
-        data = text.encode("utf-8")
-        db.execute("DELETE FROM job_files WHERE job_id = %s AND name = %s", (job_id, name))
-        with db.cursor().copy("COPY job_files (job_id, name, part, data) FROM STDIN") as copy:
-            for part, start in enumerate(range(0, max(len(data), 1), COPY_CHUNK)):
-                copy.write_row((job_id, name, part, data[start:start + COPY_CHUNK]))
-
-    @staticmethod
-    def _read_file(db: psycopg.Connection, job_id: str, name: str,
-                   write: Callable[[bytes], object]) -> bool:
-        """Hand a file's pieces to write() in order, one at a time (a server-side cursor);
-        False when there is no such file."""
-        found = False
-        with db.cursor(name=f"file_{secrets.token_hex(4)}") as cursor:
-            cursor.itersize = 1
-            cursor.execute("SELECT data FROM job_files WHERE job_id = %s AND name = %s "
-                           "ORDER BY part", (job_id, name))
-            for row in cursor:
-                write(row["data"])
-                found = True
-        return found
+    def _forget_files(self, job_id: str) -> None:
+        """Remove a job's files whose row is gone or was never written; an object store that
+        does not answer now leaves them to collect_strays()."""
+        try:
+            self._files.remove_job(job_id)
+        except StoreUnavailable:
+            log.warning("the files of job %s stay until the retention pass removes them", job_id)
 
     def _folder(self, job_id: str) -> str:
         return os.path.join(self.root, job_id)
