@@ -94,8 +94,7 @@ class ObjectFiles(JobFiles):
 
         bucket = self.where.bucket
         try:
-            with self._reaching():
-                self._client.head_bucket(Bucket=bucket)
+            self._client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
             raise ConfigError(f"{SETTING}: no credentials for the object store: set "
                               "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") from None
@@ -107,7 +106,11 @@ class ObjectFiles(JobFiles):
                 raise ConfigError(f"{SETTING}: the object store refused the key for bucket "
                                   f"{bucket!r} (check AWS_ACCESS_KEY_ID and "
                                   "AWS_SECRET_ACCESS_KEY)") from None
-            raise
+            with self._reaching():  # a server error: away, not misconfigured
+                raise
+        except Exception:
+            with self._reaching():  # no answer: StoreUnavailable, as for the database
+                raise
 
     def put_path(self, db, job_id: str, name: str, path: str) -> None:
         with self._reaching():
