@@ -2,6 +2,10 @@
 the queue's own cost per job (submit to claim) on each store.
 
     .venv/bin/python bench/many_hosts.py [--jobs 40] [--overhead-jobs 200]
+    .venv/bin/python bench/many_hosts.py --fleet [bench/fleet.py's options]
+
+--fleet runs bench/fleet.py instead: two web hosts and four workers on PostgreSQL and an
+object store, with workers killed, the database restarted and the object store stopped.
 
 Makes its own PostgreSQL cluster (as the tests do: Debian's postgresql package), a tiny
 seeded model, and a half-second clip that the batched engine finishes in milliseconds (no
@@ -131,4 +135,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--fleet" in sys.argv:
+        import fleet
+
+        sys.argv.remove("--fleet")
+        fleet.main()
+    else:
+        main()
