@@ -422,7 +422,10 @@ class PostgresStore(JobStore):
             self.discard_local(job_id)
             self._forget_files(job_id)
         remove_strays(self.root, self._known)
-        self._files.collect_strays(self._known)
+        try:
+            self._files.collect_strays(self._known)
+        except StoreUnavailable:  # the object store away: the next pass collects them
+            log.warning("stray job files stay until the next retention pass")
         return len(expired)
 
     # --- many hosts -------------------------------------------------------------------
