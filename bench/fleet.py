@@ -144,19 +144,23 @@ def main() -> None:
         webs = [spawn("_web", url, objects, os.path.join(folder, f"web-{n}"), str(per_web[n]),
                       str(args.rate), outs[n]) for n in range(args.webs)]
         processes = workers + webs
-        start = time.monotonic()
+        start, wall_start = time.monotonic(), time.time()
+        faults = {}  # what happened when, in seconds from the start
         kills = restarted = stopped = 0
         next_kill = start + random.uniform(*KILL_EVERY)
         store = open_store(url, os.path.join(folder, "observer"), objects)
         while True:
             now = time.monotonic() - start
             if not restarted and now >= POSTGRES_RESTART_AT:
+                faults["PostgreSQL restarted"] = now
                 cluster.restart()
                 restarted = 1
             if not stopped and now >= OBJECT_STORE_STOP_AT:
                 s3.stop()
+                faults["object store stopped"] = now
                 time.sleep(OBJECT_STORE_AWAY)
                 s3.start()
+                faults["object store back"] = time.monotonic() - start
                 stopped = 1
             if not args.no_kills and time.monotonic() >= next_kill:
                 n = random.randrange(len(workers))
@@ -178,7 +182,7 @@ def main() -> None:
                     break
             time.sleep(0.2)
         elapsed = time.monotonic() - start
-        report(store, s3, outs, kills, elapsed, args)
+        report(store, s3, outs, kills, elapsed, args, faults, wall_start)
     finally:
         for process in processes:
             process.kill()
@@ -187,7 +191,7 @@ def main() -> None:
         cluster.destroy()
 
 
-def report(store, s3, outs, kills, elapsed, args) -> None:
+def report(store, s3, outs, kills, elapsed, args, faults, wall_start) -> None:
     submitted, refused = [], 0
     for out in outs:
         with open(out) as f:
@@ -217,6 +221,10 @@ def report(store, s3, outs, kills, elapsed, args) -> None:
           f"the object store stopped once for {OBJECT_STORE_AWAY:.0f} s")
     print(f"done {len(done)}  failed {len(failed)}  done twice {done_twice}  lost {len(lost)}  "
           f"orphaned objects {len(orphaned)} jobs  done without their objects {len(missing)}")
+    if done:
+        created = [row["created_at"] - wall_start for row in done]
+        print(f"submissions from {min(created):.0f} s to {max(created):.0f} s; "
+              + ", ".join(f"{name} at {at:.0f} s" for name, at in faults.items()))
     print(f"jobs run more than once (a worker killed under them) {sum(a > 1 for a in attempts)}")
     if waits:
         print(f"queue wait (submit to the start of the last attempt): p50 "

@@ -28,6 +28,9 @@ class JobFiles(abc.ABC):
 
     # the table this keeper needs in the database's schema ("" for none)
     schema = ""
+    # whether the files live outside the database: then a web host drops its spooled copy
+    # of an upload once kept (its disk holds uploads on their way in only)
+    outside = False
 
     def check(self) -> None:
         """Raise ConfigError naming the setting where the files cannot be kept (startup)."""

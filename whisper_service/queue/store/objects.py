@@ -70,6 +70,8 @@ class ObjectFiles(JobFiles):
     """Job files in one bucket under one prefix. The db arguments are not used: nothing
     here is part of the database's transaction."""
 
+    outside = True
+
     def __init__(self, url: str, stray_seconds: float = STRAY_SECONDS):
         self.where = parse_url(url)
         self.stray_seconds = stray_seconds  # an object no row names is debris this old

@@ -25,8 +25,8 @@ import secrets
 import shutil
 import threading
 import time
-from contextlib import contextmanager
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import psycopg
 from psycopg.rows import dict_row
@@ -221,6 +221,8 @@ class PostgresStore(JobStore):
             if isinstance(error, _Full):
                 return False
             raise
+        if self._files.outside:  # kept in the object store: a worker fetches it from there
+            self.discard_local(row["id"])
         return True
 
     def add_finished(self, row: Row, transcript: str) -> None:
@@ -271,7 +273,7 @@ class PostgresStore(JobStore):
         os.makedirs(self._folder(job_id), exist_ok=True)
         temp = f"{path}.{secrets.token_hex(8)}.tmp"
         try:
-            with open(temp, "wb") as out, self._transaction() as db:
+            with open(temp, "wb") as out, self._reading() as db:
                 if not self._files.read(db, job_id, MEDIA_FILE, out.write):
                     return None
             os.replace(temp, path)  # another thread fetching the same file: last one wins
@@ -287,7 +289,7 @@ class PostgresStore(JobStore):
 
     def transcript(self, job_id: str) -> Optional[str]:
         pieces: List[bytes] = []
-        with self._transaction() as db:
+        with self._reading() as db:
             if not self._files.read(db, job_id, TRANSCRIPT_FILE, pieces.append):
                 return None
         return b"".join(pieces).decode("utf-8")
@@ -302,7 +304,7 @@ class PostgresStore(JobStore):
     def side_file(self, job_id: str, name: str) -> Optional[str]:
         check_side_file(name)
         pieces: List[bytes] = []
-        with self._transaction() as db:
+        with self._reading() as db:
             if not self._files.read(db, job_id, name, pieces.append):
                 return None
         return b"".join(pieces).decode("utf-8")
@@ -548,6 +550,12 @@ class PostgresStore(JobStore):
                        "DO UPDATE SET value = counters.value + excluded.value", (name, amount))
         if settlement.notify:
             db.execute("SELECT pg_notify(%s, '')", (CHANNEL,))
+
+    def _reading(self) -> ContextManager[Optional[psycopg.Connection]]:
+        """What reading a file needs: a transaction where files are rows (a server-side
+        cursor lives in one), nothing where they are objects (a long download then holds no
+        connection, and works while the database is away)."""
+        return nullcontext() if self._files.outside else self._transaction()
 
     def _lock_transcript(self, db: psycopg.Connection, job_id: str) -> bool:
         """Within db's transaction: lock the job's row (a delete and other writers wait)
