@@ -43,8 +43,8 @@ OPTIONS = TranscribeOptions(temperature=(0.0,), beam_size=None, language="en")
 JOB_SECONDS = 0.05  # the stand-in model's time per job
 LEASE_SECONDS = 3.0  # short: a killed worker's job runs again soon
 KILL_EVERY = (3.0, 8.0)  # seconds between SIGKILLs of a random worker (one starts in ~3 s)
-POSTGRES_RESTART_AT = 10.0  # seconds into the run
-OBJECT_STORE_STOP_AT, OBJECT_STORE_AWAY = 25.0, 10.0
+POSTGRES_RESTART_AT = 5.0  # seconds after the first job was submitted
+OBJECT_STORE_STOP_AT, OBJECT_STORE_AWAY = 15.0, 10.0  # (the hosts take a while to start)
 FINISH_TIMEOUT = 600.0
 UPLOAD = b"\x00" * 4096  # what each job uploads
 
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--webs", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=6.0, help="jobs per second per web host")
+    parser.add_argument("--rate", type=float, default=3.0, help="jobs per second per web host")
     parser.add_argument("--seed", type=int, default=26)
     parser.add_argument("--no-kills", action="store_true", help="the baseline: no SIGKILLs")
     args = parser.parse_args()
@@ -149,13 +149,17 @@ def main() -> None:
         kills = restarted = stopped = 0
         next_kill = start + random.uniform(*KILL_EVERY)
         store = open_store(url, os.path.join(folder, "observer"), objects)
+        first = None  # when the first job was submitted: the faults are timed from it
         while True:
             now = time.monotonic() - start
-            if not restarted and now >= POSTGRES_RESTART_AT:
+            if first is None and any(os.path.exists(o) and os.path.getsize(o) for o in outs):
+                first = now
+            since = now - first if first is not None else -1.0
+            if not restarted and since >= POSTGRES_RESTART_AT:
                 faults["PostgreSQL restarted"] = now
                 cluster.restart()
                 restarted = 1
-            if not stopped and now >= OBJECT_STORE_STOP_AT:
+            if not stopped and since >= OBJECT_STORE_STOP_AT:
                 s3.stop()
                 faults["object store stopped"] = now
                 time.sleep(OBJECT_STORE_AWAY)
