@@ -22,6 +22,7 @@ module only when the setting is given.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,9 +82,11 @@ class ObjectFiles(JobFiles):
             from botocore.config import Config
         except ImportError:
             raise ConfigError(f"{SETTING} needs boto3: pip install boto3") from None
-        self._client = boto3.session.Session().client("s3", config=Config(
-            connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-            retries={"max_attempts": ATTEMPTS, "mode": "standard"}))
+        self._config = Config(connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                              read_timeout=READ_TIMEOUT_SECONDS,
+                              retries={"max_attempts": ATTEMPTS, "mode": "standard"})
+        self._boto3 = boto3
+        self._own: Optional[tuple] = None  # (pid, client): a forked child makes its own
         self._transfer = TransferConfig(multipart_threshold=MULTIPART_BYTES,
                                         multipart_chunksize=MULTIPART_BYTES,
                                         max_concurrency=MULTIPART_THREADS, use_threads=True)
@@ -178,6 +181,15 @@ class ObjectFiles(JobFiles):
         return len(strays)
 
     # --- inside -------------------------------------------------------------------------
+
+    @property
+    def _client(self):
+        """This process's S3 client (thread-safe; a fork's parent's sockets are not ours)."""
+        own = self._own
+        if own is None or own[0] != os.getpid():
+            own = (os.getpid(), self._boto3.session.Session().client("s3", config=self._config))
+            self._own = own
+        return own[1]
 
     def key(self, job_id: str, name: str) -> str:
         return f"{self.where.prefix}{job_id}/{name}"
