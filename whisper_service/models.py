@@ -4,8 +4,9 @@ Models load lazily, once, on the configured device (CUDA with fp16 when there is
 layers' weights stored in float16; CPU float32 otherwise). checkpoints.py reads every format
 (official names, downloaded into the model directory on first use by openai-whisper's own
 loader; openai .pt files; Hugging Face and CTranslate2 folders; hub ids; the bundled tiny.en).
-When the default model cannot be downloaded (a host without internet), the bundled tiny.en
-stands in for it, and `stand_in_notice` says so.
+When the default model or the translation model cannot be downloaded (a host without
+internet), a bundled model stands in for it, chosen by each request's task and language
+(stand_ins.py), and `stand_in_notice` says so.
 openai-whisper installs hooks on the model for every decode, so each model carries a lock
 and calls on one model never overlap; live sessions take it before file jobs (TurnLock).
 """
@@ -27,9 +28,9 @@ import torch
 import whisper
 
 from whisper_service.checkpoints import (
-    BUNDLED, DownloadFailed, bundled_folder, ctranslate2_folder, describe, load_checkpoint,
+    BUNDLED_MODELS, DownloadFailed, ctranslate2_folder, describe, load_checkpoint,
 )
-from whisper_service import cancel
+from whisper_service import cancel, stand_ins
 from whisper_service.engines import window_progress
 from whisper_service.config import Settings, split_alias
 from whisper_service.errors import BadOption, ModelUnavailable
@@ -174,7 +175,10 @@ class ModelRegistry:
         self._uses = itertools.count()
         self._last_use: Dict[str, int] = {}  # name -> when it was last handed out
         self._load_errors: Dict[str, str] = {}  # name -> why its last load failed
-        self._stand_ins: Dict[str, str] = {}  # name that could not be had -> the model used instead
+        # configured model whose weights cannot be had here -> why (the log's sentence);
+        # requests for it go to a bundled stand-in (stand_ins.py)
+        self._missing: Dict[str, str] = {}
+        self._undownloadable: set = set()  # names whose last load failed for want of a download
         # name -> what load_checkpoint takes ('meetings' -> '/models/ft.pt')
         self._sources: Dict[str, str] = dict(split_alias(entry) for entry in settings.models)
         # what each loadable name loads: the allowed models and the translation model
@@ -216,23 +220,56 @@ class ModelRegistry:
             )
         return name
 
-    def for_task(self, requested: Optional[str], task: str) -> LoadedModel:
-        """The loaded model that will run `task`: a model that cannot translate hands a
-        translate request to the configured translation model rather than transcribe it."""
-        loaded = self.get(self.check_allowed(requested))
+    def for_task(self, requested: Optional[str], task: str,
+                 language: Optional[str] = None) -> LoadedModel:
+        """The loaded model that will run `task` on speech in `language` (None: detected): a
+        model that cannot translate hands a translate request to the configured translation
+        model rather than transcribe it; a configured model that cannot be had here hands
+        it to the bundled model standing in for it (stand_ins.py)."""
+        loaded = self._usable(self.check_allowed(requested), task, language)
         if task == "translate" and not loaded.can_translate:
             log.info("%s cannot translate; using %s", loaded.name, self.translate_model)
-            loaded = self.get(self.translate_model)
+            loaded = self._usable(self.translate_model, task, language)
         return loaded
 
+    def _usable(self, name: str, task: str, language: Optional[str]) -> LoadedModel:
+        """The model itself, or, when it is a configured one whose weights cannot be had
+        here, the bundled model standing in for it for this task and language."""
+        try:
+            return self.get(name)
+        except DownloadFailed as error:
+            stand_in = self._stand_in_name(name, task, language)
+            if stand_in is None:
+                raise
+            with self._registry_lock:
+                first = name not in self._missing
+                self._missing[name] = str(error)
+            if first:
+                log.warning("%s; %s", error, stand_ins.summary())
+            try:
+                return self.get(stand_in)
+            except ModelUnavailable:
+                raise error from None
+
+    def _stand_in_name(self, name: str, task: str, language: Optional[str]) -> Optional[str]:
+        """The bundled model standing in for `name` here; None where none may (a model the
+        operator listed besides the default and translation models fails with its reason)."""
+        if name not in (self.default, self.translate_model) or name in BUNDLED_MODELS:
+            return None
+        return stand_ins.choose(task, language)
+
     def get(self, name: str) -> LoadedModel:
+        """The model `name`, loaded once. Raises DownloadFailed at once, without a second
+        download, for a configured model already found missing (its stand-in is asked for
+        through for_task), ModelUnavailable for any other reason it cannot load."""
         with self._registry_lock:
-            if name in self._stand_ins:
-                name = self._stand_ins[name]
+            missing = self._missing.get(name)
             self._last_use[name] = next(self._uses)
             if name in self._models:
                 return self._models[name]
             loading_lock = self._loading_locks.setdefault(name, threading.Lock())
+        if missing is not None:
+            raise DownloadFailed(missing)
         with loading_lock:  # one load per name; other names load in parallel
             with self._registry_lock:
                 if name in self._models:
@@ -242,48 +279,89 @@ class ModelRegistry:
             except ModelUnavailable as error:
                 with self._registry_lock:
                     self._load_errors[name] = str(error)
-                if isinstance(error, DownloadFailed) and self._may_stand_in(name):
-                    return self._stand_in(name, error)
+                    if isinstance(error, DownloadFailed):
+                        self._undownloadable.add(name)
                 raise
             with self._registry_lock:
                 self._models[name] = loaded
                 self._load_errors.pop(name, None)
+                self._undownloadable.discard(name)
             return loaded
 
-    def _may_stand_in(self, name: str) -> bool:
-        """The bundled model stands in for the default model, when it is installed."""
-        return name == self.default and name != BUNDLED and bundled_folder() is not None
-
-    def _stand_in(self, name: str, error: ModelUnavailable) -> LoadedModel:
-        log.warning("%s; %s transcribes instead", error, describe(BUNDLED))
-        try:
-            loaded = self.get(BUNDLED)
-        except ModelUnavailable:
-            raise error from None
+    def peek(self, name: str) -> Optional[LoadedModel]:
+        """The model when it is loaded; None otherwise (nothing is loaded for it)."""
         with self._registry_lock:
-            self._stand_ins[name] = BUNDLED
-        return loaded
+            return self._models.get(name)
+
+    def cannot_download(self, name: str) -> bool:
+        """Whether the model's weights were found not here and not downloadable (its last
+        load failed so, or it is a configured model found missing)."""
+        with self._registry_lock:
+            return name in self._undownloadable or name in self._missing
+
+    def preload(self) -> LoadedModel:
+        """Load what a request for the default model runs (the default, or the bundled model
+        standing in for it for a transcription in a detected language)."""
+        return self.for_task(None, "transcribe")
+
+    def stand_in(self, name: str) -> Optional[str]:
+        """The bundled model that a plain transcription asked of `name` runs, when `name` is
+        a configured model found missing here; None otherwise."""
+        with self._registry_lock:
+            if name not in self._missing:
+                return None
+        return self._stand_in_name(name, "transcribe", None)
+
+    def missing(self) -> Dict[str, str]:
+        """Configured models found missing here -> why (the operator's sentence: it may
+        name the model directory and the network's error)."""
+        with self._registry_lock:
+            return dict(self._missing)
+
+    def is_missing(self, name: str) -> bool:
+        with self._registry_lock:
+            return name in self._missing
 
     def default_ready(self) -> bool:
         """Whether a request for the default model is served without loading one: the
         default itself, or the model standing in for it, is in memory."""
-        name = self.default
+        name = self.stand_in(self.default) or self.default
         with self._registry_lock:
-            return self._stand_ins.get(name, name) in self._models
+            return name in self._models
+
+    def stand_in_loading(self) -> bool:
+        """Whether the default was found missing and the model standing in for it is still
+        to be loaded (without a failed load of its own)."""
+        stand_in = self.stand_in(self.default)
+        with self._registry_lock:
+            return (stand_in is not None and stand_in not in self._models
+                    and stand_in not in self._load_errors)
 
     @property
     def stand_in_notice(self) -> Optional[str]:
-        """A sentence for the upload page and /readyz while the bundled model stands in for
-        the default one; None otherwise."""
-        name = self.default
-        with self._registry_lock:
-            stand_in = self._stand_ins.get(name)
-        if stand_in is None:
+        """A sentence for the upload page and /readyz while bundled models stand in for the
+        configured ones; None otherwise."""
+        missing = [name for name in (self.default, self.translate_model) if self.is_missing(name)]
+        if not missing:
             return None
+        names = " and ".join(dict.fromkeys(missing))
         # no server path and no raw error in it: pages show it to anyone (the log has both)
-        return (f"The model {name} could not be downloaded, so {describe(stand_in)} "
-                "transcribes instead, until the server restarts with internet access or with "
-                f"{name}'s weights in its model directory.")
+        return (f"The model {names} could not be downloaded, so {stand_ins.summary()}, until "
+                "the server restarts with internet access or with the weights in its model "
+                "directory.")
+
+    def stand_in_sentence(self, requested: Optional[str], used: str) -> Optional[str]:
+        """For a job's page and status: which configured model the bundled `used` replaced,
+        in a sentence; None when `used` is what was asked for (or a translation handed to
+        a translation model that is there)."""
+        asked = requested or self.default
+        if used not in BUNDLED_MODELS or used == asked:
+            return None
+        replaced = next((name for name in (asked, self.translate_model) if self.is_missing(name)), None)
+        if replaced is None:
+            return None
+        return (f"{describe(used)} stood in for {replaced}, which this server could not "
+                "download.")
 
     def label(self, name: str) -> str:
         """How a model is shown to people: the bundled model by its label, others by name."""

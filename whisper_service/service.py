@@ -55,7 +55,7 @@ class WhisperService:
 
         def load() -> None:
             try:
-                self.models.get(self.models.default)
+                self.models.preload()
             except ModelUnavailable as error:
                 log.error("%s; it will be tried again on the first job", error)
             vad.load_model()
@@ -135,7 +135,7 @@ class WhisperService:
         # cheap checks first: a refused model or a bad file fails before any model loads
         self.models.check_allowed(options.model)
         audio = self.decode(path, display_name)
-        loaded = self.models.for_task(options.model, options.task)
+        loaded = self.models.for_task(options.model, options.task, options.language)
         transcript = dispatch.transcribe(loaded, audio, options, _words_part(progress, options),
                                        batch_windows=self.settings.batch_windows or None)
         return self.with_speakers(transcript, audio, options, progress)
@@ -180,7 +180,7 @@ class WhisperService:
                 where.append(index)
         if requests:
             first = requests[0].options
-            loaded = self.models.for_task(first.model, first.task)
+            loaded = self.models.for_task(first.model, first.task, first.language)
             results = dispatch.transcribe_together(
                 loaded, requests, batch_windows=self.settings.batch_windows or None)
             for index, request, result in zip(where, requests, results):
@@ -198,7 +198,9 @@ class WhisperService:
         name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
         # a caller waits for the model as long as for any synchronous answer
-        return dispatch.detect_language(self.models.get(name), audio, wait=self.settings.sync_timeout)
+        # a detection on a model found missing here runs on the multilingual stand-in
+        loaded = self.models.for_task(name, "transcribe")
+        return dispatch.detect_language(loaded, audio, wait=self.settings.sync_timeout)
 
 
 def _words_part(progress: Optional[ProgressCallback],

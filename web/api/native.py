@@ -38,6 +38,8 @@ from web.http.idempotency import submit_once
 from web.api.metrics import web_only_readiness
 from web.http.downloads import transcript_download
 from web.http.sync import answer_when_done, submitted, waiters
+from whisper_service import model_menu
+from whisper_service.checkpoints import describe
 from whisper_service.errors import BadOption, StoreUnavailable
 from whisper_service.queue.store.space import MB, RETRY_AFTER_SECONDS as DISK_RETRY_SECONDS
 from whisper_service.queue.jobs import COPY_CHUNK, DEFAULT_FILENAME, Job, JobQueue, JobState
@@ -126,6 +128,9 @@ def models():
         "allowed": registry.allowed,
         "loaded": registry.loaded(),
         "translate_model": registry.translate_model,
+        # each allowed model as the menus show it: what can run, what cannot here and why
+        "models": [choice.to_dict() for choice in model_menu.menu(registry)],
+        **stand_in_status(registry),
     }
 
 
@@ -160,16 +165,29 @@ def _readiness(queue: JobQueue):
     if settings().role == "web":  # no model here: the workers elsewhere transcribe
         return web_only_readiness(queue, body)
     registry = current_app.extensions["whisper_service"].models
+    body.update(stand_in_status(registry))
     if not registry.default_ready():  # neither the default nor a model standing in for it
-        error = registry.load_error(registry.default)
-        if error:
+        stand_in = registry.stand_in(registry.default)
+        error = registry.load_error(stand_in or registry.default)
+        if error and not registry.stand_in_loading():
             return {"status": "unavailable", "error": error, **body}, 503
-        return {"status": "loading", **body}, 503
+        return {"status": "loading", **body}, 503  # at start, or the stand-in on its way
     if waiting >= queue.max_queued:
         return {"status": "busy", **body}, 503
-    if registry.stand_in_notice:  # ready, with the bundled model: say so, never look normal
-        body["notice"] = registry.stand_in_notice
     return {"status": "ready", **body}
+
+
+def stand_in_status(registry) -> dict:
+    """While bundled models stand in (ready or loading): `notice`, a sentence for people, and
+    `missing`, each configured model that cannot be had here with why and its stand-in, so
+    that a ready server never looks normal."""
+    notice = registry.stand_in_notice
+    if not notice:
+        return {}
+    return {"notice": notice, "missing": [
+        {"model": name, "reason": model_menu.MISSING_REASON,
+         "stand_in": registry.stand_in(name)}
+        for name in registry.missing()]}
 
 
 @public.get("/api/openapi.json")
@@ -318,6 +336,10 @@ def job_json(job: Job) -> dict:
         "finished_at": _iso_time(job.finished_at),
         "attempts": job.attempts,
         "model": job.model,
+        "model_label": describe(job.model) if job.model else None,
+        # the bundled model stood in for the one asked for, which cannot be had here: why
+        "stand_in": current_app.extensions["whisper_service"].models.stand_in_sentence(
+            job.options.model, job.model) if job.model else None,
         "filename": job.filename,
         "options": asdict(job.options),
         "links": {

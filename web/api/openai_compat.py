@@ -37,6 +37,7 @@ from werkzeug.exceptions import NotFound
 from web.http.auth import require_api_key
 from web.http.idempotency import submit_once
 from web.http.sync import hold_until_done, stream_until_done, submitted, waiters
+from whisper_service import model_menu
 from whisper_service.errors import BadOption
 from whisper_service.options import (
     OPTION_NAMES, TRUE_WORDS, TranscribeOptions, language_name, parse_flag,
@@ -332,4 +333,10 @@ def _model_ids() -> Tuple[str, ...]:
 
 
 def _model_entry(model_id: str) -> dict:
-    return {"id": model_id, "object": "model", "created": 0, "owned_by": MODEL_OWNER}
+    """OpenAI's model object, plus what the menus show of it (model_menu.ModelChoice):
+    label, available (and why not, and the bundled stand-in), English only, translates.
+    whisper-1 is the default model."""
+    registry = current_app.extensions["whisper_service"].models
+    name = registry.default if model_id == OPENAI_MODEL else model_id
+    return {**model_menu.choice(registry, name).to_dict(),
+            "id": model_id, "object": "model", "created": 0, "owned_by": MODEL_OWNER}

