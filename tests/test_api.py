@@ -345,10 +345,15 @@ def test_detect_language_refuses_what_is_not_media(api, media):
 
 def test_models(api, shared_app, done):
     # a checkpoint goes by its file name: the server's paths stay private
-    assert api.get("/api/v1/models").get_json() == {
-        "default": "tiny-test", "allowed": ["tiny-test"],  # large-v3 is not on hand
+    listing = api.get("/api/v1/models").get_json()
+    assert {key: listing[key] for key in ("default", "allowed", "loaded", "translate_model")} == {
+        # large-v3 is not on hand; the bundled models are
+        "default": "tiny-test", "allowed": ["tiny-test", "bundled-base", "bundled"],
         "loaded": ["tiny-test"], "translate_model": "large-v3",
     }
+    assert [(m["id"], m["label"], m["available"]) for m in listing["models"]] == [
+        ("tiny-test", "tiny-test", True), ("bundled-base", "base (bundled, multilingual)", True),
+        ("bundled", "tiny.en (bundled, English only)", True)]
 
 
 def test_readyz_is_503_until_the_model_is_loaded(app, client, media):
@@ -469,9 +474,10 @@ def test_a_checkpoint_under_a_short_name_is_shown_asked_for_and_reported_by_it(
     try:
         client = app.test_client()
         listing = client.get("/api/v1/models").get_json()
-        assert (listing["default"], listing["allowed"]) == ("meetings", ["meetings"])
+        assert (listing["default"], listing["allowed"]) == ("meetings", ["meetings", "bundled-base", "bundled"])
         page = client.get("/").get_data(as_text=True)
-        assert '<option value="meetings" selected>meetings</option>' in page
+        # its languages are not known until it loads: every language is offered
+        assert '<option value="meetings" selected data-english-only="false">meetings</option>' in page
         assert checkpoint not in page  # the path on the server stays private
         assert client.get("/v1/models/meetings").get_json()["id"] == "meetings"
         done = post(client, media["speech.wav"], model="meetings", **FAST)

@@ -40,7 +40,7 @@ def test_upload_page_offers_every_option(client, app):
     assert 'id="beam_size" name="beam_size" type="number" min="1" max="16" step="1"\n           placeholder="5"' in page
     assert 'placeholder="1"' in page  # patience, from the Balanced preset
     assert "Up to 2 MB" in page
-    assert '<option value="tiny-test" selected>tiny-test</option>' in page  # by its name, never its path
+    assert '<option value="tiny-test" selected data-english-only="false">tiny-test</option>' in page  # by its name, never its path
     assert '<option value="ko">Korean</option>' in page
 
 

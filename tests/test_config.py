@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from whisper_service.config import Settings, bundled_ffmpeg
+
+BUNDLED_ONES = ("bundled-base", "bundled")  # installed by requirements.txt: on hand, offered
 from whisper_service.errors import ConfigError
 
 
@@ -12,7 +14,7 @@ def test_defaults(monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", "/srv/cache")
     settings = Settings.from_env({})
     assert settings.model == "turbo"
-    assert settings.models == ("turbo",)  # large-v3 (3 GB) is not on hand: not offered
+    assert settings.models == ("turbo", *BUNDLED_ONES)  # large-v3 (3 GB) is not on hand: not offered
     assert settings.translate_model == "large-v3"
     assert settings.model_dir == "/srv/cache/whisper"
     assert settings.device == "auto"
@@ -27,14 +29,14 @@ def test_defaults(monkeypatch):
 def test_the_translation_model_is_offered_by_default_only_when_on_hand(tmp_path, checkpoint):
     folder = tmp_path / "models"
     folder.mkdir()
-    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo",)
+    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo", *BUNDLED_ONES)
     (folder / "large-v3.pt").write_bytes(b"weights")  # whisper's file name for large-v3
-    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo", "large-v3")
+    assert Settings.from_env({"WHISPER_MODEL_DIR": str(folder)}).models == ("turbo", "large-v3", *BUNDLED_ONES)
     local = Settings.from_env({"WHISPER_MODEL_DIR": str(folder), "WHISPER_TRANSLATE_MODEL": checkpoint})
-    assert local.models == ("turbo", checkpoint)  # a checkpoint on this machine is on hand
+    assert local.models == ("turbo", checkpoint, *BUNDLED_ONES)  # a checkpoint on this machine is on hand
     hub = Settings.from_env({"WHISPER_MODEL_DIR": str(folder),
                              "WHISPER_TRANSLATE_MODEL": "openai/whisper-large-v3"})
-    assert hub.models == ("turbo",)  # a Hugging Face id downloads
+    assert hub.models == ("turbo", *BUNDLED_ONES)  # a Hugging Face id downloads
     listed = Settings.from_env({"WHISPER_MODEL_DIR": str(folder / "none"), "WHISPER_MODELS": "large-v3"})
     assert listed.models == ("turbo", "large-v3")  # listed by the operator: allowed
 

@@ -311,8 +311,13 @@ def test_models(client, app):
     listing = client.get("/v1/models").get_json()
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]][:2] == ["whisper-1", default]
-    assert all(m == {"id": m["id"], "object": "model", "created": 0, "owned_by": "whisper-service"}
+    assert all({k: m[k] for k in ("id", "object", "created", "owned_by")} ==
+               {"id": m["id"], "object": "model", "created": 0, "owned_by": "whisper-service"}
                for m in listing["data"])
+    # and what the menus show: the bundled models by what they are, all of them usable here
+    labels = {m["id"]: (m["label"], m["available"], m["english_only"]) for m in listing["data"]}
+    assert labels["bundled"] == ("tiny.en (bundled, English only)", True, True)
+    assert labels["bundled-base"] == ("base (bundled, multilingual)", True, False)
     assert client.get("/v1/models/whisper-1").get_json()["id"] == "whisper-1"
     # the translation model is listed only when on hand: large-v3 would download 3 GB
     assert "large-v3" not in [m["id"] for m in listing["data"]]

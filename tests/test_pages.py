@@ -135,14 +135,16 @@ def test_models_by_name_with_the_download_each_needs(checkpoint, tmp_path):
     app = make_app(checkpoint, tmp_path, WHISPER_MODELS="bundled,base.en")
     try:
         page = app.test_client().get("/").get_data(as_text=True)
-        assert '<option value="bundled">tiny.en (bundled, English only)</option>' in page
-        assert '<option value="base.en">base.en (first use downloads 0.15 GB)</option>' in page
+        assert ('<option value="bundled" data-english-only="true">tiny.en (bundled, English only)'
+                '</option>') in page
+        assert ('<option value="base.en" data-english-only="true">base.en (first use downloads '
+                '0.15 GB)</option>') in page
         assert "fetched once, on its first use" in page
         assert str(tmp_path) not in page  # no server path anywhere
         (tmp_path / "models").mkdir(exist_ok=True)
         (tmp_path / "models" / "base.en.pt").write_bytes(b"weights")
         page = app.test_client().get("/").get_data(as_text=True)
-        assert '<option value="base.en">base.en</option>' in page
+        assert '<option value="base.en" data-english-only="true">base.en</option>' in page
     finally:
         app.extensions["whisper_jobs"].stop()
 

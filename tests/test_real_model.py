@@ -1,6 +1,6 @@
 """Real words from a real model: the bundled tiny.en transcribes espeak-ng's speech through
-both engines, says nothing for an hour of silence, stands in for a default model that cannot
-be downloaded, and is what the evaluate command scores.
+both engines, says nothing for an hour of silence, and is what the evaluate command scores;
+the bundled base stands in for a default model that cannot be downloaded.
 
 The random-weight tests elsewhere prove that the engines compute what openai-whisper
 computes; these prove that the words come out.
@@ -24,7 +24,7 @@ from whisper_service.engines import dispatch
 from whisper_service.cli import evaluate
 from whisper_service.cli.main import main
 from whisper_service.audio import DecodeLimits, decode_file
-from whisper_service.checkpoints import BUNDLED, BUNDLED_LABEL
+from whisper_service.checkpoints import BUNDLED, BUNDLED_BASE, BUNDLED_LABEL, DownloadFailed
 from whisper_service.config import bundled_ffmpeg
 from whisper_service.errors import ModelUnavailable
 from whisper_service.options import TranscribeOptions
@@ -97,8 +97,9 @@ def music(seconds: float, seed: int = 0) -> np.ndarray:
 
 def test_the_bundled_model_stands_in_for_a_default_that_cannot_be_downloaded(
         settings, media, monkeypatch):
-    """A host without internet: the default model's download fails, so the bundled tiny.en
-    transcribes instead, and the registry says so for the upload page and /readyz."""
+    """A host without internet: the default model's download fails, so the bundled base
+    (stand_ins.py: better than tiny.en on English too) transcribes instead, and the
+    registry says so for the upload page and /readyz."""
     monkeypatch.setitem(whisper._MODELS, "tiny", "http://127.0.0.1:9/0000/tiny.pt")
     service = WhisperService(replace(settings, model="tiny", models=("tiny",)))
     registry = service.models
@@ -107,23 +108,28 @@ def test_the_bundled_model_stands_in_for_a_default_that_cannot_be_downloaded(
     transcript = service.transcribe_file(
         str(media["speech.wav"]), TranscribeOptions(beam_size=1, temperature=(0.0,)))
 
-    assert transcript.model == BUNDLED
+    assert transcript.model == BUNDLED_BASE
     assert word_error_rate(SPEECH, transcript.text) <= WER_BOUND[1], transcript.text
-    assert registry.default_ready() and registry.loaded() == [BUNDLED]
+    assert registry.default_ready() and registry.loaded() == [BUNDLED_BASE]
     notice = registry.stand_in_notice
     assert notice.startswith("The model tiny could not be downloaded, so ")
-    assert f"{BUNDLED_LABEL} transcribes instead" in notice
+    assert "base (bundled, multilingual) transcribes and translates instead" in notice
     assert settings.model_dir not in notice  # shown to anyone: no server path in it
     assert registry.load_error("tiny").startswith("model 'tiny' could not be loaded: it is not in ")
     assert registry.label(BUNDLED) == BUNDLED_LABEL
-    assert registry.get("tiny") is registry.get(BUNDLED)  # no second download attempt
+    assert registry.stand_in_sentence(None, BUNDLED_BASE) == (
+        "base (bundled, multilingual) stood in for tiny, which this server could not download.")
+    # no second download attempt: the missing model is refused at once, its stand-in served
+    with pytest.raises(DownloadFailed):
+        registry.get("tiny")
+    assert registry.for_task("tiny", "transcribe", "en") is registry.get(BUNDLED_BASE)
 
 
 def test_without_the_bundled_model_a_failed_download_stays_an_error(settings, monkeypatch):
     from whisper_service import models
 
     monkeypatch.setitem(whisper._MODELS, "tiny", "http://127.0.0.1:9/0000/tiny.pt")
-    monkeypatch.setattr(models, "bundled_folder", lambda: None)
+    monkeypatch.setattr(models.stand_ins, "choose", lambda task, language: None)
     registry = WhisperService(replace(settings, model="tiny", models=("tiny",))).models
     with pytest.raises(ModelUnavailable, match=r"model 'tiny' could not be loaded: it is not in "
                                                r".* and could not be downloaded"):

@@ -1,6 +1,7 @@
 """Clients nobody here wrote, against a job that outlasts WHISPER_SYNC_TIMEOUT: the official
 OpenAI Node SDK and a SageMaker-style caller get their answer, never a 202 they cannot read;
-and the README's curl lines, run as a user pastes them."""
+and the README's curl lines, run as a user pastes them, also on the offline default (turbo
+cannot be downloaded: the bundled models stand in)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import whisper
 
 from conftest import make_app, run_ffmpeg, serving, wait_until
 
@@ -38,6 +40,16 @@ def server(checkpoint, tmp_path_factory):
 def default_server(checkpoint, tmp_path):
     """A server as the README's user has it: the default waits."""
     yield from serve(make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50"))
+
+
+@pytest.fixture
+def offline_default_server(tmp_path, monkeypatch):
+    """A fresh clone's first start without internet: the default model (turbo) and the
+    translation model (large-v3) cannot be downloaded."""
+    for name in ("turbo", "large-v3"):
+        monkeypatch.setitem(whisper._MODELS, name, f"http://127.0.0.1:9/0000/{name}.pt")
+    yield from serve(make_app("turbo", tmp_path / "server", WHISPER_MAX_UPLOAD_MB="50",
+                              WHISPER_SYNC_TIMEOUT="600"))  # answers, not 202, on a busy CPU
 
 
 def test_the_official_node_sdk_gets_text_and_srt(server, media):
@@ -68,7 +80,20 @@ def readme_curl_lines() -> list:
 
 
 def test_the_readmes_curl_lines_work_as_written(default_server, media, tmp_path):
-    server = default_server
+    run_readme_curl_lines(default_server, media, tmp_path)
+
+
+def test_the_readmes_curl_lines_work_on_the_offline_default(offline_default_server, media, tmp_path):
+    """Korean, translation and language detection included: the bundled base stands in."""
+    answers = run_readme_curl_lines(offline_default_server, media, tmp_path)
+    models = next(body for line, body in answers if line.endswith("/api/v1/models"))
+    assert json.loads(models)["missing"][0]["stand_in"] == "bundled-base"
+    translated = next(body for line, body in answers if '"task": "translate"' in line)
+    assert json.loads(translated)["model"] == "bundled-base"
+
+
+def run_readme_curl_lines(server, media, tmp_path) -> list:
+    """Run each curl line of the README's native API example on `server`; (line, body) of each."""
     lines = readme_curl_lines()
     assert len(lines) >= 8
     # over 128 KB: the base64 line once failed above ~96 KB (argument list too long)
@@ -78,11 +103,12 @@ def test_the_readmes_curl_lines_work_as_written(default_server, media, tmp_path)
     shutil.copy(media["speech.mp4"], tmp_path / "lecture.mp4")
     queue = server[0].extensions["whisper_jobs"]
     job_id = None
+    answers = []
     for line in lines:
         command = line.replace(README_BASE, server[1])
         if "<id>" in command:
             if "transcript" in command:
-                wait_until(lambda: queue.get(job_id).finished, 120, what="the job")
+                wait_until(lambda: queue.get(job_id).finished, 300, what="the job")
             command = command.replace("<id>", job_id)
         done = subprocess.run(["bash", "-c", command + " -sS -w '\\n%{http_code}'"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -91,3 +117,5 @@ def test_the_readmes_curl_lines_work_as_written(default_server, media, tmp_path)
         assert status in ("200", "202", "204"), (line, status, body[:500])
         if "respond-async" in line:
             job_id = json.loads(body)["id"]
+        answers.append((line, body))
+    return answers
