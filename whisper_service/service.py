@@ -197,9 +197,9 @@ class WhisperService:
     ) -> Dict[str, float]:
         name = self.models.check_allowed(model)
         audio = self.decode(path, display_name)
-        # a caller waits for the model as long as for any synchronous answer
         # a detection on a model found missing here runs on the multilingual stand-in
         loaded = self.models.for_task(name, "transcribe")
+        # a caller waits for the model as long as for any synchronous answer
         return dispatch.detect_language(loaded, audio, wait=self.settings.sync_timeout)
 
 
