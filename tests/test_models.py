@@ -71,8 +71,8 @@ def test_named_model_downloads_into_the_model_dir_once(settings, model_server, t
 
 
 def test_failed_download_is_a_clear_error(settings, checkpoint, monkeypatch):
-    """Only the default model has a stand-in (test_real_model.py); another model that
-    cannot be downloaded says so."""
+    """Only the default and translation models have stand-ins (test_bundled_models.py); a model
+    listed besides them that cannot be downloaded says so."""
     monkeypatch.setitem(whisper._MODELS, "tiny", "http://127.0.0.1:9/0000/tiny.pt")
     registry = ModelRegistry(replace(settings, models=(checkpoint, "tiny")))
     with pytest.raises(DownloadFailed, match=r"^model 'tiny' could not be loaded: it is not in "
