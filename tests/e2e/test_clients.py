@@ -92,6 +92,33 @@ def test_the_readmes_curl_lines_work_on_the_offline_default(offline_default_serv
     assert json.loads(translated)["model"] == "bundled-base"
 
 
+def readme_openai_python() -> list:
+    """The Python blocks of the README's OpenAI-compatible section that call the SDK."""
+    section = README.read_text(encoding="utf-8").split("**OpenAI-compatible** (`/v1`)", 1)[1]
+    section = section.split("**SageMaker**", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```python\n")[1:]]
+    return [block for block in blocks if "client." in block]
+
+
+def test_the_readmes_openai_python_lines_work_on_the_offline_default(
+        offline_default_server, media, tmp_path, monkeypatch, capsys):
+    """The official Python SDK as the README shows it: a transcription, a translation to SRT
+    with our beam_size, a stream of events; the bundled base runs them."""
+    blocks = readme_openai_python()
+    assert len(blocks) == 2 and "translations.create" in blocks[0] and "stream=True" in blocks[1]
+    shutil.copy(media["speech.mp3"], tmp_path / "talk.mp3")
+    monkeypatch.chdir(tmp_path)
+    names: dict = {}
+    for block in blocks:
+        exec(block.replace(README_BASE, offline_default_server[1]), names)  # as pasted
+    assert names["text"].text.strip()
+    assert SRT_START.match(names["srt"]), names["srt"][:200]
+    streamed = capsys.readouterr().out
+    assert streamed.strip() and names["event"].type == "transcript.text.done"
+    registry = offline_default_server[0].extensions["whisper_service"].models
+    assert registry.loaded() == ["bundled-base"] and list(registry.missing()) == ["turbo"]
+
+
 def run_readme_curl_lines(server, media, tmp_path) -> list:
     """Run each curl line of the README's native API example on `server`; (line, body) of each."""
     lines = readme_curl_lines()
