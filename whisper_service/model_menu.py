@@ -9,17 +9,14 @@ language list follows the chosen model). Reads the registry; loads and downloads
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 from whisper_service.checkpoints import BUNDLED_MODELS, OFFICIAL_MODELS, describe
-
-if TYPE_CHECKING:
-    from whisper_service.models import ModelRegistry
+from whisper_service.models import TRANSCRIBE_ONLY_MODELS, ModelRegistry
 
 # why a configured model found missing cannot be had, in people's terms (no path, no errno)
 MISSING_REASON = "its weights are not on this server, which cannot download them (no internet access)"
 FAILED_REASON = "it could not be loaded on this server"  # the log has the operator's detail
-TRANSCRIBE_ONLY = ("turbo", "large-v3-turbo")  # as models.TRANSCRIBE_ONLY_MODELS
 
 
 @dataclass(frozen=True)
@@ -50,12 +47,12 @@ class ModelChoice:
                 "english_only": self.english_only, "translates": self.translates}
 
 
-def menu(registry: "ModelRegistry") -> List[ModelChoice]:
+def menu(registry: ModelRegistry) -> List[ModelChoice]:
     """Every allowed model as the menus offer it."""
     return [choice(registry, name) for name in registry.allowed]
 
 
-def choice(registry: "ModelRegistry", name: str) -> ModelChoice:
+def choice(registry: ModelRegistry, name: str) -> ModelChoice:
     stand_in = registry.stand_in(name)
     failed = registry.load_error(name) is not None and stand_in is None
     english_only, translates = _hears(registry, name)
@@ -66,7 +63,7 @@ def choice(registry: "ModelRegistry", name: str) -> ModelChoice:
         english_only=english_only, translates=translates)
 
 
-def selected(registry: "ModelRegistry", choices: List[ModelChoice]) -> Optional[str]:
+def selected(registry: ModelRegistry, choices: List[ModelChoice]) -> Optional[str]:
     """The choice a menu starts on: the default model where it can be had, else the
     bundled model standing in for it, else the first that can."""
     usable = [c.name for c in choices if c.available]
@@ -79,7 +76,7 @@ def selected(registry: "ModelRegistry", choices: List[ModelChoice]) -> Optional[
     return usable[0] if usable else default
 
 
-def _hears(registry: "ModelRegistry", name: str):
+def _hears(registry: ModelRegistry, name: str):
     """(English only, translates itself) as far as known without loading anything."""
     source = registry.source(name)
     if source in BUNDLED_MODELS:
@@ -90,5 +87,5 @@ def _hears(registry: "ModelRegistry", name: str):
         return not loaded.is_multilingual, loaded.can_translate
     if source in OFFICIAL_MODELS:
         english = source.endswith(".en")
-        return english, not english and source not in TRANSCRIBE_ONLY
+        return english, not english and source not in TRANSCRIBE_ONLY_MODELS
     return None, None
