@@ -107,10 +107,14 @@ def test_download_all_refuses_what_it_cannot_give(app_of, media):
     assert none.status_code == 400 and "none of these jobs has a transcript" in none.get_data(as_text=True)
 
 
-def test_the_job_page_says_a_stand_in_replaced_the_chosen_model(app_of, checkpoint, media):
+def test_the_job_page_says_a_stand_in_replaced_the_chosen_model(app_of, checkpoint, media, monkeypatch):
+    from whisper_service import stand_ins
+
     app = app_of(WHISPER_MODEL=f"main={checkpoint}", WHISPER_MODELS=f"main={checkpoint},spare={checkpoint}")
     registry = app.extensions["whisper_service"].models
-    registry._stand_ins["main"] = "spare"  # as the registry records a stand-in after a failed download
+    # as the registry records a configured model whose download failed; "spare" as its stand-in
+    registry._missing["main"] = "model 'main' could not be loaded: it could not be downloaded"
+    monkeypatch.setattr(stand_ins, "choose", lambda task, language: "spare")
     client = app.test_client()
     answer = upload_many(client, [(media["speech.wav"], "speech.wav")])
     job_url = answer.headers["Location"]
