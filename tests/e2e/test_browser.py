@@ -49,6 +49,13 @@ document.addEventListener("DOMContentLoaded", () => {
 SRT_CUE = re.compile(r"^\d+\n\d\d:\d\d:\d\d,\d\d\d --> \d\d:\d\d:\d\d,\d\d\d\n.+", re.S)
 
 
+def microphone_flags(wav) -> list:
+    """Chromium's flags for a fake microphone that plays `wav` once, then is silent
+    (%noloop), granted without a prompt."""
+    return [*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-audio-capture={wav}%noloop"]
+
+
 @pytest.fixture
 def live_server(checkpoint, tmp_path):
     with serving(make_app(checkpoint, tmp_path, WHISPER_MAX_UPLOAD_MB="50")) as base:

@@ -14,7 +14,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from bundled_model import spoken_wav
 from conftest import wait_until
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, DESKTOP, shoot
+from test_browser import CHROMIUM, DESKTOP, microphone_flags, shoot
 from whisper_service.checkpoints import BUNDLED
 
 SPEECH = ("Please remember to bring your umbrella tomorrow morning. "
@@ -53,11 +53,8 @@ def server(live_server):
 
 @pytest.fixture(scope="module")
 def browser(spoken):
-    # %noloop: the file plays once, then the fake microphone is silent
-    flags = [*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-             f"--use-file-for-fake-audio-capture={spoken}%noloop"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=microphone_flags(spoken))
         yield browser
         browser.close()
 

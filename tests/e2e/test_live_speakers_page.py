@@ -16,7 +16,7 @@ from playwright.sync_api import expect, sync_playwright
 from whisper_service.config import bundled_ffmpeg
 from conftest import wait_until
 from conversations import dialogue
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, DESKTOP, shoot
+from test_browser import CHROMIUM, DESKTOP, microphone_flags, shoot
 from whisper.audio import SAMPLE_RATE
 
 PAUSE_SECONDS = 1.2  # between turns: longer than the 0.5 s of silence that ends an utterance
@@ -49,10 +49,8 @@ def spoken(talk, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(spoken):
-    flags = [*CHROMIUM_FLAGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-             f"--use-file-for-fake-audio-capture={spoken}%noloop"]
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=microphone_flags(spoken))
         yield browser
         browser.close()
 
