@@ -19,6 +19,7 @@ from conftest import make_app
 from test_app import csrf
 from test_openapi import documented
 from whisper_service.queue import jobs as jobs_module
+from whisper_service.queue.store.files import valid_id
 from whisper_service.queue.store.space import MB
 
 HUGE_FLOOR_MB = str(1 << 40)  # more than any disk has free: every upload is below the floor
@@ -30,7 +31,8 @@ def wav(media) -> bytes:
 
 
 def job_folders(tmp_path) -> list:
-    return sorted(p.name for p in (tmp_path / "jobs").iterdir() if p.is_dir())
+    """The data folder's job folders (not its fine-tunes/ or sign-outs/)."""
+    return sorted(p.name for p in (tmp_path / "jobs").iterdir() if p.is_dir() and valid_id(p.name))
 
 
 def assert_507(response, shape: str = "native") -> str:

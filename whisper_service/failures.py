@@ -53,12 +53,13 @@ def explain(error: BaseException) -> Failure:
     """The Failure of any error a transcription or a request can end in."""
     detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     kind = type(error).__name__
-    if isinstance(error, ModelUnavailable):
+    if isinstance(error, ModelUnavailable) and error.field == "model":
         return Failure(_model_sentence(str(error)), detail, kind, error.field, retry=True,
                        other_model=True)
     if isinstance(error, MediaError):
         return Failure(scrub(str(error)), detail, kind, error.field)
-    if isinstance(error, ServiceError):  # its message is written for people already
+    if isinstance(error, ServiceError):  # its message is written for people already (a
+        # speaker backend that cannot run says what to set: a ModelUnavailable of "diarize")
         busy = getattr(error, "retry_after", None) is not None
         return Failure(scrub(str(error)), detail, kind, error.field, retry=busy)
     if isinstance(error, FileNotFoundError):  # the store lost the upload
@@ -99,6 +100,7 @@ def model_name(text: str) -> Optional[str]:
 def _model_sentence(text: str) -> str:
     name = model_name(text)
     model = name or "the chosen model"
+    named = f"The model {name}" if name else "The chosen model"
     if "could not be downloaded" in text:
         return f"This server cannot reach the internet to download {model}; choose another model."
     if any(words in text for words in _GPU_MEMORY):
@@ -107,7 +109,7 @@ def _model_sentence(text: str) -> str:
     if "no CUDA GPU" in text:
         return ("This server is set to use a GPU it cannot find, so no model can run; tell its "
                 "operator.")
-    return f"The model {model} cannot be loaded on this server; choose another model."
+    return f"{named} cannot be loaded on this server; choose another model."
 
 
 def remedies(kind: Optional[str], field: Optional[str]) -> Tuple[bool, bool]:
