@@ -24,6 +24,12 @@ from whisper_service.checkpoints import BUNDLED
 FLOOD_SECONDS = 12.0  # how long each client sends as fast as it can
 FLOOD_BYTES = 400 << 20  # ... or until it has sent this much
 RSS_GROWTH_MB = 100  # the worker may grow this much at most (inbox, buffers, last decodes)
+# ... and, after a Realtime flood, this much more while the commit's last decodes run (the
+# backlog, at most WHISPER_LIVE_BUFFER_SECONDS, and the committed item on the full window):
+# their allocations are transient and do not grow with what was sent (measured: 23 MB during
+# a 400 MB flood, a peak of 124 MB while the commit was decoded; on main, 80 MB per 70-100 MB
+# sent)
+COMMIT_DECODE_MB = 100
 STOP_ANSWER_SECONDS = 15.0  # `stop` is answered within this (WHISPER_LIVE_STOP_SECONDS: 10)
 MAX_SPEED, BURST = 4.0, 10.0  # the defaults the server runs with
 WARM_UP_SECONDS = 5.0  # the server's first flood, before anything is measured
@@ -222,8 +228,9 @@ def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(se
         sending_done, events = threading.Event(), []
         sent = flood(ws, frames, sending_done)
         events_until(ws, sending_done, events)
+        flood_growth = max(rss.peak, rss_mb(rss.pid)) - rss.start
         print(f"\nrealtime flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker "
-              f"RSS {rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB")
+              f"RSS {rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB (+{flood_growth:.0f} at most)")
         answer, completed = commit_and_wait(ws, audio, events)
     sent_seconds = sent["bytes"] * 3 / 4 / 48000
     print(f"realtime: sent {sent['bytes'] >> 20} MB ({sent_seconds:.0f} s of audio) in "
@@ -233,7 +240,8 @@ def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(se
     assert answer < 5, f"the commit was answered after {answer:.1f} s"
     # (its decode waits for the backlog before it: at most WHISPER_LIVE_BUFFER_SECONDS)
     assert completed < COMPLETED_SECONDS, f"the item was completed after {completed:.1f} s"
-    assert rss.growth < RSS_GROWTH_MB, f"the worker grew {rss.growth:.0f} MB"
+    assert flood_growth < RSS_GROWTH_MB, f"the worker grew {flood_growth:.0f} MB during the flood"
+    assert rss.growth < RSS_GROWTH_MB + COMMIT_DECODE_MB, f"the worker grew {rss.growth:.0f} MB"
     dropped = [e["error"] for e in events
                if e["type"] == "error" and e["error"]["code"] == "audio_dropped"]
     assert dropped and dropped[0]["param"] == "audio"
