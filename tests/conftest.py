@@ -323,18 +323,25 @@ def busy_client(checkpoint, tmp_path):
     return app.test_client()
 
 
+def real_server(start, missing):
+    """A fixture's body for a real server the tests start themselves (tests/postgres.py,
+    tests/seaweed.py): yields it, destroys it after. A missing binary (`missing`) fails the
+    tests that need it with what to install: they are never skipped."""
+    try:
+        server = start()
+    except missing as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.destroy()
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One real PostgreSQL cluster for the whole session (tests/postgres.py). Missing
     binaries fail the tests that need it, with what to install: they are never skipped."""
     from postgres import Cluster, MissingPostgres
 
-    try:
-        cluster = Cluster()
-    except MissingPostgres as error:
-        pytest.fail(str(error), pytrace=False)
-    yield cluster
-    cluster.destroy()
+    yield from real_server(Cluster, MissingPostgres)
 
 
 @pytest.fixture(scope="session")
@@ -343,12 +350,7 @@ def seaweed():
     binary fails the tests that need it, with what to install: they are never skipped."""
     from seaweed import MissingSeaweed, Seaweed
 
-    try:
-        server = Seaweed()
-    except MissingSeaweed as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    server.destroy()
+    yield from real_server(Seaweed, MissingSeaweed)
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import time
 import psycopg
 import pytest
 
-from conftest import make_app, wait_until
+from conftest import make_app, real_server, wait_until
 from seaweed import BUCKET
+from test_outage import Gate  # the same stand-in: one held file, the rest at once
 from test_jobs import FAST, WAIT, Backend, FakeService, Recorder, fake_transcript, wait_finished
 from whisper_service.config import Settings
 from whisper_service.errors import ConfigError
@@ -148,29 +149,7 @@ def own_seaweed():
     """An S3 server of this module's own: stopping it must not disturb other tests."""
     from seaweed import MissingSeaweed, Seaweed
 
-    try:
-        server = Seaweed()
-    except MissingSeaweed as error:
-        pytest.fail(str(error), pytrace=False)
-    yield server
-    server.destroy()
-
-
-class Gate(FakeService):
-    """Transcribes 'held.wav' only once released (so that it ends while the object store
-    is away); every other file at once. Counts the runs of each name."""
-
-    def __init__(self):
-        self.running = threading.Event()
-        self.release = threading.Event()
-        self.runs: dict = {}
-
-    def transcribe_file(self, path, options, *, display_name=None, progress=None):
-        self.runs[display_name] = self.runs.get(display_name, 0) + 1
-        if display_name == "held.wav":
-            self.running.set()
-            self.release.wait(WAIT)
-        return fake_transcript(f"text of {display_name}")
+    yield from real_server(Seaweed, MissingSeaweed)
 
 
 def _upload(client, media, name="talk.wav", url="/api/v1/transcriptions", **fields):

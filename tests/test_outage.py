@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import make_app, wait_until
+from conftest import make_app, real_server, wait_until
 from test_openapi import documented
 from test_jobs import (WAIT, Blocker, FakeService, Recorder, backend,  # noqa: F401
                        fake_transcript, make_queue, root, submit_bytes, wait_finished)
@@ -56,12 +56,7 @@ def cluster():
     """A cluster of this module's own: stopping it must not disturb other tests."""
     from postgres import Cluster, MissingPostgres
 
-    try:
-        own = Cluster()
-    except MissingPostgres as error:
-        pytest.fail(str(error), pytrace=False)
-    yield own
-    own.destroy()
+    yield from real_server(Cluster, MissingPostgres)
 
 
 class Gate(FakeService):
