@@ -6,6 +6,7 @@
     python bench/live.py --model synthetic:turbo --device cuda --sessions 1,10,25,50
     python bench/live.py --server http://127.0.0.1:8000 --sessions 1,4   # a server already running
     python bench/live.py --in-process                             # the live engine alone, no server
+    python bench/live.py --in-process --sessions 2 --diarize 1    # one of them labels speakers
 
 With --in-process the sessions are the live engine's own (whisper_service.live: gate,
 scheduler, decoder, the bundled tiny.en loaded in this process), fed the same frames at the
@@ -42,6 +43,12 @@ when the words were spoken:
 
 Medians and p95 (nearest rank) are over every utterance of every session of a row; "vs 1"
 divides a row's p95 first text by the 1-session row's, measured in the same run.
+
+--diarize K (with --in-process): the first K sessions of each row label speakers
+(diarize=true), the others do not; each row is then measured twice, the sessions that
+label and those that do not ("2: 1 diarizing", "2: 1 not"), so what labelling costs the
+other sessions shows in the second line; the labelling sessions' `speaker` events are
+counted below the table, with how long after each utterance's speech end they came.
 """
 
 from __future__ import annotations
@@ -120,7 +127,8 @@ def run_session(session: Session, server: str, pcm: bytes, start: float, options
 
 
 IN_PROCESS_EVENTS = {"Partial": "partial", "Committed": "committed", "Behind": "behind",
-                     "SpeechStarted": "speech_started", "SpeechStopped": "speech_stopped"}
+                     "SpeechStarted": "speech_started", "SpeechStopped": "speech_stopped",
+                     "SpeakerFound": "speaker"}
 
 
 def run_in_process(session: Session, scheduler, pcm: bytes, start: float, options: dict) -> None:
@@ -139,7 +147,8 @@ def run_in_process(session: Session, scheduler, pcm: bytes, start: float, option
         if kind:
             session.events.append((time.monotonic(), {"type": kind, **asdict(event)}))
 
-    live = scheduler.open(LiveOptions(language=options["language"]), record)
+    diarize = session.index < options.get("diarize", 0)
+    live = scheduler.open(LiveOptions(language=options["language"], diarize=diarize), record)
     try:
         for frame in session.paced:
             live.feed(pcm16_samples(frame))
@@ -231,6 +240,20 @@ def measure(row: List[Session], utterances: List[Utterance], keep_up: float) -> 
     return measured
 
 
+def speaker_labels(row: List[Session], utterances: List[Utterance]) -> Tuple[int, List[float]]:
+    """The `speaker` events of these sessions, and for each how long after the speech end
+    of the utterance it labels it came (the sentences in order: the n-th label, the n-th)."""
+    told, after = 0, []
+    for session in row:
+        if session.paced is None or session.paced.started is None:
+            continue
+        found = [at for at, event in session.events if event.get("type") == "speaker"]
+        told += len(found)
+        for at, u in zip(found, utterances):
+            after.append(at - session.paced.wall_time(u.end))
+    return told, after
+
+
 def total_seconds(session: Session) -> float:
     return len(session.paced.pcm) / (SAMPLE_RATE * 2)
 
@@ -258,6 +281,7 @@ def this_process() -> float:
 def a_server(args, folder: str):
     if args.in_process:
         from whisper_service.checkpoints import BUNDLED
+        from whisper_service.speakers.encoder import load_encoder
         from whisper_service.config import Settings
         from whisper_service.live.decoder import WhisperDecoder
         from whisper_service.live.scheduler import LiveScheduler
@@ -266,6 +290,8 @@ def a_server(args, folder: str):
         registry = ModelRegistry(Settings(model=BUNDLED, device="cpu"))
         registry.get(BUNDLED).windows  # its CTranslate2 twin loaded now, not in a measured row
         WhisperDecoder.warm_up()
+        if args.diarize:
+            load_encoder("cpu")  # the speaker encoder loaded now, not in a measured row
         scheduler = LiveScheduler(WhisperDecoder(registry), max(
             int(n) for n in args.sessions.split(",") if n.strip()))
         try:
@@ -324,7 +350,11 @@ def main() -> None:
     parser.add_argument("--stagger", type=float, default=0.1, help="seconds between session starts")
     parser.add_argument("--keep-up", type=float, default=2.0,
                         help="seconds after the last speech within which the final commit must come")
+    parser.add_argument("--diarize", type=int, default=0,
+                        help="with --in-process: this many sessions of each row label speakers")
     args = parser.parse_args()
+    if args.diarize and not args.in_process:
+        parser.error("--diarize needs --in-process (the live client sends no diarize option)")
     counts = [int(n) for n in args.sessions.split(",") if n.strip()]
 
     with tempfile.TemporaryDirectory() as folder:
@@ -332,22 +362,34 @@ def main() -> None:
         seconds = len(pcm) / (SAMPLE_RATE * 2)
         options = {"api_key": args.api_key, "language": args.language, "done_timeout": 900,
                    "model": args.model if args.server else None}  # a started server's default
+        labelling = {"diarize": args.diarize} if args.diarize else {}
         with a_server(args, folder) as (server, pid):
             # warm-up: a fresh server's first decodes compile and load (numba, onnxruntime)
             warm = int((utterances[0].end + 1.0) * SAMPLE_RATE) * 2
             if isinstance(server, str):
                 live_client.stream(server, live_client.Paced(pcm[:warm]), **options)
             else:
-                run_in_process(Session(-1, 0.0), server, pcm[:warm], time.monotonic(), options)
-            rows = []
+                run_in_process(Session(-1, 0.0), server, pcm[:warm], time.monotonic(),
+                               {**options, "diarize": 1 if args.diarize else 0})
+            rows, labels = [], []
             for count in counts:
                 started, cpu = time.monotonic(), cpu_seconds(pid)
-                row = run_row(server, count, pcm, args.stagger, options)
-                measured = measure(row, utterances, args.keep_up)
-                if cpu is not None:
-                    measured.cpu_per_audio = (cpu_seconds(pid) - cpu) / (count * seconds)
-                rows.append((count, measured, time.monotonic() - started))
-                print(f"{count} sessions: {rows[-1][2]:.1f} s", file=sys.stderr)
+                row = run_row(server, count, pcm, args.stagger, {**options, **labelling})
+                wall = time.monotonic() - started
+                cpu_per_audio = (None if cpu is None
+                                 else (cpu_seconds(pid) - cpu) / (count * seconds))
+                split = min(args.diarize, count)
+                groups = ([(f"{count}: {split} diarizing", row[:split]),
+                           (f"{count}: {count - split} not", row[split:])]
+                          if args.diarize else [(str(count), row)])
+                for name, sessions in groups:
+                    if not sessions:
+                        continue
+                    measured = measure(sessions, utterances, args.keep_up)
+                    measured.cpu_per_audio = cpu_per_audio
+                    rows.append((name, len(sessions), measured, wall))
+                labels.append((count, speaker_labels(row[:split], utterances)))
+                print(f"{count} sessions: {wall:.1f} s", file=sys.stderr)
 
     print(f"\n{len(utterances)} utterances in {seconds:.1f} s of audio per session; "
           f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}, "
@@ -357,24 +399,28 @@ def main() -> None:
           "| done after stop s, median | server CPU s per audio s | behind (worst s) "
           "| real time | utterances missed | failed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    base = p95(rows[0][1].first_text) if rows and rows[0][0] == 1 else None
+    base = p95(rows[0][2].first_text) if rows and rows[0][0] == "1" else None
     sustained = 0
-    for count, m, _wall in rows:
+    for name, count, m, _wall in rows:
         worst = p95(m.first_text)
         ratio = f"{worst / base:.2f}" if base and worst is not None else "-"
         done = f"{statistics.median(m.done_after_stop):.2f}" if m.done_after_stop else "-"
         cpu = f"{m.cpu_per_audio:.2f}" if m.cpu_per_audio is not None else "-"
         behind = f"{len(m.behind)} of {count} ({max(m.behind):.1f})" if m.behind else f"0 of {count}"
-        print(f"| {count} | {median_p95(m.first_text)} | {median_p95(m.first_commit)} "
+        print(f"| {name} | {median_p95(m.first_text)} | {median_p95(m.first_commit)} "
               f"| {median_p95(m.final_commit)} | {ratio} | {done} | {cpu} | {behind} "
               f"| {m.kept_up} of {count} | {m.missed} | {len(m.failed)} |")
-        if m.kept_up == count and not m.failed:
+        if m.kept_up == count and not m.failed and name.isdigit():
             sustained = max(sustained, count)
-    print(f"\nMost sessions sustained in real time (final commit within {args.keep_up:g} s of "
-          f"the last speech, every session): {sustained}")
-    for count, m, _wall in rows:
+    if not args.diarize:
+        print(f"\nMost sessions sustained in real time (final commit within {args.keep_up:g} s "
+              f"of the last speech, every session): {sustained}")
+    for count, (told, after) in labels if args.diarize else ():
+        print(f"\n{count} sessions: {told} speaker labels for {min(args.diarize, count) * len(utterances)} "
+              f"utterances, after the speech end s, median / p95: {median_p95(after)}")
+    for name, _count, m, _wall in rows:
         for failure in sorted(set(m.failed)):
-            print(f"- {count} sessions: {m.failed.count(failure)} failed: {failure}")
+            print(f"- {name} sessions: {m.failed.count(failure)} failed: {failure}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ session for its next decode and hands them all to the decoder at once, MAX_BATCH
 one batch serves many sessions, so the GPU's cost per session falls as sessions are added.
 The decoder takes the model's lock before file jobs (models.TurnLock), which wait between
 their batches. A session whose decode fails ends its utterance with what it had committed;
-the others, and the thread, go on.
+the others, and the thread, go on. Speaker labels (diarize) are told on the scheduler's
+SpeakerLabeler thread (labels.py), never on this one: embedding a voice delays no decode.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from whisper_service.errors import ServiceError
 from whisper_service.live.decoder import LiveDecoder
+from whisper_service.live.labels import SpeakerLabeler
 from whisper_service.live.session import DecodeRequest, DecodeResult, Event, LiveOptions, LiveSession
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,11 @@ class TooManySessions(ServiceError):
 
 
 class LiveScheduler:
-    def __init__(self, decoder: LiveDecoder, max_sessions: int, max_batch: int = MAX_BATCH):
+    def __init__(self, decoder: LiveDecoder, max_sessions: int, max_batch: int = MAX_BATCH,
+                 labeler: Optional[SpeakerLabeler] = None):
+        """labeler: tells every session's speakers (None: one of its own)."""
         self.decoder = decoder
+        self.labeler = labeler or SpeakerLabeler()
         self.max_sessions = max_sessions
         self.max_batch = max_batch
         self._sessions: List[LiveSession] = []
@@ -60,7 +65,8 @@ class LiveScheduler:
         with self._lock:
             if len(self._sessions) >= self.max_sessions:
                 raise TooManySessions(self.max_sessions)
-            session = LiveSession(options, on_event, wake=self._doorbell.set, record=record)
+            session = LiveSession(options, on_event, wake=self._doorbell.set, record=record,
+                                  labeler=self.labeler)
             self._sessions.append(session)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="live-scheduler",
@@ -69,16 +75,19 @@ class LiveScheduler:
         return session
 
     def close(self, session: LiveSession) -> None:
-        """Forget the session (its pending decodes are dropped)."""
+        """Forget the session: its pending decodes and speaker labels are dropped (a label
+        being told is waited for, a few seconds at most). Not with the session's lock held."""
         with self._lock:
             if session in self._sessions:
                 self._sessions.remove(session)
+        self.labeler.cancel(session)
 
     def stop(self) -> None:
         self._stopping.set()
         self._doorbell.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.labeler.stop()
 
     def _run(self) -> None:
         while not self._stopping.is_set():

@@ -29,7 +29,11 @@ session for its next decode and hands back the words found. What happens between
   on at least LANGUAGE_MIN_SECONDS of audio; from then on it is fixed.
 - diarize: each utterance's voice, once it ends, gets a speaker (speakers/online.py: the
   same number for the same voice all session long), told in a SpeakerFound event and kept
-  on the transcript's segments.
+  on the transcript's segments. Given a SpeakerLabeler (labels.py; the scheduler gives its
+  own), the voice is told on the labeler's thread, never on the decoding one: SpeakerFound
+  then comes after the utterance's UtteranceDone (and maybe after later utterances' text),
+  one session's in the order of its utterances, and the session is not settled until its
+  labels are in. Without one, it is told at once, before UtteranceDone.
 
 Events go to `on_event` from whichever thread caused them (feeding or decoding); a caller
 that needs them on one thread queues them. One decode per session is in flight at a time.
@@ -37,6 +41,7 @@ that needs them on one thread queues them. One decode per session is in flight a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -51,9 +56,12 @@ from whisper_service.failures import explain
 from whisper_service.options import TranscribeOptions
 from whisper_service.transcript import Segment, Transcript, Word
 from whisper_service.live.gate import END_SILENCE_MS, SpeechGate, Transition
+from whisper_service.live.labels import LabelTask, SpeakerLabeler
 from whisper_service.live.policy import CommitPolicy, LocalAgreement, Update
 from whisper_service.speakers import SpeakerHints, SpeakerTurn, assign_speakers
 from whisper_service.speakers.online import OnlineSpeakers
+
+log = logging.getLogger(__name__)
 
 STEP_SECONDS = 0.5  # a speaking utterance is decoded again once this much more has come ...
 STEP_PER_DECODE = 1.5  # ... or this many times the last decode's round trip ...
@@ -248,10 +256,12 @@ class LiveSession:
     def __init__(self, options: LiveOptions, on_event: Callable[[Event], None],
                  policy: Callable[[], CommitPolicy] = LocalAgreement,
                  wake: Callable[[], None] = lambda: None,
-                 record: Callable[[np.ndarray], None] = lambda samples: None):
+                 record: Callable[[np.ndarray], None] = lambda samples: None,
+                 labeler: Optional[SpeakerLabeler] = None):
         """on_event: told every event. policy: makes a commit policy per utterance. wake:
         called when a decode may be due (the scheduler's doorbell). record: given every
-        sample the session takes, in order (the recording)."""
+        sample the session takes, in order (the recording). labeler: where diarize's
+        speaker labels are told (None: at once, on the thread that ends the utterance)."""
         self.options = options
         self._on_event = on_event
         self._record = record
@@ -279,6 +289,8 @@ class LiveSession:
         self._speakers = (OnlineSpeakers(SpeakerHints(max_speakers=options.max_speakers))
                           if options.diarize else None)
         self._speaker_of: dict = {}  # utterance number -> speaker, once it ended with words
+        self._labeler = labeler
+        self._labelling = 0  # utterances handed to the labeler, their speaker not yet told
 
     def reconfigure(self, options: LiveOptions) -> None:
         """New options for the decodes to come (a protocol's session update)."""
@@ -372,10 +384,17 @@ class LiveSession:
             return waiting / SAMPLE_RATE
 
     @property
-    def settled(self) -> bool:
-        """Stopped, and every utterance's last decode applied."""
+    def labelling(self) -> int:
+        """Ended utterances whose speaker the labeler has still to tell."""
         with self._lock:
-            return self.stopped and not self._in_flight and not self._ending
+            return self._labelling
+
+    @property
+    def settled(self) -> bool:
+        """Stopped, every utterance's last decode applied and its speaker told."""
+        with self._lock:
+            return (self.stopped and not self._in_flight and not self._ending
+                    and not self._labelling)
 
     # --- asked by the scheduler -----------------------------------------------------------
 
@@ -601,10 +620,28 @@ class LiveSession:
         (its last 30 s at most)."""
         if self._speakers is None or not utterance.words:
             return
-        speaker = self._speakers.label(utterance.buffer[:utterance.length])
+        audio = utterance.buffer[:utterance.length]
+        if self._labeler is None:
+            self._labelled(utterance.number, self._speakers.label(audio))
+            return
+        number = utterance.number
+        task = LabelTask(self, self._speakers, audio.copy(), lambda speaker: self._told(number, speaker))
+        if self._labeler.submit(task):
+            self._labelling += 1
+        else:  # the labeler is far behind: this utterance goes without a speaker
+            log.warning("live utterance %d gets no speaker: the labeler has %d waiting",
+                        number, self._labeler.max_pending)
+
+    def _told(self, number: int, speaker: Optional[int]) -> None:
+        """The labeler's answer (on its thread)."""
+        with self._lock:
+            self._labelling -= 1
+            self._labelled(number, speaker)
+
+    def _labelled(self, number: int, speaker: Optional[int]) -> None:
         if speaker is not None:
-            self._speaker_of[utterance.number] = speaker
-            self._emit(SpeakerFound(utterance.number, speaker))
+            self._speaker_of[number] = speaker
+            self._emit(SpeakerFound(number, speaker))
 
     def _settle_language(self, request: DecodeRequest, result: DecodeResult) -> None:
         if self.language is not None:
