@@ -48,7 +48,9 @@ divides a row's p95 first text by the 1-session row's, measured in the same run.
 (diarize=true), the others do not; each row is then measured twice, the sessions that
 label and those that do not ("2: 1 diarizing", "2: 1 not"), so what labelling costs the
 other sessions shows in the second line; the labelling sessions' `speaker` events are
-counted below the table, with how long after each utterance's speech end they came.
+counted below the table, with how long after each utterance's speech end they came, and
+the seconds every label took are summed by the thread that ran it: the live decoding thread
+(which every session's decodes wait for meanwhile) or another (the speaker labeler's).
 """
 
 from __future__ import annotations
@@ -254,6 +256,30 @@ def speaker_labels(row: List[Session], utterances: List[Utterance]) -> Tuple[int
     return told, after
 
 
+DECODING_THREAD = "live-scheduler"  # the name of the live scheduler's thread
+
+
+def time_labels() -> dict:
+    """From now on, every speaker label of this process timed (seconds from its call to its
+    answer), by where it ran: {"the decoding thread": [...], "other threads": [...]}."""
+    from whisper_service.speakers.online import OnlineSpeakers
+
+    spent: dict = {"the decoding thread": [], "other threads": []}
+    label = OnlineSpeakers.label
+
+    def timed(self, audio):
+        began = time.perf_counter()
+        try:
+            return label(self, audio)
+        finally:
+            on_decoder = threading.current_thread().name == DECODING_THREAD
+            spent["the decoding thread" if on_decoder else "other threads"].append(
+                time.perf_counter() - began)
+
+    OnlineSpeakers.label = timed
+    return spent
+
+
 def total_seconds(session: Session) -> float:
     return len(session.paced.pcm) / (SAMPLE_RATE * 2)
 
@@ -372,6 +398,7 @@ def main() -> None:
                 run_in_process(Session(-1, 0.0), server, pcm[:warm], time.monotonic(),
                                {**options, "diarize": 1 if args.diarize else 0})
             rows, labels = [], []
+            label_cpu = time_labels() if args.diarize else {}
             for count in counts:
                 started, cpu = time.monotonic(), cpu_seconds(pid)
                 row = run_row(server, count, pcm, args.stagger, {**options, **labelling})
@@ -418,6 +445,9 @@ def main() -> None:
     for count, (told, after) in labels if args.diarize else ():
         print(f"\n{count} sessions: {told} speaker labels for {min(args.diarize, count) * len(utterances)} "
               f"utterances, after the speech end s, median / p95: {median_p95(after)}")
+    for where, spent in label_cpu.items():
+        print(f"speaker labels on {where}: {len(spent)}, {sum(spent):.2f} s"
+              + (f" (longest {max(spent):.2f} s)" if spent else ""))
     for name, _count, m, _wall in rows:
         for failure in sorted(set(m.failed)):
             print(f"- {name} sessions: {m.failed.count(failure)} failed: {failure}")

@@ -9,8 +9,8 @@ its messages.
 A connection holds one HTTP thread for as long as it lasts; WHISPER_LIVE_SESSIONS bounds
 them per process (one more is told `too_many_sessions` and closed with 1013 at once). Audio
 is recorded as it comes; when the session ends (stop, a dropped connection, the length
-limit, a refused frame), its last decodes are awaited (WHISPER_LIVE_STOP_SECONDS at most)
-and it is kept as a finished job.
+limit, a refused frame), its last decodes and speaker labels are awaited
+(WHISPER_LIVE_STOP_SECONDS at most) and it is kept as a finished job.
 
 Backpressure: messages are read from a bounded inbox (socket.py) as fast as they come;
 audio past WHISPER_LIVE_MAX_SPEED times real time, or while WHISPER_LIVE_BUFFER_SECONDS of
@@ -209,10 +209,12 @@ class LiveConnection:
             time.sleep(POLL_SECONDS)
             self._flush()
         self._flush()
-        if not session.settled:  # the decoder is far behind: keep what is committed
-            log.warning("live session %s: last decodes not done in %g s", self._job_id, wait)
+        if not session.settled:  # the decoder (or labeler) is far behind: keep what is done
+            log.warning("live session %s: last decodes or speaker labels not done in %g s",
+                        self._job_id, wait)
             self.send(self.protocol.error(
-                "unfinished", f"the server could not decode the last words within "
+                "unfinished", f"the server could not decode the last words"
+                f"{' or tell their speakers' if session.labelling else ''} within "
                 f"{wait:g} s (it is overloaded); what was committed and the whole "
                 "recording are kept"))
         self.scheduler.close(session)
