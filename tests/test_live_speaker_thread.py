@@ -6,7 +6,6 @@ running. Ordering is read from one shared log of what happened, not from wall-cl
 from __future__ import annotations
 
 import threading
-import wave
 from typing import List
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 
 from bundled_model import spoken_wav
 from conftest import wait_until
+from test_live_session import read_pcm, sentence  # noqa: F401  (a fixture: 4 s of speech)
 from whisper_service.live.labels import LabelTask, SpeakerLabeler
 from whisper_service.live.scheduler import LiveScheduler
 from whisper_service.live.session import (
@@ -25,18 +25,6 @@ from whisper_service.transcript import Word
 RATE = 16000
 FRAME = RATE // 4
 EMBED_SECONDS = 1.0  # the fake embedder's longest wait
-
-
-def read_pcm(path) -> np.ndarray:
-    with wave.open(str(path)) as wav:
-        return np.frombuffer(wav.readframes(wav.getnframes()), "<i2").astype(np.float32) / 32768
-
-
-@pytest.fixture(scope="module")
-def sentence(tmp_path_factory) -> np.ndarray:
-    """About 4 s of speech, 1 s of silence before and after: one utterance."""
-    return read_pcm(spoken_wav("The quick brown fox jumps over the lazy dog.",
-                               tmp_path_factory.mktemp("labels"), before=1.0, after=1.0))
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +154,10 @@ def test_a_cancelled_owner_leaves_nothing_running_and_is_told_nothing():
     labeler.stop()
 
 
-def test_a_stopped_session_settles_only_once_its_labels_are_in(sentence, monkeypatch):
+@pytest.fixture
+def mid_label(sentence, monkeypatch):
+    """A diarizing session of a scheduler, stopped after one utterance whose label is being
+    told by a Blocking embedder: (scheduler, session, its events, the embedder)."""
     speakers = Blocking()
     monkeypatch.setattr(OnlineSpeakers, "label", lambda self, audio: speakers.label(audio) and 0)
     scheduler = LiveScheduler(LoggingDecoder([], {}), max_sessions=1)
@@ -177,29 +168,24 @@ def test_a_stopped_session_settles_only_once_its_labels_are_in(sentence, monkeyp
             session.feed(sentence[start:start + FRAME])
         session.stop()
         assert speakers.started.wait(10)
-        assert not session.settled and session.labelling == 1
-        assert not any(isinstance(e, SpeakerFound) for e in events)
+        yield scheduler, session, events, speakers
+    finally:
         speakers.release.set()
-        wait_until(lambda: session.settled, 10, 0.01, "the label")
-        assert [e.speaker for e in events if isinstance(e, SpeakerFound)] == [0]
-    finally:
         scheduler.stop()
 
 
-def test_closing_a_session_mid_label_drops_its_labels(sentence, monkeypatch):
-    speakers = Blocking()
-    monkeypatch.setattr(OnlineSpeakers, "label", lambda self, audio: speakers.label(audio) and 0)
-    scheduler = LiveScheduler(LoggingDecoder([], {}), max_sessions=1)
-    events: List[object] = []
-    session = scheduler.open(LiveOptions(diarize=True), events.append)
-    try:
-        for start in range(0, len(sentence), FRAME):
-            session.feed(sentence[start:start + FRAME])
-        session.stop()
-        assert speakers.started.wait(10)
-        threading.Timer(0.2, speakers.release.set).start()
-        scheduler.close(session)  # the client left: its label is waited for, its result dropped
-        assert scheduler.labeler.pending == 0
-        assert not any(isinstance(e, SpeakerFound) for e in events)
-    finally:
-        scheduler.stop()
+def test_a_stopped_session_settles_only_once_its_labels_are_in(mid_label):
+    scheduler, session, events, speakers = mid_label
+    assert not session.settled and session.labelling == 1
+    assert not any(isinstance(e, SpeakerFound) for e in events)
+    speakers.release.set()
+    wait_until(lambda: session.settled, 10, 0.01, "the label")
+    assert [e.speaker for e in events if isinstance(e, SpeakerFound)] == [0]
+
+
+def test_closing_a_session_mid_label_drops_its_labels(mid_label):
+    scheduler, session, events, speakers = mid_label
+    threading.Timer(0.2, speakers.release.set).start()
+    scheduler.close(session)  # the client left: its label is waited for, its result dropped
+    assert scheduler.labeler.pending == 0
+    assert not any(isinstance(e, SpeakerFound) for e in events)

@@ -7,7 +7,6 @@ answered with `done` within seconds whatever was queued, a Realtime commit with 
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -17,7 +16,8 @@ import pytest
 import requests
 from websockets.sync.client import connect
 
-from conftest import run_ffmpeg, wait_until
+from conftest import wait_until
+from live_ws import append, appends, events_until, pcm_at_rates, read_until, ws_url
 from server import Server, server_env
 from whisper_service.checkpoints import BUNDLED
 
@@ -47,8 +47,7 @@ def server(tmp_path_factory, pcm):
     try:
         wait_until(lambda: requests.get(running.base + "/readyz", timeout=2).ok, 90,
                    what="the model to load")
-        url = running.base.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
-        with connect(url, compression=None) as ws:
+        with connect(ws_url(running, "/v1/realtime?intent=transcription"), compression=None) as ws:
             assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
             sending_done = threading.Event()
             flood(ws, appends(pcm[24000]), sending_done, WARM_UP_SECONDS)
@@ -62,14 +61,7 @@ def server(tmp_path_factory, pcm):
 @pytest.fixture(scope="module")
 def pcm(media, tmp_path_factory):
     """conftest's speech (two sentences, about 8 s, then 1.5 s of silence) as PCM16."""
-    folder = tmp_path_factory.mktemp("flood-pcm")
-    found = {}
-    for rate in (16000, 24000):
-        target = folder / f"speech-{rate}.raw"
-        run_ffmpeg("-i", str(media["speech.wav"]), "-af", "apad=pad_dur=1.5", "-f", "s16le",
-                   "-ac", "1", "-ar", str(rate), str(target))
-        found[rate] = target.read_bytes()
-    return found
+    return pcm_at_rates(media["speech.wav"], tmp_path_factory.mktemp("flood-pcm"), pad_seconds=1.5)
 
 
 def worker_pid(server) -> int:
@@ -116,19 +108,11 @@ class PeakRss:
         return self.peak - self.start
 
 
-def appends(audio: bytes) -> list:
-    """input_audio_buffer.append events of 0.5 s each."""
-    return [json.dumps({"type": "input_audio_buffer.append",
-                        "audio": base64.b64encode(audio[i:i + 24000]).decode()})
-            for i in range(0, len(audio) - 24000, 24000)]
-
-
 def commit_and_wait(ws, audio: bytes, events: list) -> tuple:
     """Speak a little, commit, and wait for the answer and for the committed item's
     transcript: (seconds to the answer, seconds to the transcript) from the commit."""
     for i in range(0, 24000 * 3, 12000):  # a last utterance, for the commit to end
-        ws.send(json.dumps({"type": "input_audio_buffer.append",
-                            "audio": base64.b64encode(audio[24000 + i:36000 + i]).decode()}))
+        ws.send(append(audio[24000 + i:36000 + i]))
     time.sleep(0.5)  # the speech gate has heard it
     ws.send(json.dumps({"type": "input_audio_buffer.commit", "event_id": "last"}))
     asked = time.monotonic()
@@ -170,13 +154,16 @@ def flood(ws, frames, stop: threading.Event, seconds: float = FLOOD_SECONDS) -> 
     return sent
 
 
-def events_until(ws, done: threading.Event, events: list) -> None:
-    """Collect the server's events while the flood lasts."""
-    while not done.is_set():
-        try:
-            events.append(json.loads(ws.recv(timeout=0.2)))
-        except TimeoutError:
-            pass
+def flood_watched(ws, frames, rss: PeakRss, name: str) -> tuple:
+    """Flood the socket, collecting its events meanwhile: what flood() sent, the events,
+    and how much the worker grew during the flood (MB)."""
+    sending_done, events = threading.Event(), []
+    sent = flood(ws, frames, sending_done)
+    events_until(ws, sending_done, events)
+    flood_growth = max(rss.peak, rss_mb(rss.pid)) - rss.start
+    print(f"\n{name} flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker RSS "
+          f"{rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB (+{flood_growth:.0f} at most)")
+    return sent, events, flood_growth
 
 
 def live_sessions(server) -> str:
@@ -187,19 +174,14 @@ def live_sessions(server) -> str:
 def test_a_native_client_in_a_tight_loop_is_held_to_a_bounded_worker_and_stop_is_quick(
         server, pcm):
     frames = [pcm[16000][i:i + 32000] for i in range(0, len(pcm[16000]) - 32000, 32000)]
-    url = server.base.replace("http://", "ws://") + "/api/live?language=en&beam_size=greedy"
+    url = ws_url(server, "/api/live?language=en&beam_size=greedy")
     with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None, compression=None) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
-        sending_done, events = threading.Event(), []
-        sent = flood(ws, frames, sending_done)
-        events_until(ws, sending_done, events)
-        flood_growth = max(rss.peak, rss_mb(rss.pid)) - rss.start
-        print(f"\nnative flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker RSS "
-              f"{rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB (+{flood_growth:.0f} at most)")
+        sent, events, flood_growth = flood_watched(ws, frames, rss, "native")
         ws.send(json.dumps({"type": "stop"}))
         asked = time.monotonic()
-        while not events or events[-1]["type"] != "done":
-            events.append(json.loads(ws.recv(timeout=max(0.1, asked + 60 - time.monotonic()))))
+        if not events or events[-1]["type"] != "done":
+            read_until(ws, "done", 60, events)
         answered = time.monotonic() - asked
     sent_seconds = sent["bytes"] / 32000
     print(f"native: sent {sent['bytes'] >> 20} MB ({sent_seconds:.0f} s of audio) in "
@@ -226,15 +208,10 @@ def test_a_native_client_in_a_tight_loop_is_held_to_a_bounded_worker_and_stop_is
 def test_a_realtime_client_in_a_tight_loop_is_bounded_and_its_commit_answered(server, pcm):
     audio = pcm[24000]
     frames = appends(audio)
-    url = server.base.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+    url = ws_url(server, "/v1/realtime?intent=transcription")
     with PeakRss(worker_pid(server)) as rss, connect(url, max_size=None, compression=None) as ws:
         assert json.loads(ws.recv(timeout=30))["type"] == "session.created"
-        sending_done, events = threading.Event(), []
-        sent = flood(ws, frames, sending_done)
-        events_until(ws, sending_done, events)
-        flood_growth = max(rss.peak, rss_mb(rss.pid)) - rss.start
-        print(f"\nrealtime flood: {sent['bytes'] >> 20} MB in {sent['seconds']:.1f} s; worker "
-              f"RSS {rss.start:.0f} -> {rss_mb(rss.pid):.0f} MB (+{flood_growth:.0f} at most)")
+        sent, events, flood_growth = flood_watched(ws, frames, rss, "realtime")
         answer, completed = commit_and_wait(ws, audio, events)
     sent_seconds = sent["bytes"] * 3 / 4 / 48000
     print(f"realtime: sent {sent['bytes'] >> 20} MB ({sent_seconds:.0f} s of audio) in "

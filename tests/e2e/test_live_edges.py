@@ -18,7 +18,6 @@ README "Live captions". The edge words are asserted one by one besides.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import threading
@@ -31,6 +30,7 @@ from websockets.sync.client import connect
 
 from bundled_model import spoken_wav, word_error_rate
 from conftest import run_ffmpeg, wait_until
+from live_ws import frames, pcm_at_rates, realtime_transcription, send_appends, ws_url
 
 SENTENCES = (
     "Good morning, everyone, and thank you for joining.",
@@ -43,8 +43,7 @@ WER_BOUND = 0.1
 FIRST_WORDS = ("good", "morning", "everyone")  # before the gate opens: the stream's start
 LAST_WORDS = ("public", "holiday")  # right before the stream ends
 BOUNDARY_WORDS = ("joining", "committee", "year", "please", "appointment", "library")
-FRAME_SECONDS = 0.25
-PACE_SECONDS = FRAME_SECONDS  # between frames: real time, as a microphone sends
+PACE_SECONDS = 0.25  # between frames of 0.25 s: real time, as a microphone sends
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +70,7 @@ def speech(tmp_path_factory):
                "silenceremove=start_periods=1:start_threshold=-60dB,areverse,"
                "silenceremove=start_periods=1:start_threshold=-60dB,areverse",
                "-ar", "16000", "-ac", "1", "-c:a", "pcm_s16le", str(wav))
-    pcm = {}
-    for rate in (16000, 24000):
-        raw = folder / f"speech-{rate}.raw"
-        run_ffmpeg("-i", str(wav), "-f", "s16le", "-ac", "1", "-ar", str(rate), str(raw))
-        pcm[rate] = raw.read_bytes()
-    return {"wav": wav, "pcm": pcm}
+    return {"wav": wav, "pcm": pcm_at_rates(wav, folder)}
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +87,6 @@ def file_text(server, speech):
 
 def words(text: str) -> list:
     return re.findall(r"[a-z]+", text.lower())
-
-
-def ws_url(server, path: str) -> str:
-    return server.base.replace("http://", "ws://") + path
-
-
-def frames(pcm: bytes, rate: int):
-    size = int(FRAME_SECONDS * rate) * 2
-    return [pcm[start:start + size] for start in range(0, len(pcm), size)]
 
 
 def assert_every_word_kept(live: str, file_text: str) -> None:
@@ -170,21 +155,10 @@ def test_a_dropped_connection_keeps_every_word_in_the_job(server, speech, file_t
 def test_realtime_commit_at_the_end_keeps_every_word(server, speech, file_text):
     client = OpenAI(base_url=f"{server.base}/v1", api_key="anything", max_retries=0)
     with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
-        connection.session.update(session={
-            "type": "transcription",
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
-                                "transcription": {"model": "whisper-1", "language": "en"}}},
-        })
-        sent = threading.Event()
-
-        def send():
-            for frame in frames(speech["pcm"][24000], 24000):
-                connection.input_audio_buffer.append(audio=base64.b64encode(frame).decode())
-                time.sleep(PACE_SECONDS)
-            connection.input_audio_buffer.commit()  # the last words, still being spoken
-            sent.set()
-
-        threading.Thread(target=send, daemon=True).start()
+        realtime_transcription(connection, "whisper-1")
+        # the last words, still being spoken, committed
+        sent = send_appends(connection, speech["pcm"][24000], PACE_SECONDS,
+                            then=connection.input_audio_buffer.commit)
         watchdog = threading.Timer(240, connection.close)
         watchdog.start()
         items, completed = [], {}

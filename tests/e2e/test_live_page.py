@@ -53,6 +53,8 @@ def server(live_server):
 
 @pytest.fixture(scope="module")
 def browser(spoken):
+    """Chromium whose fake microphone plays `spoken` (the using module's fixture of that name:
+    test_live_speakers_page uses this one with its dialogue)."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=microphone_flags(spoken))
         yield browser

@@ -4,20 +4,21 @@ and what bad input, too many sessions, a minute of silence and the length limit 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import re
 import threading
-import time
 
 import pytest
 import requests
 from openai import OpenAI
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from conftest import LIVE_SESSIONS, make_app, run_ffmpeg, serving, wait_until
+from conftest import LIVE_SESSIONS, make_app, serving, wait_until
+from live_ws import (
+    closed_with, pcm_at_rates, read_until, realtime_transcription, send_appends, send_paced, ws_url,
+)
 from whisper_service.checkpoints import BUNDLED
 
 FRAME_BYTES = 8000  # 0.25 s of 16 kHz PCM16
@@ -34,54 +35,11 @@ def server(live_server):
 @pytest.fixture(scope="module")
 def pcm(media, tmp_path_factory):
     """conftest's speech (two sentences, about 8 s) as raw PCM16: 16 kHz and 24 kHz."""
-    folder = tmp_path_factory.mktemp("live-pcm")
-    found = {}
-    for rate in (16000, 24000):
-        target = folder / f"speech-{rate}.raw"
-        run_ffmpeg("-i", str(media["speech.wav"]), "-af", "apad=pad_dur=1.5", "-f", "s16le",
-                   "-ac", "1", "-ar", str(rate), str(target))
-        found[rate] = target.read_bytes()
-    return found
-
-
-def ws_url(server, path: str) -> str:
-    return server.base.replace("http://", "ws://") + path
+    return pcm_at_rates(media["speech.wav"], tmp_path_factory.mktemp("live-pcm"), pad_seconds=1.5)
 
 
 def words_heard(text: str) -> set:
     return HEARD & set(re.findall(r"[a-z]+", text.lower()))
-
-
-def send_paced(ws, data: bytes, frame: int = FRAME_BYTES, then=None,
-               pace: float = PACE_SECONDS) -> threading.Thread:
-    def send():
-        for start in range(0, len(data), frame):
-            ws.send(data[start:start + frame])
-            time.sleep(pace)
-        if then is not None:
-            ws.send(then)
-
-    sender = threading.Thread(target=send, daemon=True)
-    sender.start()
-    return sender
-
-
-def read_until(ws, kind: str, timeout: float = 120):
-    """Events up to and including the first of `kind`."""
-    events, deadline = [], time.monotonic() + timeout
-    while True:
-        event = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-        events.append(event)
-        if event["type"] == kind:
-            return events
-
-
-def closed_with(ws) -> tuple:
-    """The close code and reason the server closed with (after its last message)."""
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:
-            ws.recv(timeout=30)
-    return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
 def test_native_protocol_partials_commits_and_a_finished_job(server, pcm):
@@ -89,7 +47,7 @@ def test_native_protocol_partials_commits_and_a_finished_job(server, pcm):
         ready = json.loads(ws.recv(timeout=30))
         assert ready["type"] == "ready" and ready["sample_rate"] == 16000
         assert ready["max_frame_bytes"] == 32000 and ready["model"] == BUNDLED
-        send_paced(ws, pcm[16000], then=json.dumps({"type": "stop"}))
+        send_paced(ws, pcm[16000], FRAME_BYTES, PACE_SECONDS, then=json.dumps({"type": "stop"}))
         events = read_until(ws, "done")
         assert closed_with(ws) == (1000, "session ended")
     kinds = [e["type"] for e in events]
@@ -119,22 +77,8 @@ def test_openai_realtime_sdk_gets_deltas_and_completed(server, pcm):
     client = OpenAI(base_url=f"{server.base}/v1", api_key="anything", max_retries=0)
     audio = pcm[24000]
     with client.realtime.connect(extra_query={"intent": "transcription"}) as connection:
-        connection.session.update(session={
-            "type": "transcription",
-            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000},
-                                "transcription": {"model": "gpt-4o-transcribe", "language": "en"}}},
-        })
-
-        sent = threading.Event()
-
-        def send():
-            for start in range(0, len(audio), 12000):  # 0.25 s at 24 kHz
-                connection.input_audio_buffer.append(
-                    audio=base64.b64encode(audio[start:start + 12000]).decode())
-                time.sleep(PACE_SECONDS)
-            sent.set()
-
-        threading.Thread(target=send, daemon=True).start()
+        realtime_transcription(connection, "gpt-4o-transcribe")
+        sent = send_appends(connection, audio, PACE_SECONDS)  # 0.25 s appends
         watchdog = threading.Timer(180, connection.close)  # recv() has no timeout of its own
         watchdog.start()
         events, completed, items = [], [], []

@@ -11,12 +11,13 @@ import subprocess
 
 import numpy as np
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from whisper_service.config import bundled_ffmpeg
 from conftest import wait_until
 from conversations import dialogue
-from test_browser import CHROMIUM, DESKTOP, microphone_flags, shoot
+from test_browser import DESKTOP, shoot
+from test_live_page import browser  # noqa: F401  (a fixture: Chromium playing `spoken`)
 from whisper.audio import SAMPLE_RATE
 
 PAUSE_SECONDS = 1.2  # between turns: longer than the 0.5 s of silence that ends an utterance
@@ -45,14 +46,6 @@ def spoken(talk, tmp_path_factory):
                     "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", str(source), "-ar", "48000",
                     "-c:a", "pcm_s16le", str(target)], check=True)
     return target
-
-
-@pytest.fixture(scope="module")
-def browser(spoken):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=microphone_flags(spoken))
-        yield browser
-        browser.close()
 
 
 def test_each_voice_gets_its_colour_and_the_job_keeps_the_speakers(browser, live_server, talk):
