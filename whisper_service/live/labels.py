@@ -11,7 +11,10 @@ the scheduler's thread, every other session's decode would wait for it. A Speake
   utterance gets no speaker: memory stays bounded (a task holds its utterance's audio, 30 s
   at most) however far behind the host falls;
 - cancel(owner) drops what an owner (a closed session) still waits for and waits, bounded,
-  for its task already running, so a closed session leaves nothing running behind it.
+  for its task already running, so a closed session leaves nothing running behind it;
+- the thread runs NICE_INCREMENT lower in CPU priority than the process (Linux: a thread's
+  nice value is its own, and the threads it starts, torch's, inherit it): a label may come a
+  moment later, the decodes people wait for get the cores first.
 
 A task's `done` is called on the labeler's thread with the speaker (None: no voice to tell),
 never for a cancelled owner.
@@ -20,6 +23,7 @@ never for a cancelled owner.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 32  # tasks waiting at most (each holds up to 30 s of audio: 1.9 MB)
 CANCEL_WAIT_SECONDS = 5.0  # cancel() waits at most this long for the owner's running task
 IDLE_SECONDS = 30.0  # an idle thread ends after this; the next task starts another
+NICE_INCREMENT = 5  # the labeler thread's CPU priority below the process's
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,7 @@ class SpeakerLabeler:
             thread.join(timeout=wait)
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             with self._changed:
                 if not self._waiting and not self._stopping:
@@ -130,3 +136,14 @@ class SpeakerLabeler:
                     self._running = None
                     self._cancelled.discard(id(task.owner))
                     self._changed.notify_all()
+
+
+def _lower_priority() -> None:
+    """This thread (and those it starts) NICE_INCREMENT lower in CPU priority, where the
+    system lets a thread have its own (Linux); elsewhere nothing changes."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread,
+                       min(19, os.getpriority(os.PRIO_PROCESS, thread) + NICE_INCREMENT))
+    except (AttributeError, OSError):
+        pass
