@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import pytest
 import whisper
-from playwright.sync_api import sync_playwright
 
 from conftest import make_app, serving
-from test_browser import CHROMIUM, CHROMIUM_FLAGS, DESKTOP, OUTPUT
+from test_browser import DESKTOP, OUTPUT, browser  # noqa: F401  (a fixture: one Chromium)
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +26,9 @@ def offline_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(**DESKTOP)
-        yield context.new_page()
-        browser.close()
+def page(browser):
+    """One page for the module, in test_browser's Chromium."""
+    return browser.new_context(**DESKTOP).new_page()
 
 
 def offered(page) -> list:
