@@ -1,15 +1,15 @@
 """Speaker labels of ended live utterances, told on a thread of their own.
 
 With diarize, each ended utterance's voice is embedded and placed against the voices heard
-so far (speakers/online.py): 0.1 to 0.3 CPU seconds an utterance on a 2-core host. Done on
+so far (speakers/online.py): 0.05 to 0.4 s an utterance on a busy 2-core host. Done on
 the scheduler's thread, every other session's decode would wait for it. A SpeakerLabeler
 (one per process: the scheduler's) runs those labels on its own thread instead:
 
 - tasks run one at a time in the order they came, so one session's utterances are labelled
   in their order (and its speakers numbered in order of first appearance, as before);
 - at most MAX_PENDING wait; past that a task is refused (submit says False) and its
-  utterance gets no speaker: memory stays bounded (a task holds its utterance's audio, 30 s
-  at most) however far behind the host falls;
+  utterance gets no speaker: the queue stays bounded however far behind the host falls (a
+  task refers to its utterance's audio, 30 s at most, which its session keeps anyway);
 - cancel(owner) drops what an owner (a closed session) still waits for and waits, bounded,
   for its task already running, so a closed session leaves nothing running behind it;
 - the thread runs NICE_INCREMENT lower in CPU priority than the process (Linux: a thread's
@@ -36,7 +36,7 @@ from whisper_service.speakers.online import OnlineSpeakers
 
 log = logging.getLogger(__name__)
 
-MAX_PENDING = 32  # tasks waiting at most (each holds up to 30 s of audio: 1.9 MB)
+MAX_PENDING = 32  # tasks waiting at most (each refers to its utterance's audio, 30 s at most)
 CANCEL_WAIT_SECONDS = 5.0  # cancel() waits at most this long for the owner's running task
 IDLE_SECONDS = 30.0  # an idle thread ends after this; the next task starts another
 NICE_INCREMENT = 5  # the labeler thread's CPU priority below the process's

@@ -624,8 +624,8 @@ class LiveSession:
         if self._labeler is None:
             self._labelled(utterance.number, self._speakers.label(audio))
             return
-        number = utterance.number
-        task = LabelTask(self, self._speakers, audio.copy(), lambda speaker: self._told(number, speaker))
+        number = utterance.number  # (an ended utterance's buffer is never written again)
+        task = LabelTask(self, self._speakers, audio, lambda speaker: self._told(number, speaker))
         if self._labeler.submit(task):
             self._labelling += 1
         else:  # the labeler is far behind: this utterance goes without a speaker
