@@ -16,7 +16,7 @@ from flask import Flask
 
 from web import live
 from web.api import docs, editing, finetunes, metrics, native, openai_compat, sagemaker
-from web.http import auth, drain, errors, intake, proxy, security, signin
+from web.http import auth, drain, errors, intake, proxy, security, signin, streaming
 from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
 from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
@@ -97,6 +97,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     # what nginx lets through at most: the largest upload and its multipart framing
     drain.register(app, settings.max_upload_bytes + proxy.UPLOAD_SLACK_MB * 1024 * 1024)
     security.register(app)
+    streaming.register(app)  # after security: it extends the request class security sets
     if settings.role == "web":  # HTTP only: `python -m whisper_service worker` transcribes
         return app
     if settings.preload:

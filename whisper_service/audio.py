@@ -54,6 +54,7 @@ PLAYLIST_SIGNATURES = {
 }
 CHECK_SECONDS = 2.0  # audio decoded to tell whether an upload is usable media at all
 PLAYLIST_HEAD_BYTES = 512  # a playlist's signature is at its start
+URL_PROTOCOLS = "http,https,tcp,tls"  # what ffmpeg may use to read an object store's URL
 WAV_HEADER_SEARCH = 64 * 1024  # the data chunk's header lies within this many bytes
 WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)  # what a writer that could not seek back leaves there
 # A container may round its declared duration; less than this missing is not truncation.
@@ -147,11 +148,21 @@ def decode_file(path: str, limits: DecodeLimits, display_name: Optional[str] = N
     return _decode(path, limits, display_name, whole=True)[0]
 
 
-def check_file(path: str, limits: DecodeLimits, display_name: Optional[str] = None) -> MediaInfo:
+def check_file(path, limits: DecodeLimits, display_name: Optional[str] = None) -> MediaInfo:
     """Refuse at once what decode_file would refuse, decoding only the first seconds:
     for uploads, before they wait in a queue. (Truncation shows only at the end, except in
-    a WAV file, whose header says how long it should be.) Returns what the content is."""
-    run = _decode(path, limits, display_name, whole=False)[1]
+    a WAV file, whose header says how long it should be.) Returns what the content is.
+    path: a local file, or an upload kept in an object store (queue/store/spool.py's
+    RemoteMedia: url, size, head), which ffmpeg reads through its short-lived URL with HTTP
+    Range requests, so it seeks as in a file (an MP4 whose index is at its end works)."""
+    if getattr(path, "url", None) is not None:
+        name = display_name or "upload"
+        _refuse_head(path.head, path.size, name)
+        run = _FfmpegRun(limits, CHECK_SECONDS, url=path.url)
+        samples = np.frombuffer(run.decode(subprocess.DEVNULL), np.int16).astype(np.float32) / 32768.0
+        _check_outcome(run, samples, name, limits, whole=False)
+    else:
+        run = _decode(path, limits, display_name, whole=False)[1]
     return MediaInfo(container=run.container, has_video=run.has_video)
 
 
@@ -171,10 +182,14 @@ def _decode(
 def _refuse_by_head(path: str, name: str) -> None:
     """What the file's first bytes give away: nothing at all, a playlist, a WAV cut short."""
     size = os.path.getsize(path)
-    if size == 0:
-        raise EmptyMedia(f"'{name}' is empty (0 bytes)")
     with open(path, "rb") as f:
         head = f.read(WAV_HEADER_SEARCH)
+    _refuse_head(head, size, name)
+
+
+def _refuse_head(head: bytes, size: int, name: str) -> None:
+    if size == 0:
+        raise EmptyMedia(f"'{name}' is empty (0 bytes)")
     _refuse_playlist(head, name)
     _refuse_truncated_wav(head, size, name)
 
@@ -213,10 +228,12 @@ def _refuse_truncated_wav(head: bytes, size: int, name: str) -> None:
         offset += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even size
 
 
-def _ffmpeg_args(limits: DecodeLimits, output_seconds: float) -> list:
+def _ffmpeg_args(limits: DecodeLimits, output_seconds: float, url: Optional[str] = None) -> list:
     source = ffmpeg.input(
-        "fd:",  # standard input; seekable when it is a regular file
-        protocol_whitelist="fd",
+        # standard input, seekable when it is a regular file; or the short-lived URL of an
+        # upload in the object store (ours, never a client's), read with Range requests
+        url or "fd:",
+        protocol_whitelist=URL_PROTOCOLS if url else "fd",
         format_whitelist=",".join(ALLOWED_DEMUXERS),
         threads=0,
     )
@@ -237,9 +254,10 @@ def _ffmpeg_args(limits: DecodeLimits, output_seconds: float) -> list:
 class _FfmpegRun:
     """One ffmpeg process: feeds stdin, reads capped stdout, watches stderr and the clock."""
 
-    def __init__(self, limits: DecodeLimits, output_seconds: float):
+    def __init__(self, limits: DecodeLimits, output_seconds: float, url: Optional[str] = None):
         self.limits = limits
         self.output_seconds = output_seconds
+        self.url = url  # read this instead of stdin (an upload in the object store)
         self.stderr_tail: deque = deque(maxlen=STDERR_LINES_KEPT)
         self.declared_duration: Optional[float] = None
         self.has_video = False
@@ -250,7 +268,7 @@ class _FfmpegRun:
 
     def decode(self, media) -> bytes:
         proc = subprocess.Popen(
-            _ffmpeg_args(self.limits, self.output_seconds), stdin=media, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            _ffmpeg_args(self.limits, self.output_seconds, self.url), stdin=media, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         timer = threading.Timer(self.limits.timeout, self._on_timeout, args=(proc,))
         stderr_reader = threading.Thread(target=self._watch_stderr, args=(proc,), daemon=True)

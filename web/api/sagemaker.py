@@ -35,6 +35,7 @@ from web.api.jumpstart import (
     RAW_TYPES,
 )
 from web.http.auth import require_api_key
+from web.http.streaming import stream_uploads, streamed_body
 from web.http.sync import hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.queue.jobs import COPY_CHUNK
@@ -57,6 +58,7 @@ def invoke():
             f"Send the audio file itself as the body with Content-Type {', '.join(RAW_TYPES)}; "
             f"or application/json with '{JUMPSTART_AUDIO_FIELD}' (the file in hexadecimal); "
             f"or {native.MULTIPART} with a '{native.FILE_FIELD}' field.")
+    stream_uploads(native.jobs())
     upload = native.read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
     options = options_of(upload.fields)
     place = waiters().take()
@@ -71,13 +73,18 @@ def ping():
 
 
 def _invoke_raw():
-    """The body is the file: streamed to a temporary file, then queued like an upload."""
+    """The body is the file: streamed to the object store where there is one (see
+    web/http/streaming.py), else to a temporary file, then queued like an upload."""
     options = options_of(_custom_attributes())
     place = waiters().take()  # before the body is read: a refused call reads nothing
     try:
-        with tempfile.TemporaryFile(prefix="whisper-invocation-") as body:
-            _copy_body(body)
-            job = native.submit(native.Upload(body, RAW_FILENAME, {}), options)
+        target = streamed_body(native.jobs())
+        if target is not None:
+            job = native.submit(native.Upload(target, RAW_FILENAME, {}), options)
+        else:
+            with tempfile.TemporaryFile(prefix="whisper-invocation-") as body:
+                _copy_body(body)
+                job = native.submit(native.Upload(body, RAW_FILENAME, {}), options)
     except BaseException:
         place.release()
         raise

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import string
-from typing import BinaryIO, Tuple
+from typing import BinaryIO, Tuple, Union
 
 from flask import request
 from werkzeug.exceptions import BadRequest, Conflict
 
 from whisper_service.queue.jobs import COPY_CHUNK, Job, JobQueue, options_to_json
 from whisper_service.options import TranscribeOptions
+from whisper_service.queue.store.spool import UploadTarget
 
 HEADER = "Idempotency-Key"
 MAX_KEY_CHARS = 255
@@ -67,15 +68,23 @@ def _scoped(key: str) -> str:
     return hashlib.sha256("\0".join((request.path, caller, key)).encode()).hexdigest()
 
 
-def _digest(stream: BinaryIO, filename: str, options: TranscribeOptions) -> str:
-    """What makes two requests the same: the file's bytes, its name and the options as
-    parsed (so field order or multipart boundaries do not matter). The stream is read in
-    pieces and put back where it was."""
+def _digest(stream: Union[BinaryIO, UploadTarget], filename: str,
+            options: TranscribeOptions) -> str:
+    """What makes two requests the same: the file's bytes (their SHA-256), its name and the
+    options as parsed (so field order or multipart boundaries do not matter). A stream is
+    read in pieces and put back where it was; an upload streamed to the object store was
+    hashed as it went up (it cannot be read back here)."""
+    if isinstance(stream, UploadTarget):
+        content = stream.content_digest()
+    else:
+        hashed = hashlib.sha256()
+        start = stream.tell()
+        for piece in iter(lambda: stream.read(COPY_CHUNK), b""):
+            hashed.update(piece)
+        stream.seek(start)
+        content = hashed.hexdigest()
     digest = hashlib.sha256()
     digest.update(options_to_json(options).encode())
     digest.update(b"\0" + (filename or "").encode("utf-8", "replace") + b"\0")
-    start = stream.tell()
-    for piece in iter(lambda: stream.read(COPY_CHUNK), b""):
-        digest.update(piece)
-    stream.seek(start)
+    digest.update(content.encode())
     return digest.hexdigest()

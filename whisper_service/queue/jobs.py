@@ -44,6 +44,7 @@ from whisper_service.queue.store.base import COPY_CHUNK, Claimant, JobStore, Row
 from whisper_service.queue.store.base import EDITED_FILE, ENVELOPE_FILE
 from whisper_service.queue.store.files import valid_id
 from whisper_service.queue.store.space import DiskSpace, full_disk_as_error
+from whisper_service.queue.store.spool import UploadTarget
 from whisper_service.queue.store.sqlite import SQLiteStore
 from whisper_service.transcript import Transcript
 from whisper_service import loudness
@@ -248,16 +249,26 @@ class JobQueue:
 
     # --- what HTTP threads call ----------------------------------------------------------
 
-    def submit(self, stream: BinaryIO, filename: str, options: TranscribeOptions) -> Job:
+    def open_upload(self) -> Optional[UploadTarget]:
+        """Where a new upload streams as its bytes arrive, under a new job id, when the
+        store keeps uploads off this host (an object store): hand it to submit() as the
+        stream once written, or abort() it. None when the store keeps uploads on this
+        host's disk: submit() then copies the stream as it always did. QueueFull (and
+        DiskFull) before anything is read, as submit() raises them."""
+        self._refuse_when_full()
+        return self.store.upload_target(secrets.token_urlsafe(ID_BYTES))
+
+    def submit(self, stream: Union[BinaryIO, UploadTarget], filename: str,
+               options: TranscribeOptions) -> Job:
         """Store the upload, check its model and that it is media, and queue it. Raises QueueFull before
         anything is written when the queue is full, and the MediaError of a file that is
         not usable media (nothing is kept of it). DiskFull, with nothing kept, when the data
-        folder's disk is below its free-space floor or fills up while the upload is written."""
-        waiting = self.queued_count()
-        if waiting >= self.max_queued:
-            raise QueueFull(waiting)
-        if self.space is not None:
-            self.space.check()
+        folder's disk is below its free-space floor or fills up while the upload is written.
+        stream may be an open_upload() target, written already: it is finished, checked
+        where it lies and queued, never copied."""
+        if isinstance(stream, UploadTarget):
+            return self._submit_streamed(stream, filename, options)
+        self._refuse_when_full()
         job_id = secrets.token_urlsafe(ID_BYTES)
         filename = clean_filename(filename)
         try:
@@ -279,6 +290,35 @@ class JobQueue:
         log.info("job %s queued for %r", job_id, filename)
         self._wake.set()
         return self.get(job_id)
+
+    def _submit_streamed(self, target: UploadTarget, filename: str,
+                         options: TranscribeOptions) -> Job:
+        """submit() of an upload that streamed to the store (open_upload())."""
+        job_id, filename = target.job_id, clean_filename(filename)
+        try:
+            media = target.finish()
+            info = self.service.check_upload(media, options, filename)
+            row = dict(id=job_id, state=JobState.QUEUED.value, filename=filename,
+                       options=options_to_json(options), created_at=time.time(),
+                       media_type=getattr(info, "media_type", None))
+            if not self.store.add(row, self.max_queued, streamed=True):
+                raise QueueFull(self.max_queued)
+            target.keep()
+        except BaseException:
+            target.abort()  # a refused or broken upload leaves nothing
+            self.store.discard_local(job_id)
+            raise
+        log.info("job %s queued for %r (%d bytes streamed to the store)", job_id, filename,
+                 target.size)
+        self._wake.set()
+        return self.get(job_id)
+
+    def _refuse_when_full(self) -> None:
+        waiting = self.queued_count()
+        if waiting >= self.max_queued:
+            raise QueueFull(waiting)
+        if self.space is not None:
+            self.space.check()
 
     def new_recording(self) -> Tuple[str, str]:
         """(job id, local path) for a live session's recording, written while it streams in

@@ -87,11 +87,18 @@ class JobStore(abc.ABC):
         """A local path to write a new upload to (its folder is made); the service reads
         it there to check it before add() keeps it."""
 
+    def upload_target(self, job_id: str):
+        """Where a new upload streams to as it arrives (a spool.UploadTarget), when this
+        store keeps uploads off the host (an object store); None when it keeps them on this
+        host's disk: the upload is then written to media_target() and add() keeps it."""
+        return None
+
     @abc.abstractmethod
-    def add(self, row: Row, max_queued: int) -> bool:
-        """Queue a job whose upload is at media_target(row['id']), unless max_queued jobs
-        wait already (checked in the same transaction); False when full. created_at is
-        stamped under the store's lock, so it orders jobs as the queue does."""
+    def add(self, row: Row, max_queued: int, streamed: bool = False) -> bool:
+        """Queue a job whose upload is at media_target(row['id']) (or, streamed, kept
+        already by its upload_target()), unless max_queued jobs wait already (checked in the
+        same transaction); False when full. created_at is stamped under the store's lock, so
+        it orders jobs as the queue does."""
 
     @abc.abstractmethod
     def add_finished(self, row: Row, transcript: str) -> None:

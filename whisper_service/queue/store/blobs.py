@@ -35,6 +35,11 @@ class JobFiles(abc.ABC):
     def check(self) -> None:
         """Raise ConfigError naming the setting where the files cannot be kept (startup)."""
 
+    def upload_target(self, job_id: str):
+        """A spool.UploadTarget that streams a new upload where it is kept, or None: the
+        upload is spooled to a local file first (see JobStore.upload_target)."""
+        return None
+
     @abc.abstractmethod
     def put_path(self, db, job_id: str, name: str, path: str) -> None:
         """Keep the local file at path as `name` of the job, streamed in pieces."""

@@ -7,16 +7,20 @@ AWS_REGION, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a profile, an instance ro
 S3 service, MinIO or SeaweedFS are set the same way. boto3 is imported only here, and this
 module only when the setting is given.
 
-- Uploads go up as a multipart upload read from the local spool in MULTIPART_BYTES parts, a
-  few at a time: memory stays bounded whatever the upload's size. Reads stream the body to
-  the caller in COPY_CHUNK pieces.
+- An upload streams up as it arrives (upload_target(): multipart.MultipartUpload, one
+  MULTIPART_BYTES part buffered at a time, nothing on the web host's disk); a file already
+  on disk (a live recording) goes up as a multipart upload read in MULTIPART_BYTES parts,
+  a few at a time. Memory stays bounded whatever the size. Reads stream the body to the
+  caller in COPY_CHUNK pieces; the media check reads a finished upload through a
+  short-lived presigned URL (presigned_url()).
 - A store that does not answer, or answers with server errors, raises StoreUnavailable
   (the web answers 503 with Retry-After, a worker waits and asks again), logged once per
   outage; a bucket that refuses the credentials at startup is a ConfigError naming the
   setting.
 - An object is written before the row that names it commits; a crash in between leaves an
   object no row names, which collect_strays() removes once it is older than
-  files.STRAY_SECONDS (the retention pass runs it).
+  files.STRAY_SECONDS (the retention pass runs it); so are multipart uploads begun that
+  long ago and never completed nor aborted (an upload cut off while the store was away).
 """
 
 from __future__ import annotations
@@ -117,6 +121,17 @@ class ObjectFiles(JobFiles):
             with self._reaching():  # no answer: StoreUnavailable, as for the database
                 raise
 
+    def upload_target(self, job_id: str):
+        from whisper_service.queue.store.multipart import MultipartUpload
+
+        return MultipartUpload(self, job_id, MULTIPART_BYTES)
+
+    def presigned_url(self, key: str, seconds: int) -> str:
+        """A URL that reads the object `key` (GET, with Range) for `seconds`, no key needed."""
+        with self._reaching():
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.where.bucket, "Key": key}, ExpiresIn=seconds)
+
     def put_path(self, db, job_id: str, name: str, path: str) -> None:
         with self._reaching():
             self._client.upload_file(path, self.where.bucket, self.key(job_id, name),
@@ -178,7 +193,24 @@ class ObjectFiles(JobFiles):
             for job_id in strays:
                 log.warning("removing the objects of stray job %s", job_id)
                 self._delete(keys[job_id])
+            self._abort_stale_uploads(cutoff)
         return len(strays)
+
+    def _abort_stale_uploads(self, cutoff: float) -> None:
+        """Abort multipart uploads begun before cutoff and still open: an upload is
+        completed or aborted within its request, so these were cut off (the store went away
+        in the middle, and took no abort either). Their parts are not objects: without this
+        they would stay, unlisted and billed, for good."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.where.bucket, Prefix=self.where.prefix)
+        for page in pages:
+            for upload in page.get("Uploads", ()):
+                job_id = upload["Key"][len(self.where.prefix):].split("/", 1)[0]
+                if not valid_id(job_id) or upload["Initiated"].timestamp() >= cutoff:
+                    continue
+                log.warning("aborting the unfinished upload of job %s", job_id)
+                self._client.abort_multipart_upload(Bucket=self.where.bucket, Key=upload["Key"],
+                                                    UploadId=upload["UploadId"])
 
     # --- inside -------------------------------------------------------------------------
 

@@ -199,12 +199,17 @@ class PostgresStore(JobStore):
         os.makedirs(self._folder(job_id))
         return self.local_media_path(job_id)
 
-    def add(self, row: Row, max_queued: int) -> bool:
+    def upload_target(self, job_id: str):
+        return self._files.upload_target(job_id)
+
+    def add(self, row: Row, max_queued: int, streamed: bool = False) -> bool:
         columns = ", ".join(row)
         marks = ", ".join("%s" for _ in row)
         try:
             with self._transaction() as db:
-                self._files.put_path(db, row["id"], MEDIA_FILE, self.local_media_path(row["id"]))
+                if not streamed:
+                    self._files.put_path(db, row["id"], MEDIA_FILE,
+                                         self.local_media_path(row["id"]))
                 db.execute("SELECT pg_advisory_xact_lock(%s)", (SUBMIT_LOCK,))
                 # stamped under the lock, so that created_at orders jobs as seq does
                 row = dict(row, created_at=time.time())

@@ -100,7 +100,7 @@ class SQLiteStore(JobStore):
         os.makedirs(self._folder(job_id))
         return self.local_media_path(job_id)
 
-    def add(self, row: Row, max_queued: int) -> bool:
+    def add(self, row: Row, max_queued: int, streamed: bool = False) -> bool:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._connect(write=True) as db:
