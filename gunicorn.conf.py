@@ -46,7 +46,8 @@ except ConfigError as error:
 print(json.dumps({"gpus": torch.cuda.device_count(), "max_upload_mb": settings.max_upload_mb,
                   "sync_wait": max(settings.sync_timeout, settings.sync_limit),
                   "sync_waiters": settings.sync_waiters, "live_sessions": settings.live_sessions,
-                  "max_uploads": settings.max_uploads}))
+                  "max_uploads": settings.max_uploads,
+                  "object_store": bool(settings.object_store)}))
 """
 
 
@@ -178,6 +179,7 @@ def on_starting(server):
             host=HOST, port=PORT, upstream_socket=bind[0][len("unix:"):], folder=PROXY_FOLDER,
             max_upload_mb=FACTS["max_upload_mb"],
             read_timeout=FACTS["sync_wait"] + PROXY_READ_SLACK, max_uploads=MAX_UPLOADS,
+            stream_bodies=FACTS["object_store"],
         ),
         # nginx gone means no client can reach us: stop, so a supervisor restarts us whole
         on_death=lambda code: os.kill(os.getpid(), signal.SIGTERM),

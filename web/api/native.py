@@ -35,7 +35,7 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound, UnsupportedMedia
 from web.api import openapi
 from web.http.auth import require_api_key
 from web.http.idempotency import submit_once
-from web.http.streaming import stream_uploads
+from web.http.streaming import streams_uploads
 from web.api.metrics import web_only_readiness
 from web.http.downloads import transcript_download
 from web.http.sync import answer_when_done, submitted, waiters
@@ -69,8 +69,8 @@ TRANSCRIPT_RULE = f"/jobs/<job_id>/transcript.<any({', '.join(FORMATS)}):fmt>"
 
 
 @blueprint.post("/transcriptions")
+@streams_uploads
 def create_transcription():
-    stream_uploads(jobs())
     upload = read_upload(AUDIO_FIELD, _from_base64)
     options = TranscribeOptions.from_mapping(upload.fields)
     place = None if wants_async() else waiters().take(required=False)

@@ -36,7 +36,7 @@ from werkzeug.exceptions import NotFound
 
 from web.http.auth import require_api_key
 from web.http.idempotency import submit_once
-from web.http.streaming import stream_uploads
+from web.http.streaming import streams_uploads
 from web.http.sync import hold_until_done, stream_until_done, submitted, waiters
 from whisper_service import model_menu
 from whisper_service.errors import BadOption
@@ -183,11 +183,13 @@ def _temperature(value: Optional[str], has_increment: bool) -> Optional[str]:
 
 
 @blueprint.post("/audio/transcriptions")
+@streams_uploads
 def transcriptions():
     return _transcribe("transcribe")
 
 
 @blueprint.post("/audio/translations")
+@streams_uploads
 def translations():
     return _transcribe("translate")
 
@@ -208,7 +210,6 @@ def _transcribe(task: str) -> Response:
     extensions = current_app.extensions
     models = extensions["whisper_service"].models
     queue = extensions["whisper_jobs"]
-    stream_uploads(queue)
     media = request.files.get("file")
     if media is None:
         raise BadOption("file", "attach the audio or video as the multipart file field 'file'")

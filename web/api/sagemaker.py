@@ -35,7 +35,7 @@ from web.api.jumpstart import (
     RAW_TYPES,
 )
 from web.http.auth import require_api_key
-from web.http.streaming import stream_uploads, streamed_body
+from web.http.streaming import streamed_body, streams_uploads
 from web.http.sync import hold_until_done, submitted, waiters
 from whisper_service.errors import BadOption
 from whisper_service.queue.jobs import COPY_CHUNK
@@ -50,6 +50,7 @@ blueprint.before_request(require_api_key)
 probes = Blueprint("sagemaker_probes", __name__)
 
 @blueprint.post("/invocations")
+@streams_uploads
 def invoke():
     if request.mimetype in RAW_TYPES:
         return _invoke_raw()
@@ -58,7 +59,6 @@ def invoke():
             f"Send the audio file itself as the body with Content-Type {', '.join(RAW_TYPES)}; "
             f"or application/json with '{JUMPSTART_AUDIO_FIELD}' (the file in hexadecimal); "
             f"or {native.MULTIPART} with a '{native.FILE_FIELD}' field.")
-    stream_uploads(native.jobs())
     upload = native.read_upload(JUMPSTART_AUDIO_FIELD, _from_hex)
     options = options_of(upload.fields)
     place = waiters().take()

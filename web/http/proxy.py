@@ -73,6 +73,11 @@ class ProxyConfig:
     # nginx keeps at most this many bodies of up to max_upload_mb + UPLOAD_SLACK_MB on disk
     max_uploads: int = 16
     body_timeout: float = BODY_TIMEOUT_SECONDS  # the longest pause within a request body
+    # with an object store (WHISPER_OBJECT_STORE) the app streams an upload to it as it
+    # arrives (web/http/streaming.py): nginx then passes bodies through as they come
+    # (proxy_request_buffering off; 1 MB in memory at a time) rather than spool each one
+    # whole to its disk first. max_uploads and body_timeout still bound the slow senders
+    stream_bodies: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,7 @@ http {{
             proxy_set_header Host $http_host;
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $forwarded_proto;
-            proxy_request_buffering on;
+            proxy_request_buffering {"off" if config.stream_bodies else "on"};
             proxy_buffering on;
             proxy_read_timeout {int(config.read_timeout)}s;
             proxy_send_timeout 60s;

@@ -1,10 +1,11 @@
 """Uploads written where the job store keeps them as their bytes arrive (an object store),
 never whole on this host's disk nor in its memory.
 
-A view that makes jobs calls stream_uploads(queue) before it reads request.files: from
-then on werkzeug parses each file of the form straight into a new upload target of the
-queue (JobQueue.open_upload(): a multipart upload to S3 that buffers one part), and the
-view hands the FileStorage's stream to JobQueue.submit() as ever. A raw body (SageMaker's
+A view that makes jobs is marked @streams_uploads: werkzeug then parses each file of its
+form straight into a new upload target of the app's job queue (JobQueue.open_upload(): a
+multipart upload to S3 that buffers one part), whoever reads the form first (the CSRF
+check does, before the view), and the view hands the FileStorage's stream to
+JobQueue.submit() as ever. A raw body (SageMaker's
 /invocations) is copied into one by streamed_body(). Where the store keeps uploads on this
 host (SQLite, PostgreSQL rows) open_upload() offers none and nothing changes: werkzeug
 spools the file as it always did.
@@ -18,22 +19,23 @@ retention pass when the store cannot take the abort either.
 from __future__ import annotations
 
 import shutil
-from typing import IO, List, Optional
+from typing import IO, Callable, List, Optional
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 
 from whisper_service.errors import ServiceError
 from whisper_service.queue.jobs import COPY_CHUNK, JobQueue
 from whisper_service.queue.store.spool import UploadTarget
 
-OPENER = "whisper.open_upload"  # environ: the callable that opens a target for a form's file
 TARGETS = "whisper.upload_targets"  # environ: the targets this request opened
+MARK = "streams_uploads"  # the attribute of a view function whose form files stream
+JOBS = "whisper_jobs"  # the app's JobQueue, in app.extensions
 
 
-def stream_uploads(queue: JobQueue) -> None:
-    """Parse the current request's form files into queue.open_upload() targets (call it
-    before request.files is first read)."""
-    request.environ[OPENER] = queue.open_upload
+def streams_uploads(view: Callable) -> Callable:
+    """Mark a view: its form's files stream into the job queue's upload targets."""
+    setattr(view, MARK, True)
+    return view
 
 
 def streamed_body(queue: JobQueue) -> Optional[UploadTarget]:
@@ -61,11 +63,11 @@ def register(app: Flask) -> None:
         def _get_file_stream(self, total_content_length: Optional[int],
                              content_type: Optional[str], filename: Optional[str] = None,
                              content_length: Optional[int] = None) -> IO[bytes]:
-            opener = self.environ.get(OPENER)
+            view = current_app.view_functions.get(self.endpoint or "")
             target = None
-            if opener is not None and filename:  # a form's empty file field is no upload
+            if getattr(view, MARK, False) and filename:  # an empty file field is no upload
                 try:
-                    target = opener()
+                    target = current_app.extensions[JOBS].open_upload()
                 except ServiceError:  # queue full, disk full, store away: submit() says so
                     target = None
             if target is None:

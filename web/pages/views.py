@@ -22,7 +22,7 @@ from web.http.downloads import attachment, transcript_download
 from web.http.errors import status_of
 from web.pages.presets import DEFAULT_PRESET, PRESETS, apply_preset
 from web.http.signin import require_web_access
-from web.http.streaming import stream_uploads
+from web.http.streaming import streams_uploads
 from web.pages.upload_errors import RefusedFile, refused
 from whisper_service.queue.jobs import Job, JobQueue, QueueFull, clean_filename
 from whisper_service.options import OPTION_NAMES, TranscribeOptions, language_name
@@ -77,8 +77,8 @@ def live():
 
 
 @blueprint.post("/jobs")
+@streams_uploads
 def submit():
-    stream_uploads(jobs())
     files = [media for media in request.files.getlist("file") if media.filename]
     if not files:
         raise BadOption("file", "choose an audio or video file to upload")
