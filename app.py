@@ -19,7 +19,7 @@ from web.api import docs, editing, finetunes, metrics, native, openai_compat, sa
 from web.http import auth, drain, errors, intake, proxy, security, signin, streaming
 from web.http.forwarded import TrustedProxies
 from web.http.ratelimit import FailureLimiter, Limit
-from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules, SignOuts
+from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules
 from web.http.sync import SyncWaiters
 from web.pages import archive, editor, failed, models as models_page, views
 from whisper_service.config import Settings
@@ -73,7 +73,7 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     app.extensions[auth.LIMITER] = FailureLimiter(
         Limit(settings.key_failures, settings.key_failure_window))
     app.extensions[signin.RULES] = SessionRules(
-        SignOuts(os.path.join(data_folder, SIGN_OUTS)), settings.session_hours * HOURS)
+        queue.store.sign_outs(os.path.join(data_folder, SIGN_OUTS)), settings.session_hours * HOURS)
 
     app.register_blueprint(views.blueprint)
     app.register_blueprint(editor.blueprint)

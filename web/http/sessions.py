@@ -3,10 +3,12 @@
 The session cookie is signed by Flask (the app's secret key) and carries the time of the
 sign-in and the key's sign-out generation at that moment. Signing out advances the key's
 generation, so every cookie of that key issued before it (the browser's own, and any copy
-of it) stops counting, in every worker. The generations live as one small file per key in
-a `sign-outs` folder of the data folder (WHISPER_DATA_DIR): every gunicorn worker of a
-host reads them, with no change to the job store, and hosts that share the folder share
-the sign-outs. A counter, not a time, so hosts' clocks need not agree on it.
+of it) stops counting, in every worker and on every host. The generations live where the
+job store says (whisper_service/queue/store/signouts.py): with PostgreSQL in its
+sign_outs table, so a cookie signed out on one web pod is refused on all of them; with
+the embedded SQLite store (one host) as one small file per key in a `sign-outs` folder of
+the data folder, which every gunicorn worker of the host reads. A counter, not a time, so
+hosts' clocks need not agree on it.
 
 The cookie is SameSite=Lax always and Secure when the request came over HTTPS (directly or
 as a trusted proxy says, see forwarded.py).
@@ -15,8 +17,6 @@ as a trusted proxy says, see forwarded.py).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -24,34 +24,10 @@ from typing import Callable
 from flask import Flask, has_request_context, request
 from flask.sessions import SecureCookieSessionInterface
 
-FOLDER = "sign-outs"
+from whisper_service.queue.store.signouts import FolderSignOuts as SignOuts, SignOutBook
 
-
-class SignOuts:
-    """Each key's sign-out generation: a number in a file named after the key's id."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def generation(self, key_id: str) -> int:
-        try:
-            with open(self._path(key_id), encoding="ascii") as f:
-                return int(f.read().strip() or 0)
-        except (FileNotFoundError, ValueError):
-            return 0
-
-    def advance(self, key_id: str) -> int:
-        """The next generation, written whole (a reader never sees half a number)."""
-        os.makedirs(self.folder, exist_ok=True)
-        following = self.generation(key_id) + 1
-        fd, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(str(following))
-        os.replace(temporary, self._path(key_id))
-        return following
-
-    def _path(self, key_id: str) -> str:
-        return os.path.join(self.folder, key_id)
+FOLDER = "sign-outs"  # in the data folder, where the job store keeps them in files
+__all__ = ["FOLDER", "SessionCookies", "SessionRules", "SignOuts", "key_id"]
 
 
 def key_id(fingerprint: str) -> str:
@@ -61,7 +37,7 @@ def key_id(fingerprint: str) -> str:
 
 @dataclass(frozen=True)
 class SessionRules:
-    sign_outs: SignOuts  # each key's sign-out generation
+    sign_outs: SignOutBook  # each key's sign-out generation (JobStore.sign_outs())
     lifetime: float  # seconds a sign-in counts (WHISPER_SESSION_HOURS)
     # wall-clock seconds: a session may be checked by another process or host
     clock: Callable[[], float] = time.time

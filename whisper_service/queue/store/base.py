@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
 from whisper_service.errors import StoreUnavailable
+from whisper_service.queue.store.signouts import FolderSignOuts, SignOutBook
 
 # the columns of a job row every backend keeps, besides seq (submission order) and the
 # computed position (1-based place among queued jobs) and lease_expired (by the store's
@@ -246,6 +247,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     def counters(self) -> Dict[str, float]:
         """The COUNTERS' totals."""
+
+    def sign_outs(self, folder: str) -> SignOutBook:
+        """Where the web keeps each API key's sign-out generation so that every host that
+        checks a session reads it: a folder of this host's data folder (`folder`) for a
+        store of one host; a store shared across hosts keeps them itself."""
+        return FolderSignOuts(folder)
 
     @abc.abstractmethod
     def remember_key(self, key: str, digest: str, job_id: str) -> Tuple[str, str]:

@@ -38,6 +38,7 @@ from whisper_service.queue.store.base import check_side_file
 from whisper_service.queue.store.blobs import JobFiles, TableFiles
 from whisper_service.queue.store.files import remove_strays
 from whisper_service.queue.store.reachability import Reachability
+from whisper_service.queue.store.signouts import SignOutBook
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ CREATE TABLE IF NOT EXISTS idempotency (
     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     created_at DOUBLE PRECISION NOT NULL
 );
+-- each API key's sign-out generation (signouts.py): every web host reads the same
+CREATE TABLE IF NOT EXISTS sign_outs (key_id TEXT PRIMARY KEY, generation BIGINT NOT NULL);
 """
 # columns added since the first release: a database made by an older version gets them
 # (added only where missing: ALTER TABLE would wait for every transaction on jobs)
@@ -527,6 +530,9 @@ class PostgresStore(JobStore):
                              (key,)).fetchone()
         return (row["digest"], row["job_id"]) if row else None
 
+    def sign_outs(self, folder: str) -> SignOutBook:
+        return _TableSignOuts(self._pool)
+
     def close(self) -> None:
         with self._listen_lock:
             self._wakers.clear()
@@ -596,3 +602,23 @@ def _away_reason(error: psycopg.OperationalError) -> Optional[str]:
 
 class _Full(Exception):
     """The queue was full at insert: undoes the upload's transaction."""
+
+
+class _TableSignOuts(SignOutBook):
+    """Sign-out generations in the sign_outs table: shared by every host of the database."""
+
+    def __init__(self, pool):
+        self._pool = pool
+
+    def generation(self, key_id: str) -> int:
+        with self._pool.connection() as db:
+            row = db.execute("SELECT generation FROM sign_outs WHERE key_id = %s",
+                             (key_id,)).fetchone()
+        return int(row["generation"]) if row else 0
+
+    def advance(self, key_id: str) -> int:
+        with self._pool.connection() as db, db.transaction():
+            row = db.execute("INSERT INTO sign_outs (key_id, generation) VALUES (%s, 1) "
+                             "ON CONFLICT (key_id) DO UPDATE SET generation = "
+                             "sign_outs.generation + 1 RETURNING generation", (key_id,)).fetchone()
+        return int(row["generation"])
