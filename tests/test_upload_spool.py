@@ -455,3 +455,23 @@ def test_the_store_stopped_mid_upload_answers_503_and_the_retry_is_done_once(
             worker.stop(timeout=5)
             worker.store.close()
         web.extensions["whisper_jobs"].store.close()
+
+
+def test_nginx_passes_bodies_through_when_there_is_an_object_store(tmp_path):
+    """nginx reads every request whole before gunicorn sees it (to its disk): with an object
+    store it passes bodies through instead, or the upload would land on the host anyway."""
+    import re
+
+    from web.http import proxy
+
+    def buffering(stream_bodies: bool) -> str:
+        config = proxy.ProxyConfig(host="127.0.0.1", port=8000, upstream_socket="/s",
+                                   folder=str(tmp_path), max_upload_mb=10, read_timeout=60,
+                                   stream_bodies=stream_bodies)
+        return re.search(r"location / \{.*?proxy_request_buffering (\w+);", proxy.render(config),
+                         re.S).group(1)
+
+    assert buffering(False) == "on" and buffering(True) == "off"
+    conf = (Path(__file__).resolve().parent.parent / "gunicorn.conf.py").read_text()
+    assert '"object_store": bool(settings.object_store)' in conf
+    assert 'stream_bodies=FACTS["object_store"]' in conf
