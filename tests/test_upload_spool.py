@@ -7,7 +7,8 @@ real SeaweedFS (tests/seaweed.py) and PostgreSQL:
   streams, and the web host's data folder never holds the upload;
 - the check works through the URL on wav, mp3, webm and an mp4 whose index is at its end;
   what is not media is refused and leaves no object and no open multipart upload;
-- a 20 MB upload goes up in 8 MB parts, one part buffered at most;
+- a 20 MB upload goes up in 8 MB parts, one part buffered at most; a client gone after
+  two parts leaves no multipart upload open;
 - a 200+ MB upload through a real server process: the process writes next to nothing to
   disk (/proc/<pid>/io), its memory stays bounded, and the job is done with the words;
 - the store stopped in the middle of a multipart upload: 503 with Retry-After, no orphan
@@ -261,6 +262,31 @@ def test_a_large_upload_goes_up_in_parts_one_buffered_at_a_time(s3, seaweed, che
             Bucket=BUCKET, Key=f"{_prefix(s3)}{target.job_id}/{MEDIA_FILE}")
         assert stored["ContentLength"] == total
         assert _job_folders(tmp_path / "web" / "jobs") == []
+    finally:
+        web.extensions["whisper_jobs"].store.close()
+
+
+def test_a_client_gone_mid_upload_leaves_no_part_behind(s3, seaweed, checkpoint, media, tmp_path,
+                                                        targets):
+    """The body ends after two parts went up, short of its declared length (the client
+    went away): 400, and the multipart upload is aborted at once."""
+    head, total = padded_wav(media["speech.wav"].read_bytes(), 30 * 1024 * 1024)
+    body = FormBody("long.wav", head, total - len(head))
+    cut_at = 2 * MULTIPART_BYTES + (1 << 20)
+    read = body.read
+    body.read = lambda size=-1: read(size) if body.sent < cut_at else b""
+    web = make_app(checkpoint, tmp_path / "web", **s3.settings(), WHISPER_ROLE="web",
+                   WHISPER_MAX_UPLOAD_MB="64")
+    try:
+        answer = web.test_client().post(
+            "/api/v1/transcriptions", query_string={"async": "1"}, input_stream=body,
+            content_type=body.content_type, content_length=body.length)
+        assert answer.status_code == 400, answer.get_data(as_text=True)
+        (target,) = targets
+        assert len(target._parts) == 2 and not target.kept
+        assert _open_uploads(seaweed, _prefix(s3)) == []
+        assert _job_ids(seaweed, s3) == []
+        assert web.extensions["whisper_jobs"].store.get(target.job_id) is None
     finally:
         web.extensions["whisper_jobs"].store.close()
 
