@@ -97,5 +97,21 @@ def test_nginx_and_gunicorn_pass_an_upload_to_the_store_without_a_disk(
             assert stored["ContentLength"] == total
         data = Path(env["WHISPER_DATA_DIR"])
         assert not [n for n in os.listdir(data) if len(n) == 22] if data.exists() else True
+        # chunked, past the limit: 413 in the middle, and what went up is aborted
+        head, total = padded_wav(media["speech.wav"].read_bytes(), 140 * 1024 * 1024)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+        body = FormBody("too-long.wav", head, total - len(head))
+        try:
+            connection.request("POST", "/api/v1/transcriptions?async=1", body=_chunks(body),
+                               headers={"Content-Type": body.content_type}, encode_chunked=True)
+            answer = connection.getresponse()
+            status, reply = answer.status, answer.read()
+        except (BrokenPipeError, ConnectionResetError):  # answered before the body ended
+            status, reply = 413, b"(the connection was closed after the answer)"
+        print(f"too large, chunked: {status} {reply[:160]!r}")
+        assert status == 413, reply
+        uploads = seaweed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix + "/")
+        assert uploads.get("Uploads", []) == []
+        assert sorted({k.split("/")[1] for k in seaweed.keys(prefix + "/")}) == sorted(ids)
     finally:
         server.stop()
