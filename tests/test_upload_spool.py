@@ -372,7 +372,8 @@ def test_a_200_mb_upload_never_lands_on_the_web_hosts_disk(s3, seaweed, media, t
         with capsys.disabled():
             print(f"\n{total / 2**20:.0f} MB upload in {seconds:.1f} s: the web process wrote "
                   f"{disk / 2**20:.2f} MB to disk, its data folder + TMPDIR peaked at "
-                  f"{peaks['folders'] / 2**20:.2f} MB, its RSS grew {(peaks['rss'] - rss) / 2**20:.1f} MB "
+                  f"{peaks['folders'] / 2**20:.2f} MB, its RSS grew "
+                  f"{(peaks['rss'] - rss) / 2**20:.1f} MB "
                   f"({rss / 2**20:.0f} -> {peaks['rss'] / 2**20:.0f} MB)")
         assert disk < BIG_DISK_WRITES
         assert peaks["folders"] < BIG_DISK_WRITES

@@ -159,7 +159,8 @@ def check_file(path, limits: DecodeLimits, display_name: Optional[str] = None) -
         name = display_name or "upload"
         _refuse_head(path.head, path.size, name)
         run = _FfmpegRun(limits, CHECK_SECONDS, url=path.url)
-        samples = np.frombuffer(run.decode(subprocess.DEVNULL), np.int16).astype(np.float32) / 32768.0
+        pcm = run.decode(subprocess.DEVNULL)
+        samples = np.frombuffer(pcm, np.int16).astype(np.float32) / 32768.0
         _check_outcome(run, samples, name, limits, whole=False)
     else:
         run = _decode(path, limits, display_name, whole=False)[1]

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Iterator, List
 
-import pytest
 
 from seaweed import BUCKET
 from server import Server, server_env
