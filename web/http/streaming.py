@@ -5,14 +5,13 @@ A view that makes jobs is marked @streams_uploads: werkzeug then parses each fil
 form straight into a new upload target of the app's job queue (JobQueue.open_upload(): a
 multipart upload to S3 that buffers one part), whoever reads the form first (the CSRF
 check does, before the view), and the view hands the FileStorage's stream to
-JobQueue.submit() as ever. A raw body (SageMaker's
-/invocations) is copied into one by streamed_body(). Where the store keeps uploads on this
-host (SQLite, PostgreSQL rows) open_upload() offers none and nothing changes: werkzeug
-spools the file as it always did.
+JobQueue.submit() as ever. A raw body (SageMaker's /invocations) is copied into one by
+streamed_body(). Where the store keeps uploads on this host (SQLite, PostgreSQL rows)
+open_upload() offers none and nothing changes: werkzeug spools the file as it always did.
 
 Every target a request opened and no job kept is aborted when the request ends: the client
 went away, the body was too large (413), the file was not media, or the store stopped
-answering in the middle (503) — what went up is removed, or left to the store's
+answering in the middle (503): what went up is removed, or left to the store's
 retention pass when the store cannot take the abort either.
 """
 
