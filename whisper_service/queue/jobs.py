@@ -265,11 +265,21 @@ class JobQueue:
         not usable media (nothing is kept of it). DiskFull, with nothing kept, when the data
         folder's disk is below its free-space floor or fills up while the upload is written.
         stream may be an open_upload() target, written already: it is finished, checked
-        where it lies and queued, never copied."""
+        where it lies and queued, never copied. Any other stream goes to the store's upload
+        target where it offers one (an object store: never to this host's disk), else to
+        media_target()."""
         if isinstance(stream, UploadTarget):
             return self._submit_streamed(stream, filename, options)
         self._refuse_when_full()
         job_id = secrets.token_urlsafe(ID_BYTES)
+        target = self.store.upload_target(job_id)
+        if target is not None:
+            try:
+                shutil.copyfileobj(stream, target, COPY_CHUNK)
+            except BaseException:
+                target.abort()
+                raise
+            return self._submit_streamed(target, filename, options)
         filename = clean_filename(filename)
         try:
             with full_disk_as_error():
