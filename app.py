@@ -23,6 +23,7 @@ from web.http.sessions import FOLDER as SIGN_OUTS, SessionRules
 from web.http.sync import SyncWaiters
 from web.pages import archive, editor, failed, models as models_page, views
 from whisper_service.config import Settings
+from whisper_service.queue.finetune_store import open_fine_tune_store
 from whisper_service.queue.finetunes import FOLDER as FINE_TUNES, FineTunes
 from whisper_service.queue.jobs import JobQueue
 from whisper_service.service import WhisperService
@@ -63,8 +64,8 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
         lease_seconds=settings.lease_seconds,
         space=space,
     )
-    fine_tunes = FineTunes(os.path.join(data_folder, FINE_TUNES), settings, service.models,
-                           busy=lambda: queue.queued_count() > 0)
+    fine_tunes = FineTunes(open_fine_tune_store(settings, os.path.join(data_folder, FINE_TUNES)),
+                           settings, service.models, busy=lambda: queue.queued_count() > 0)
     app.extensions[finetunes.EXTENSION] = fine_tunes
     fine_tunes.offer_finished()
     app.extensions.update(whisper_settings=settings, whisper_service=service, whisper_jobs=queue,
@@ -103,5 +104,5 @@ def create_app(test_config: Optional[Mapping[str, Any]] = None) -> Flask:
     if settings.preload:
         app.extensions["whisper_preload"] = service.preload_in_background()
     queue.start()
-    fine_tunes.start()  # in the process that transcribes, after its jobs
+    fine_tunes.start()  # in the process that transcribes, after its jobs (and on workers)
     return app

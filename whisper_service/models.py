@@ -184,6 +184,10 @@ class ModelRegistry:
         # what each loadable name loads: the allowed models and the translation model
         self._loadable: Dict[str, str] = {
             **dict([split_alias(settings.translate_model)]), **self._sources}
+        # name -> what puts its files in place before its first load (a fine-tune made on
+        # another host: fetched from the shared store to this host's folder)
+        self._fetch: Dict[str, Callable[[], None]] = {}
+        self._follow: Callable[[], None] = lambda: None  # adds models made elsewhere since
 
     @property
     def default(self) -> str:
@@ -191,6 +195,7 @@ class ModelRegistry:
 
     @property
     def allowed(self) -> List[str]:
+        self._follow()
         return list(self._sources)
 
     @property
@@ -201,11 +206,21 @@ class ModelRegistry:
         """What an allowed name loads ('meetings' -> '/models/ft.pt')."""
         return self._sources[self.check_allowed(name)]
 
-    def add(self, name: str, source: str) -> None:
-        """Offer one more model from now on (a finished fine-tune), without a restart."""
+    def add(self, name: str, source: str, fetch: Optional[Callable[[], None]] = None) -> None:
+        """Offer one more model from now on (a finished fine-tune), without a restart;
+        fetch(), when given, puts its files at `source` before its first load."""
         with self._registry_lock:
             self._sources[name] = source
             self._loadable[name] = source
+            if fetch is not None:
+                self._fetch[name] = fetch
+
+    def follow(self, found: Callable[[], None]) -> None:
+        """Ask found() before saying which models are offered (the lists, a request naming
+        one): it add()s the models made elsewhere since (fine-tunes finished on other
+        hosts). It must be cheap (it reads the shared store at most every few seconds)
+        and never raise."""
+        self._follow = found
 
     def loaded(self) -> List[str]:
         with self._registry_lock:
@@ -214,6 +229,8 @@ class ModelRegistry:
     def check_allowed(self, requested: Optional[str]) -> str:
         """The model name to use for a request; None picks the default."""
         name = requested or self.default
+        if name not in self._sources:
+            self._follow()
         if name not in self._sources:
             raise BadOption(
                 "model", f"{name!r} is not offered here; choose one of {', '.join(self.allowed)}"
@@ -388,6 +405,9 @@ class ModelRegistry:
         log.info("loading model %s on %s", name, device)
         fp16 = device.type == "cuda"
         try:
+            fetch = self._fetch.get(name)
+            if fetch is not None:  # its files are elsewhere until its first load here
+                fetch()
             # built on the CPU, halved there, then moved: the GPU never holds a float32 copy
             model = load_checkpoint(self._loadable.get(name, name), self.settings.model_dir)
             if fp16:

@@ -5,7 +5,9 @@ WHISPER_ROLE=web), this is the process that transcribes: it loads one model per 
 takes jobs from the shared queue until SIGTERM or SIGINT, which stops it as gunicorn stops
 its workers: no new jobs, the running ones get WHISPER_GRACEFUL_TIMEOUT seconds to finish,
 and one still running after that is queued again (at once by this host's next start, or by
-any host once its lease lapses).
+any host once its lease lapses). It also runs the queued fine-tunes (queue/finetunes.py),
+one at a time, on its first device, transcription first; a SIGTERM leaves the one running
+to the next worker, which resumes it from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from typing import List, Optional, Sequence
 
 from whisper_service.config import DEVICE_PATTERN, Settings
 from whisper_service.errors import ConfigError
+from whisper_service.queue.finetune_store import open_fine_tune_store
+from whisper_service.queue.finetunes import FOLDER as FINE_TUNES, FineTunes
 from whisper_service.queue.jobs import JobQueue
 from whisper_service.metrics import gpu_utilization
 from whisper_service.service import WhisperService
@@ -61,11 +65,18 @@ class Worker:
     """The consumers of one process; start(), then stop() on a signal."""
 
     def __init__(self, settings: Settings, devices: Sequence[str]):
-        self.store = open_store(settings.database_url, settings.data_dir or DEFAULT_DATA_DIR,
-                                settings.object_store)
+        data_folder = settings.data_dir or DEFAULT_DATA_DIR
+        self.store = open_store(settings.database_url, data_folder, settings.object_store)
         self.queues: List[JobQueue] = []
+        self.fine_tunes: Optional[FineTunes] = None
         for device in devices:
             service = WhisperService(replace(settings, device=device))
+            if self.fine_tunes is None:  # the first device trains; every one offers the models
+                self.fine_tunes = FineTunes(
+                    open_fine_tune_store(settings, os.path.join(data_folder, FINE_TUNES)),
+                    replace(settings, device=device), service.models, busy=self._busy)
+            else:
+                self.fine_tunes.follow(service.models)
             if settings.preload:
                 service.preload_in_background()
             self.queues.append(JobQueue(
@@ -79,12 +90,21 @@ class Worker:
                                                    "gpu_utilization": gpu_utilization(device)},
             ))
 
+    def _busy(self) -> bool:
+        """Transcription jobs wait: a fine-tune pauses between its steps."""
+        return any(queue.queued_count() > 0 for queue in self.queues)
+
     def start(self) -> None:
         for queue in self.queues:
             queue.start()
+        if self.fine_tunes is not None:
+            self.fine_tunes.offer_finished()
+            self.fine_tunes.start()
 
     def stop(self, timeout: float) -> None:
         threads = [threading.Thread(target=queue.stop, args=(timeout,)) for queue in self.queues]
+        if self.fine_tunes is not None:
+            threads.append(threading.Thread(target=self.fine_tunes.stop, args=(timeout,)))
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -71,14 +71,18 @@ class JobFiles(abc.ABC):
 
 
 class TableFiles(JobFiles):
-    """Files as rows of the job_files table, written with COPY and read with a server-side
-    cursor: a 1 GB upload is never in memory at once."""
+    """Files as rows of the job_files table (or another owner's table of pieces: the
+    fine-tunes' fine_tune_files), written with COPY and read with a server-side cursor: a
+    1 GB upload is never in memory at once."""
 
-    schema = """
--- a job's files in pieces; the key is checked at commit, so the pieces of an upload can be
+    def __init__(self, table: str = "job_files", owner: str = "jobs"):
+        self.table = table  # the table of pieces (a constant of the code, never a request's)
+        self.owner = owner  # the table whose rows own the files: its id, ON DELETE CASCADE
+        self.schema = f"""
+-- files in pieces; the key is checked at commit, so the pieces of an upload can be
 -- written before its row, and the queue's length lock is held only for the row's insert
-CREATE TABLE IF NOT EXISTS job_files (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
+CREATE TABLE IF NOT EXISTS {table} (
+    job_id TEXT NOT NULL REFERENCES {owner} (id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED,
     name TEXT NOT NULL,
     part INTEGER NOT NULL,
     data BYTEA NOT NULL,
@@ -88,7 +92,7 @@ CREATE TABLE IF NOT EXISTS job_files (
 
     def put_path(self, db, job_id: str, name: str, path: str) -> None:
         with open(path, "rb") as source, db.cursor().copy(
-                "COPY job_files (job_id, name, part, data) FROM STDIN") as copy:
+                f"COPY {self.table} (job_id, name, part, data) FROM STDIN") as copy:
             part = 0
             while True:
                 piece = source.read(COPY_CHUNK)
@@ -102,7 +106,7 @@ CREATE TABLE IF NOT EXISTS job_files (
     def put_text(self, db, job_id: str, name: str, text: str) -> None:
         data = text.encode("utf-8")
         self.remove(db, job_id, name)
-        with db.cursor().copy("COPY job_files (job_id, name, part, data) FROM STDIN") as copy:
+        with db.cursor().copy(f"COPY {self.table} (job_id, name, part, data) FROM STDIN") as copy:
             for part, start in enumerate(range(0, max(len(data), 1), COPY_CHUNK)):
                 copy.write_row((job_id, name, part, data[start:start + COPY_CHUNK]))
 
@@ -110,7 +114,7 @@ CREATE TABLE IF NOT EXISTS job_files (
         found = False
         with db.cursor(name=f"file_{secrets.token_hex(4)}") as cursor:
             cursor.itersize = 1
-            cursor.execute("SELECT data FROM job_files WHERE job_id = %s AND name = %s "
+            cursor.execute(f"SELECT data FROM {self.table} WHERE job_id = %s AND name = %s "
                            "ORDER BY part", (job_id, name))
             for row in cursor:
                 write(row["data"])
@@ -118,8 +122,8 @@ CREATE TABLE IF NOT EXISTS job_files (
         return found
 
     def exists(self, db, job_id: str, name: str) -> bool:
-        return db.execute("SELECT 1 FROM job_files WHERE job_id = %s AND name = %s "
+        return db.execute(f"SELECT 1 FROM {self.table} WHERE job_id = %s AND name = %s "
                           "AND part = 0", (job_id, name)).fetchone() is not None
 
     def remove(self, db, job_id: str, name: str) -> None:
-        db.execute("DELETE FROM job_files WHERE job_id = %s AND name = %s", (job_id, name))
+        db.execute(f"DELETE FROM {self.table} WHERE job_id = %s AND name = %s", (job_id, name))
