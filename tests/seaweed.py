@@ -60,7 +60,9 @@ def _free_pair(taken: List[int]) -> int:
 
 
 class Seaweed:
-    def __init__(self) -> None:
+    def __init__(self, volumes: int = 20) -> None:
+        """`volumes` of VOLUME_SIZE_MB each at most: room for about their product (a test
+        that keeps model checkpoints asks for more)."""
         self.weed = find_weed()
         self.folder = tempfile.mkdtemp(prefix="whisper-s3-")
         self.log = os.path.join(self.folder, "server.log")
@@ -77,7 +79,7 @@ class Seaweed:
             self.weed, "server", f"-dir={self.folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={self.master}", f"-volume.port={self.volume}", "-filer",
             f"-filer.port={self.filer}", "-s3", f"-s3.port={self.s3}", f"-s3.config={config}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-volume.max=20",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-volume.max={volumes}",
             f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}",
             # one master: a restart need not wait out an election (10 s by default)
             "-master.electionTimeout=1s", "-master.telemetry=false"]

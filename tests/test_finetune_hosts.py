@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import psycopg
 import pytest
 
 from bundled_model import speak
-from conftest import make_app, wait_until
+from conftest import make_app, real_server, wait_until
 from finetune_speech import HELD_OUT, TRAINING, manifest
 from seaweed import BUCKET
 from test_finetune_api import FINISHED, QUICK, URL, zipped
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LEASE_SECONDS = "3"  # a killed worker's fine-tune is taken by another after about this long
 WAIT = 600.0  # a loaded 2-core machine: generous, never waited out by a correct run
 NAME = "names-hosts"
+VOLUMES = 100  # SeaweedFS volumes of 64 MB: a checkpoint of tiny.en is about 400 MB
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +45,24 @@ def archive(tmp_path_factory) -> bytes:
                    **{p.name: p.read_bytes() for p in sorted(folder.glob("names-*.wav"))}})
 
 
+@pytest.fixture(scope="module")
+def roomy_seaweed():
+    """An S3 server of this module's own, with room for checkpoints of a few hundred MB
+    (SeaweedFS frees a deleted object's room only when it compacts a volume)."""
+    from seaweed import MissingSeaweed, Seaweed
+
+    yield from real_server(lambda: Seaweed(volumes=VOLUMES), MissingSeaweed)
+
+
 @pytest.fixture(params=["rows", "objects"])
-def shared(request, postgres_url) -> Dict[str, str]:
+def shared(request, postgres_url, monkeypatch) -> Dict[str, str]:
     """The settings every host shares: the database, and the object store or not."""
     config = {"WHISPER_DATABASE_URL": postgres_url, "WHISPER_LEASE_SECONDS": LEASE_SECONDS}
     if request.param == "objects":
-        config["WHISPER_OBJECT_STORE"] = request.getfixturevalue("object_store")
+        seaweed = request.getfixturevalue("roomy_seaweed")
+        for name, value in seaweed.environment().items():  # where boto3 and the hosts read it
+            monkeypatch.setenv(name, value)
+        config["WHISPER_OBJECT_STORE"] = f"s3://{BUCKET}/t_{secrets.token_hex(6)}"
     return config
 
 
