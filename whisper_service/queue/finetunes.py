@@ -48,7 +48,7 @@ from whisper_service.queue.finetune_store import packing
 from whisper_service.queue.finetune_store.base import (ARCHIVE, CANCEL, CANCELLED, CHECKPOINT, DONE,
                                                        FAILED, LOST, MODEL, QUEUED, Claim,
                                                        FineTuneStore)
-from whisper_service.queue.finetune_store.local import STATE_FILE
+from whisper_service.queue.finetune_store.local import STATE_FILE  # noqa: F401 (the record's file)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ FOLDER = "fine-tunes"  # in the data folder
 RUNNER_LOCK = ".runner.lock"  # held by the one process of a host that runs fine-tunes
 ARCHIVE_FILE = ARCHIVE  # the uploaded archive, in the work folder
 DATA_FOLDER = "data"  # its clips, unpacked
+REPORT_FILE = "finetune.json"  # in a model folder: written once the model is
 REFRESH_SECONDS = 2.0  # a host reads the shared store for finished fine-tunes at most this often
 BEAT_SECONDS = 1.0  # a runner extends its lease and looks for a DELETE this often
 POLL_SECONDS = 2.0  # an idle runner asks the shared store for a fine-tune this often
@@ -204,7 +205,8 @@ class FineTunes:
     def _offer(self, state: dict) -> None:
         folder = self._model_folder(state)
         fetch = None
-        if self.store.shared and not os.path.isdir(folder):
+        if self.store.shared and not _complete(folder):  # (a host that died mid-way has
+            # the folder, with checkpoints but no model)
             fetch = lambda: self._fetch_model(state)  # noqa: E731 (on its first use here)
         for registry in self._registries:
             registry.add(state["name"], folder, fetch)
@@ -216,7 +218,7 @@ class FineTunes:
 
         folder = self._model_folder(state)
         with self._fetching:
-            if os.path.isdir(folder):
+            if _complete(folder):
                 return
             here = os.path.dirname(folder)
             os.makedirs(here, exist_ok=True)
@@ -355,7 +357,7 @@ class FineTunes:
             decoding = TranscribeOptions(language=options.language, beam_size=None, temperature=(0.0,))
             report = fine_tune(replace(self.settings, model=options.base, models=()), options,
                                parts.train, parts.held_out, decoding, on_step, should_stop, self.busy)
-            with open(os.path.join(output, "finetune.json"), encoding="utf-8") as f:
+            with open(os.path.join(output, REPORT_FILE), encoding="utf-8") as f:
                 written = json.load(f)
             if self.store.shared:  # every host fetches it from there
                 packed = os.path.join(self.folder, fine_tune_id, MODEL)
@@ -445,6 +447,11 @@ class FineTunes:
 
     def _model_folder(self, state: dict) -> str:
         return os.path.join(self.folder, state["id"], state["name"])
+
+
+def _complete(folder: str) -> bool:
+    """Whether the model folder is a finished model (its report is written last)."""
+    return os.path.exists(os.path.join(folder, REPORT_FILE))
 
 
 def _options(fields: Mapping[str, str]) -> Dict[str, object]:
