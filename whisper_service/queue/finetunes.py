@@ -386,7 +386,9 @@ class FineTunes:
         state.update(state=DONE, step=report.steps, total_steps=report.steps, eta_seconds=0,
                      wer=report.after.wer, before=written["before"], after=written["after"],
                      losses=written["losses"], wers=written["wers"])
-        self.store.write(claim, state)
+        if not self.store.write(claim, state):  # its lease lapsed: another runner has it
+            log.warning("fine-tune %s finished here after another runner took it", fine_tune_id)
+            return
         self.store.remove_files(fine_tune_id, (ARCHIVE, CHECKPOINT))
         self._offer(state)
         log.info("fine-tune %s done: %s offered, WER %.3f -> %.3f", fine_tune_id, state["name"],
