@@ -115,3 +115,26 @@ def test_the_local_store_keeps_a_folder_per_fine_tune(tmp_path):
     assert store.beat(claim, 30) == GO_ON
     assert store.cancel(ID_A)["state"] == "running"  # asked to stop, from any process
     assert store.beat(claim, 30) == CANCEL
+
+
+def test_stray_collection_takes_objects_no_fine_tune_names_and_jobs_leave_theirs(
+        postgres_url, object_store, seaweed, tmp_path):
+    from seaweed import BUCKET
+    from whisper_service.queue.finetune_store import OBJECT_FOLDER
+    from whisper_service.queue.finetune_store.shared import SharedFineTunes
+    from whisper_service.queue.store.objects import ObjectFiles
+
+    url = f"{object_store}/{OBJECT_FOLDER}"
+    store = SharedFineTunes(postgres_url, str(tmp_path / "fine-tunes"), ObjectFiles(url, 0.0))
+    try:
+        store.add(record(ID_A, "kept"), archive(tmp_path))  # a record names it
+        prefix = object_store.split(f"s3://{BUCKET}/", 1)[1] + "/"
+        seaweed.client().put_object(Bucket=BUCKET, Key=f"{prefix}{OBJECT_FOLDER}/{ID_B}/model.tar",
+                                    Body=b"a crash between the object and its record")
+        # the jobs' own collection (every object under the prefix no job names) leaves them
+        jobs = ObjectFiles(object_store, 0.0)
+        assert jobs.collect_strays(lambda ids: []) == 0
+        assert store.collect_strays() == 1
+        assert seaweed.keys(prefix) == [f"{prefix}{OBJECT_FOLDER}/{ID_A}/dataset.zip"]
+    finally:
+        store.close()
