@@ -18,6 +18,8 @@ missing. One thread per host (RUNNER_LOCK), in a process that transcribes (role 
   again from its last checkpoint (every `save_steps`), its step count going on: at the
   next start here, or, with the shared store, on any host once its runner released it or
   its lease lapsed (the runner sends each checkpoint to the store as it is written).
+- **The store away** (the database or the object store): a fine-tune that cannot fetch or
+  send its files is handed back, still running, for the next claim; it does not fail.
 - **Cancel.** DELETE (on any host) stops it after the current step (the runner's beat
   sees it within BEAT_SECONDS) or at once while queued; its shared files go.
 - **Done.** The model joins the registry's allowed models (every model list, the upload
@@ -42,7 +44,7 @@ from typing import BinaryIO, Callable, Dict, List, Mapping, Optional
 
 from whisper_service.audio import DecodeLimits
 from whisper_service.config import Settings
-from whisper_service.errors import BadOption, ServiceError
+from whisper_service.errors import BadOption, ServiceError, StoreUnavailable
 from whisper_service.models import ModelRegistry
 from whisper_service.queue.finetune_store import packing
 from whisper_service.queue.finetune_store.base import (ARCHIVE, CANCEL, CANCELLED, CHECKPOINT, DONE,
@@ -374,6 +376,15 @@ class FineTunes:
             elif fine_tune_id not in self._lost:  # stopping: the next runner resumes it
                 send_checkpoint()
                 self.store.release(claim)
+            return
+        except StoreUnavailable as error:  # not its fault: it stays running for a next claim
+            log.warning("fine-tune %s handed back: %s", fine_tune_id, error)
+            try:
+                self.store.release(claim)
+            except StoreUnavailable:
+                pass  # its lease lapses instead
+            with self._wake:
+                self._wake.wait_for(lambda: self._stopping, POLL_SECONDS)
             return
         except Exception as error:  # a failed fine-tune is reported, the runner goes on
             log.exception("fine-tune %s failed", fine_tune_id)
