@@ -336,8 +336,11 @@ class FineTunes:
             send_checkpoint()
             state.update(step=report.step, total_steps=report.total_steps, loss=report.loss,
                          wer=report.wer, eta_seconds=report.eta_seconds)
-            if not self.store.write(claim, state):
-                self._lost.add(fine_tune_id)
+            try:
+                if not self.store.write(claim, state):
+                    self._lost.add(fine_tune_id)
+            except StoreUnavailable as error:  # training goes on; the next step writes again
+                log.warning("fine-tune %s: step %d not written: %s", fine_tune_id, report.step, error)
 
         def should_stop() -> bool:
             return self._stopping or fine_tune_id in self._cancelled or fine_tune_id in self._lost
