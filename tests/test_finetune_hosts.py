@@ -209,6 +209,9 @@ def test_a_web_host_queues_workers_train_resume_after_a_kill_and_every_host_offe
     assert text.strip(), text
 
 
+# on objects only: the rows' removal is the store suite's (test_finetune_store.py), and each
+# run here trains on worker processes for half a minute
+@pytest.mark.parametrize("shared", ["objects"], indirect=True)
 def test_delete_from_the_web_host_cancels_within_seconds_and_removes_the_files(
         web, workers, shared, archive):
     queued = start(web, archive, "names-queued")
