@@ -28,7 +28,8 @@ MULTIPART = "multipart/form-data"
 TEXT = "text/plain; charset=utf-8"
 EVENT_STREAM = "text/event-stream"
 FINE_TUNE_FIELDS = ("language", "epochs", "max_steps", "batch_size", "learning_rate",
-                    "warmup_steps", "eval_fraction", "eval_steps", "save_steps", "seed")
+                    "warmup_steps", "eval_fraction", "eval_steps", "save_steps", "seed",
+                    "method", "lora_rank", "lora_alpha")
 JOB_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}
 JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 # not a field of TranscribeOptions: from_mapping turns it into the temperature schedule

@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             warmup_steps=args.warmup_steps, freeze_encoder=args.freeze_encoder,
             timestamps=args.timestamps, eval_fraction=args.eval_fraction,
             eval_steps=args.eval_steps, save_steps=args.save_steps, resume=args.resume,
-            seed=args.seed)
+            seed=args.seed, method=args.method, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha)
         decoding = TranscribeOptions.from_mapping({
             **{name: value for name, value in vars(args).items()
                if value is not None and name in OPTION_NAMES and name not in PREFIX_OPTIONS},
@@ -112,6 +112,11 @@ def main(args: argparse.Namespace) -> int:
         else:
             print("a WER on MeCab's words needs fugashi and unidic-lite "
                   "(requirements-finetune.txt)", file=sys.stderr)
+    print(f"\n{report.method} fine-tuning trained {report.trained_parameters:,} of "
+          f"{report.parameters:,} weights ({report.trained_parameters / report.parameters:.1%}) "
+          f"at learning rate {report.learning_rate:g}"
+          + ("; the adapters are merged into the saved weights" if report.method == "lora" else ""),
+          file=sys.stderr)
     print(f"\nwrote {report.name} to {report.output} ({report.steps} steps on {report.train_clips} "
           f"clips); serve it with WHISPER_MODELS={report.name}={report.output}", file=sys.stderr)
     return 0

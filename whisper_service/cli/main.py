@@ -87,6 +87,7 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
 
 def build_finetune_parser() -> argparse.ArgumentParser:
     from whisper_service.cli.finetune import PREFIX_OPTIONS
+    from whisper_service.training.lora import FULL, LEARNING_RATES, LORA, LORA_FROM_PARAMETERS, METHODS
     from whisper_service.training.options import FineTuneOptions
 
     d = FineTuneOptions(base="", output="")
@@ -118,7 +119,20 @@ def build_finetune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gradient-accumulation", type=int, default=d.gradient_accumulation,
                         metavar="N", help="forward passes per optimiser step (default 1)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate, metavar="LR",
-                        help=f"peak learning rate (default {d.learning_rate:g})")
+                        help="peak learning rate (default: %g for full fine-tuning, %g for lora)"
+                             % (LEARNING_RATES[FULL], LEARNING_RATES[LORA]))
+    parser.add_argument("--method", choices=METHODS, default=d.method,
+                        help="full: train the weights themselves; lora: train low-rank adapters "
+                             "(PEFT) on the attention and feed-forward layers, merged into the "
+                             "weights when saved, so the folder is served as any model; auto (the "
+                             "default): lora for bases of %d M weights and more (small, medium, "
+                             "large, turbo: far less GPU memory, less overfitting on few clips), "
+                             "full for tiny and base" % (LORA_FROM_PARAMETERS // 10 ** 6))
+    parser.add_argument("--lora-rank", type=int, default=d.lora_rank, metavar="R",
+                        help=f"rank of each LoRA adapter (default {d.lora_rank})")
+    parser.add_argument("--lora-alpha", type=int, default=d.lora_alpha, metavar="A",
+                        help=f"LoRA scale: the update is multiplied by alpha / rank "
+                             f"(default {d.lora_alpha})")
     parser.add_argument("--warmup-steps", type=int, default=d.warmup_steps, metavar="N",
                         help="steps of linear warm-up before the linear decay (default 0)")
     freeze = parser.add_mutually_exclusive_group()

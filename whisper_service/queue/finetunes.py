@@ -72,6 +72,7 @@ OPTION_FIELDS = {
     "batch_size": ("batch_size", int), "learning_rate": ("learning_rate", float),
     "warmup_steps": ("warmup_steps", int), "eval_fraction": ("eval_fraction", float),
     "eval_steps": ("eval_steps", int), "save_steps": ("save_steps", int), "seed": ("seed", int),
+    "method": ("method", str), "lora_rank": ("lora_rank", int), "lora_alpha": ("lora_alpha", int),
 }
 COPY_CHUNK = 1024 * 1024
 RUN_FIELDS = ("base", "output", "resume")  # FineTuneOptions set by the runner, not kept

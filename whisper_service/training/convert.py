@@ -123,9 +123,12 @@ def generation_config(model: Whisper, kind):
 
 def to_whisper(hf, into: Whisper) -> Whisper:
     """`into` with the Hugging Face model's current weights (for evaluating while training,
-    without writing a folder); the names as checkpoints/huggingface.py maps them."""
+    without writing a folder; a LoRA model's adapters folded in); the names as
+    checkpoints/huggingface.py maps them."""
+    from whisper_service.training.lora import merged_state
+
     state = huggingface.whisper_state({k: v.detach().to("cpu", torch.float32)
-                                       for k, v in hf.state_dict().items()})
+                                       for k, v in merged_state(hf).items()})
     into.load_state_dict(state)
     return into
 

@@ -1,8 +1,9 @@
 """A fine-tune from start to end: base model -> Hugging Face model -> Seq2SeqTrainer ->
 save_pretrained folder, with the held-out error rates before, during and after.
 
-Training uses transformers' Seq2SeqTrainer (full fine-tuning: Whisper up to small trains on
-one GPU as it is, and the result is an ordinary checkpoint every tool reads), with AdamW, a
+Training uses transformers' Seq2SeqTrainer, full fine-tuning or LoRA (lora.py: PEFT's
+adapters, the default from small's size on, merged into the weights before the folder is
+written, so the result is an ordinary checkpoint every tool reads either way), with AdamW, a
 linear schedule after `warmup_steps`, gradient accumulation, fp16 and gradient checkpointing
 on a GPU, a checkpoint every `save_steps` (`resume` continues from the last one, its step
 count going on). With the encoder frozen (the default on a CPU) the encoder's outputs are
@@ -31,10 +32,10 @@ from whisper_service.audio import DecodeLimits
 from whisper_service.checkpoints import load_checkpoint
 from whisper_service.cli.evaluate import Dataset, DatasetError, ModelScore
 from whisper_service.config import Settings, split_alias
-from whisper_service.errors import ModelUnavailable
+from whisper_service.errors import BadOption, ModelUnavailable
 from whisper_service.models import ModelRegistry, pick_device
 from whisper_service.options import TranscribeOptions
-from whisper_service.training import convert, curves, examples, scoring
+from whisper_service.training import convert, curves, examples, lora, scoring
 from whisper_service.training.options import FineTuneOptions
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class FineTuneReport:
     train_clips: int
     refused: Tuple[str, ...]  # training clips that could not be used: "name: why"
     seconds: float
+    method: str = lora.FULL  # how it trained: full or lora (auto resolved)
+    learning_rate: float = 0.0  # the peak learning rate used
+    trained_parameters: int = 0  # weights that trained (LoRA: the adapters')
+    parameters: int = 0  # weights in all while training (LoRA: the adapters' included)
 
 
 class Stopped(Exception):
@@ -120,6 +125,8 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         raise Stopped("stopped before the first step")
     hf = convert.to_huggingface(base)
     freeze = options.freeze_encoder if options.freeze_encoder is not None else device.type == "cpu"
+    method = lora.choose(options.method, base)
+    learning_rate = options.learning_rate_for(method)
     encoded = None
     if freeze:
         hf.model.encoder.requires_grad_(False)
@@ -128,6 +135,11 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         if size <= MAX_CACHED_ENCODINGS:
             encoded = _encode(hf, usable, device)
     dataset = examples.ExampleSet(usable, encoded)
+    if method == lora.LORA:
+        hf = lora.wrap(hf, options.lora_rank, options.lora_alpha, train_encoder=not freeze)
+    trained, weights = lora.trainable(hf)
+    log.info("%s fine-tuning: %d of %d weights train (%.2f%%), learning rate %g", method,
+             trained, weights, 100 * trained / weights, learning_rate)
 
     steps_per_epoch = math.ceil(len(dataset) / (options.batch_size * options.gradient_accumulation))
     total_steps = options.max_steps or max(1, math.ceil(options.epochs * steps_per_epoch))
@@ -137,7 +149,7 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         output_dir=checkpoints,
         per_device_train_batch_size=options.batch_size,
         gradient_accumulation_steps=options.gradient_accumulation,
-        learning_rate=options.learning_rate,
+        learning_rate=learning_rate,
         warmup_steps=options.warmup_steps,
         lr_scheduler_type="linear",
         max_steps=total_steps,
@@ -167,20 +179,26 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
     resume_from = get_last_checkpoint(checkpoints) if options.resume and os.path.isdir(checkpoints) else None
     if options.resume and resume_from is None:
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
+    if resume_from is not None and lora.checkpoint_method(resume_from) != method:
+        raise BadOption("method", f"the checkpoint to resume was written by {lora.checkpoint_method(resume_from)} "
+                                  f"fine-tuning, not {method}: resume with --method "
+                                  f"{lora.checkpoint_method(resume_from)}")
     trainer.train(resume_from_checkpoint=resume_from)
     if progress.stopped:
         raise Stopped(f"stopped at step {progress.step}; {CHECKPOINTS}/ keeps the last checkpoint")
 
     # after: the written folder, loaded as a job loads a model
-    convert.save(trainer.model.to("cpu", torch.float32), base, options.output, base_source)
+    # LoRA: the adapters folded into the weights, so the folder needs no peft to be served
+    convert.save(lora.merged(trainer.model).to("cpu", torch.float32), base, options.output, base_source)
     registry = ModelRegistry(replace(settings, model=f"{name}={options.output}", models=()))
     after = scoring.score_model(registry.get(name), held, decoding)
     wers = progress.wers + [(total_steps, after.wer)]
     report = FineTuneReport(
         output=options.output, name=name, before=before, after=after,
         losses=tuple(progress.losses), wers=tuple(wers), steps=total_steps,
-        train_clips=len(usable), refused=tuple(refused), seconds=time.monotonic() - started)
-    write_report(report, options)
+        train_clips=len(usable), refused=tuple(refused), seconds=time.monotonic() - started,
+        method=method, learning_rate=learning_rate, trained_parameters=trained, parameters=weights)
+    write_report(report, replace(options, method=method, learning_rate=learning_rate))
     curves.plot(os.path.join(options.output, curves.CURVES_FILE), report.losses, report.wers,
                 f"{base_name} -> {name}")
     shutil.rmtree(checkpoints, ignore_errors=True)
@@ -276,6 +294,7 @@ def write_report(report: FineTuneReport, options: FineTuneOptions) -> None:
         "before": totals(report.before), "after": totals(report.after),
         "losses": [list(p) for p in report.losses], "wers": [list(p) for p in report.wers],
         "seconds": round(report.seconds, 1),
+        "trained_parameters": report.trained_parameters, "parameters": report.parameters,
     }
     with open(os.path.join(report.output, REPORT_FILE), "w", encoding="utf-8") as f:
         json.dump(document, f, indent=2)
