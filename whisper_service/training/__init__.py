@@ -5,14 +5,14 @@
     held-out WER measured through the service's own decoding -> convert.py: a save_pretrained
     folder the service loads as any other model -> curves.py: the loss and WER as a PNG.
 
-transformers, accelerate and matplotlib (requirements-finetune.txt) are imported only here:
+transformers, accelerate, peft and matplotlib (requirements-finetune.txt) are imported only here:
 serving never needs them.
 """
 
 import importlib.util
 from typing import List
 
-PACKAGES = ("transformers", "accelerate", "matplotlib")  # what training imports beyond serving
+PACKAGES = ("transformers", "accelerate", "peft", "matplotlib")  # what training imports beyond serving
 
 
 def missing_packages() -> List[str]:
