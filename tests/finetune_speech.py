@@ -4,9 +4,13 @@ contexts. espeak-ng speaks them; a CSV manifest (cli/evaluate.py's format) lists
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
+
+import pytest
 
 from bundled_model import speak
 
@@ -67,3 +71,23 @@ def manifest(folder: Path, sentences: Sequence[str], name: str) -> Path:
             speak(sentence, folder / clip)
             writer.writerow((clip, sentence))
     return path
+
+
+FAST = ("--beam-size", "1", "--temperature", "0")  # the held-out clips decoded greedily
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Tuple[Path, Path]:
+    """(training manifest, held-out manifest), spoken once per test module that imports it."""
+    folder = tmp_path_factory.mktemp("names")
+    return manifest(folder, TRAINING, "train"), manifest(folder, HELD_OUT, "held")
+
+
+def run_finetune(argv: Sequence[str]) -> Tuple[int, str, str]:
+    """`whisper-service finetune ARGV` in this process: (exit code, stdout, stderr)."""
+    from whisper_service.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["finetune", *argv])
+    return code, out.getvalue(), err.getvalue()

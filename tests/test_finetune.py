@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import make_app, wait_finished
-from finetune_speech import HELD_OUT, TERMS, TRAINING, manifest
+from finetune_speech import FAST, HELD_OUT, TERMS, speech  # noqa: F401 (a fixture)
 from whisper_service.checkpoints import BUNDLED, huggingface, load_checkpoint
 from whisper_service.cli.evaluate import Dataset, DatasetError, Utterance, read_dataset
 from whisper_service.cli.main import main
@@ -28,13 +28,6 @@ NAME = "tiny-names"
 # 10 steps of 8 clips at 1e-4: measured on the CPU, the held-out WER goes from about 100 %
 # (every name heard as other words: "talk him under it man" for "Tarkimund") to about 3 %
 STEPS, LEARNING_RATE = "10", "1e-4"
-FAST = ("--beam-size", "1", "--temperature", "0")
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("names")
-    return manifest(folder, TRAINING, "train"), manifest(folder, HELD_OUT, "held")
 
 
 @pytest.fixture(scope="module")

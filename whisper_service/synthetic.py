@@ -19,6 +19,8 @@ DIMENSIONS: Dict[str, ModelDimensions] = {
     "test-tiny": ModelDimensions(80, 1500, 64, 2, 2, 51865, 64, 64, 2, 2),
     "test-tiny.en": ModelDimensions(80, 1500, 64, 2, 2, 51864, 64, 64, 2, 2),
     "tiny": ModelDimensions(80, 1500, 384, 6, 4, 51865, 448, 384, 6, 4),
+    "base": ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6),
+    "small": ModelDimensions(80, 1500, 768, 12, 12, 51865, 448, 768, 12, 12),
     "large-v3": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 32),
     "turbo": ModelDimensions(128, 1500, 1280, 20, 32, 51866, 448, 1280, 20, 4),
 }

@@ -116,6 +116,16 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
     if not held.clips:
         raise DatasetError("no held-out clip can be read: " + "; ".join(held.skipped[:3]))
 
+    # full or LoRA (auto: by the base's size); a checkpoint to resume must be the same method's
+    method = lora.choose(options.method, base)
+    learning_rate = options.learning_rate_for(method)
+    checkpoints = os.path.join(options.output, CHECKPOINTS)
+    resume_from = get_last_checkpoint(checkpoints) if options.resume and os.path.isdir(checkpoints) else None
+    if resume_from is not None and lora.checkpoint_method(resume_from) != method:
+        written = lora.checkpoint_method(resume_from)
+        raise BadOption("method", f"the checkpoint to resume was written by {written} fine-tuning, "
+                                  f"not {method}: resume with --method {written}")
+
     # before: the base model as the service decodes it
     evaluated = copy.deepcopy(base)
     before = scoring.score_model(scoring.loaded(base_name, evaluated, device), held, decoding)
@@ -125,8 +135,6 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
         raise Stopped("stopped before the first step")
     hf = convert.to_huggingface(base)
     freeze = options.freeze_encoder if options.freeze_encoder is not None else device.type == "cpu"
-    method = lora.choose(options.method, base)
-    learning_rate = options.learning_rate_for(method)
     encoded = None
     if freeze:
         hf.model.encoder.requires_grad_(False)
@@ -143,7 +151,6 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
 
     steps_per_epoch = math.ceil(len(dataset) / (options.batch_size * options.gradient_accumulation))
     total_steps = options.max_steps or max(1, math.ceil(options.epochs * steps_per_epoch))
-    checkpoints = os.path.join(options.output, CHECKPOINTS)
     gpu = device.type == "cuda"
     arguments = Seq2SeqTrainingArguments(
         output_dir=checkpoints,
@@ -176,13 +183,8 @@ def fine_tune(settings: Settings, options: FineTuneOptions, train: Dataset, held
                              callbacks=[progress.callback()])
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)
-    resume_from = get_last_checkpoint(checkpoints) if options.resume and os.path.isdir(checkpoints) else None
     if options.resume and resume_from is None:
         log.info("no checkpoint in %s: starting from step 0", checkpoints)
-    if resume_from is not None and lora.checkpoint_method(resume_from) != method:
-        raise BadOption("method", f"the checkpoint to resume was written by {lora.checkpoint_method(resume_from)} "
-                                  f"fine-tuning, not {method}: resume with --method "
-                                  f"{lora.checkpoint_method(resume_from)}")
     trainer.train(resume_from_checkpoint=resume_from)
     if progress.stopped:
         raise Stopped(f"stopped at step {progress.step}; {CHECKPOINTS}/ keeps the last checkpoint")
