@@ -209,3 +209,24 @@ def test_bad_method_options_are_refused_with_the_field_named(tmp_path, capsys):
     finally:
         app.extensions["whisper_finetunes"].stop(10)
         app.extensions["whisper_jobs"].stop()
+
+
+def test_with_the_encoder_trained_its_adapters_get_gradients_and_the_weights_none():
+    """--train-encoder with LoRA (the GPU default): adapters in the encoder's blocks as well,
+    and a backward pass reaches them through the frozen convolutions."""
+    import torch
+
+    from whisper_service.training import convert
+
+    hf = lora.wrap(convert.to_huggingface(load_checkpoint(BUNDLED, "")), 8, 16, train_encoder=True)
+    trained = {name for name, p in hf.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in name for name in trained)
+    assert any(".encoder.layers.0.fc1.lora_B" in name for name in trained)
+    loss = hf(input_features=torch.randn(1, 80, 3000), decoder_input_ids=torch.tensor([[50257, 50362, 440]]),
+              labels=torch.tensor([[50362, 440, 50256]])).loss
+    loss.backward()
+    grads = {name: p.grad for name, p in hf.named_parameters() if p.requires_grad}
+    assert grads["base_model.model.model.encoder.layers.0.self_attn.q_proj.lora_B.default.weight"].abs().sum() > 0
+    assert all(p.grad is None for name, p in hf.named_parameters() if not p.requires_grad)
+    # merged, the model has exactly transformers' names and no adapter left
+    assert not [n for n in lora.merged(hf).state_dict() if "lora_" in n or "base_layer" in n]
