@@ -11,7 +11,8 @@ The adapter sits on the attention projections (self- and cross-attention: q, k, 
 the feed-forward layers (fc1, fc2) of the decoder, and of the encoder when the encoder
 trains: every linear layer of a block, as QLoRA found better than q and v alone (Hugging
 Face's "int8 training of Whisper with PEFT" recipe adapts q_proj and v_proj, rank 32,
-alpha 64, dropout 0.05, learning rate 1e-3; the rank, alpha and dropout are its).
+alpha 64, dropout 0.05, learning rate 1e-3; the rank, alpha and learning rate are its, the
+dropout is not: see DROPOUT).
 
 The written model has the adapter merged into its weights (`merge_and_unload`): an ordinary
 `save_pretrained` folder, so serving never needs peft. Checkpoints during training hold the
@@ -32,7 +33,12 @@ LORA_FROM_PARAMETERS = 200_000_000
 # the default peak learning rate of each method: the recipe's 1e-5 for every weight, the PEFT
 # Whisper recipe's 1e-3 for the adapter (its B starts at zero and has far fewer weights)
 LEARNING_RATES = {FULL: 1e-5, LORA: 1e-3}
-DROPOUT = 0.05  # on the adapter's input, as the PEFT Whisper recipe
+# no dropout on the adapters' input: PEFT's dropout keeps a copy of every adapted layer's
+# input for the backward pass (measured on small's shape with the encoder trained: 1.87 GB of
+# saved activations per clip against 1.07 GB without, full fine-tuning's 1.05 GB), which
+# cancels LoRA's saving wherever activations are not checkpointed; the tests' held-out WER
+# after 10 steps was 3.0 % without it, 3.0 % and 9.1 % in two runs with 0.05
+DROPOUT = 0.0
 LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")  # adapted in each block
 # what a checkpoint of a LoRA fine-tune holds instead of the whole model's weights
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
