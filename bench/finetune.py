@@ -4,6 +4,7 @@
     python bench/finetune.py --contenders full,lora,full@1e-4 --steps 20
     python bench/finetune.py --shape small --contenders full,lora --steps 2 --batch-size 2 \
         --clips 4 --held 1 --train-encoder                   # memory at small's size
+    python bench/finetune.py --memory small,large-v3     # what training holds, by method
 
 The bundled tiny.en learns the names of tests/finetune_speech.py (30 espeak-ng sentences,
 6 held-out sentences using the same names elsewhere): `whisper-service finetune` runs once
@@ -14,6 +15,12 @@ CPU seconds and peak RSS cover the whole command: loading, the before/after scor
 training. `--shape` trains a seeded random checkpoint of an official model's shape instead
 (whisper_service/synthetic.py: nothing downloaded; its words are gibberish, so only the
 memory and the time mean something).
+
+`--memory SHAPES` trains nothing: for each shape (a synthetic checkpoint) and method it
+counts what training holds in fp32 beside the weights, the way a GPU would hold it: the
+trained weights' gradients and AdamW's two moments (12 bytes each), and the activations
+one forward pass of one 30 s clip saves for the backward pass (the encoder trained, no
+checkpointing; measured with autograd's saved-tensor hooks, each storage counted once).
 """
 
 from __future__ import annotations
@@ -64,6 +71,45 @@ def run(contender: str, train: Path, held: Path, args, model: str, folder: Path)
             "wall_s": wall}
 
 
+def memory(shape: str, folder: Path) -> list:
+    """Rows of (shape, method, weights, trained, gradients+AdamW bytes, activations bytes)."""
+    import torch
+
+    from whisper_service.checkpoints import load_checkpoint
+    from whisper_service.synthetic import make_checkpoint
+    from whisper_service.training import convert, lora
+
+    path = make_checkpoint(str(folder / f"{shape}.pt"), shape)
+    rows = []
+    for method, dropout in (("full", None), ("lora", lora.DROPOUT), ("lora", 0.05)):
+        base = load_checkpoint(path, "")
+        hf = convert.to_huggingface(base)
+        del base
+        if method == "lora":
+            saved_dropout, lora.DROPOUT = lora.DROPOUT, dropout
+            hf = lora.wrap(hf, 32, 64, train_encoder=True)
+            lora.DROPOUT = saved_dropout
+        hf.train()
+        weights = {p.untyped_storage().data_ptr() for p in hf.parameters()}
+        saved = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        dims = hf.config
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            hf(input_features=torch.randn(1, dims.num_mel_bins, 3000),
+               decoder_input_ids=torch.randint(0, 50000, (1, 32)), labels=torch.randint(0, 50000, (1, 32)))
+        trained, total = lora.trainable(hf)
+        rows.append((shape, method if dropout is None else f"{method} (dropout {dropout:g})",
+                     total, trained, trained * 12, sum(saved.values())))
+        del hf
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contenders", default="full@1e-4,lora",
@@ -77,8 +123,22 @@ def main() -> int:
     parser.add_argument("--shape", help="a synthetic checkpoint of this shape (synthetic.DIMENSIONS) "
                                         "instead of the bundled tiny.en")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--memory", metavar="SHAPES", help="count what training holds for these "
+                        "shapes instead (comma-separated synthetic.DIMENSIONS names)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    if args.memory:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(f"{'shape':<9} {'method':<20} {'weights':>9} {'trained':>9} {'grads+AdamW':>11} "
+              f"{'activations/clip':>16}")
+        with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
+            for shape in args.memory.split(","):
+                for row in memory(shape.strip(), Path(scratch)):
+                    print(f"{row[0]:<9} {row[1]:<20} {row[2] / 1e6:>8.1f}M {row[3] / 1e6:>8.2f}M "
+                          f"{row[4] / 2 ** 30:>9.2f}GB {row[5] / 2 ** 30:>14.2f}GB", flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as scratch:
         folder = Path(scratch)
         train = manifest(folder / "data", TRAINING[:args.clips], "train")
