@@ -230,3 +230,29 @@ def test_with_the_encoder_trained_its_adapters_get_gradients_and_the_weights_non
     assert all(p.grad is None for name, p in hf.named_parameters() if not p.requires_grad)
     # merged, the model has exactly transformers' names and no adapter left
     assert not [n for n in lora.merged(hf).state_dict() if "lora_" in n or "base_layer" in n]
+
+
+def test_the_weights_measured_while_training_are_the_merged_ones_and_training_goes_on():
+    """--eval-steps with LoRA: the held-out WER is measured on the weights merged in a copy
+    (lora.merged_state), the adapters left in place for the steps after."""
+    import copy
+
+    import torch
+
+    from whisper_service.training import convert
+
+    tiny = load_checkpoint(BUNDLED, "")
+    hf = lora.wrap(convert.to_huggingface(tiny), 8, 16, train_encoder=False)
+    with torch.no_grad():  # as if trained: B is no longer zero
+        for name, p in hf.named_parameters():
+            if ".lora_B." in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.01)
+    state = lora.merged_state(hf)
+    expected = copy.deepcopy(hf).merge_and_unload().state_dict()
+    assert set(state) == set(expected)
+    assert all(torch.allclose(state[k], expected[k], atol=1e-6) for k in expected)
+    name = "model.decoder.layers.1.encoder_attn.v_proj.weight"
+    assert not torch.allclose(state[name], convert.to_huggingface(tiny).state_dict()[name])
+    assert lora.is_adapted(hf) and any(p.requires_grad for p in hf.parameters())  # still training
+    evaluated = convert.to_whisper(hf, copy.deepcopy(tiny))
+    assert torch.allclose(evaluated.decoder.blocks[1].cross_attn.value.weight, expected[name], atol=1e-6)
