@@ -256,3 +256,39 @@ def test_the_weights_measured_while_training_are_the_merged_ones_and_training_go
     assert lora.is_adapted(hf) and any(p.requires_grad for p in hf.parameters())  # still training
     evaluated = convert.to_whisper(hf, copy.deepcopy(tiny))
     assert torch.allclose(evaluated.decoder.blocks[1].cross_attn.value.weight, expected[name], atol=1e-6)
+
+
+def test_the_api_takes_the_method_and_writes_a_merged_model(speech, tmp_path):
+    import zipfile
+
+    from conftest import wait_until
+
+    train = speech[0]
+    data = io.BytesIO()
+    with zipfile.ZipFile(data, "w") as archive:
+        archive.write(train, train.name)
+        for clip in sorted(train.parent.glob("train-*.wav")):
+            archive.write(clip, clip.name)
+    app = make_app(BUNDLED, tmp_path, WHISPER_MAX_UPLOAD_MB="50")
+    try:
+        client = app.test_client()
+        response = client.post("/api/v1/fine-tunes", data={
+            "dataset": (io.BytesIO(data.getvalue()), "names.zip"), "model": BUNDLED,
+            "name": "names-lora-api", "method": "lora", "lora_rank": "8", "lora_alpha": "16",
+            "max_steps": "2", "batch_size": "4", "eval_fraction": "0.1", "language": "en"})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        job = response.headers["Location"]
+        wait_until(lambda: client.get(job).get_json()["state"] in ("done", "failed", "cancelled"),
+                   300, 0.5, "the fine-tune")
+        state = client.get(job).get_json()
+        assert state["state"] == "done", state
+        assert state["options"]["method"] == "lora" and state["options"]["lora_rank"] == 8
+        [written] = list((tmp_path / "jobs").rglob(REPORT_FILE))
+        report = json.loads(written.read_text())
+        assert report["options"]["method"] == "lora" and report["options"]["learning_rate"] == 1e-3
+        assert report["trained_parameters"] == adapter_weights(load_checkpoint(BUNDLED, "").dims) // 4
+        assert not set(os.listdir(written.parent)) & set(lora.ADAPTER_FILES)
+        assert "names-lora-api" in client.get("/api/v1/models").get_json()["allowed"]
+    finally:
+        app.extensions["whisper_finetunes"].stop(60)
+        app.extensions["whisper_jobs"].stop()
