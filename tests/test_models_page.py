@@ -62,3 +62,30 @@ def test_a_host_that_serves_http_only_refuses_to_fine_tune(app):
         "dataset": (io.BytesIO(b"PK"), "clips.zip"), "model": BUNDLED, "name": "mine"})
     assert response.status_code == 400
     assert "WHISPER_ROLE=web" in response.get_json()["error"]["message"]
+
+
+def test_the_form_offers_each_training_method_and_keeps_the_one_chosen(tmp_path):
+    from web.pages.models import METHODS
+    from whisper_service.training.lora import METHODS as TRAINING_METHODS
+
+    assert [value for value, _ in METHODS] == list(TRAINING_METHODS)
+    app = make_app(BUNDLED, tmp_path)
+    try:
+        client = app.test_client()
+        offered = re.findall(r'<option value="(\w+)"( selected)?>', client.get("/models").get_data(
+            as_text=True).split('id="method"', 1)[1].split("</select>", 1)[0])
+        assert offered == [("auto", " selected"), ("full", ""), ("lora", "")]
+        response = client.post("/models", data={
+            "dataset": (io.BytesIO(b"just text"), "clips.zip"), "model": BUNDLED, "name": "mine",
+            "method": "qlora"})
+        assert response.status_code == 400
+        html = response.get_data(as_text=True)
+        assert "method must be one of auto, full, lora; got &#39;qlora&#39;" in html
+        response = client.post("/models", data={
+            "dataset": (io.BytesIO(b"just text"), "clips.zip"), "model": BUNDLED, "name": "mine",
+            "method": "lora"})
+        assert "the dataset is not a zip archive" in response.get_data(as_text=True)
+        assert '<option value="lora" selected>' in response.get_data(as_text=True)
+    finally:
+        app.extensions["whisper_finetunes"].stop()
+        app.extensions["whisper_jobs"].stop()

@@ -17,7 +17,10 @@ blueprint = Blueprint("models_page", __name__)
 blueprint.before_request(require_web_access)
 
 CURVE_WIDTH, CURVE_HEIGHT = 320, 90  # the curves' drawing, in SVG units
-FORM_FIELDS = ("max_steps", "epochs", "learning_rate", "language")  # besides model and name
+FORM_FIELDS = ("max_steps", "epochs", "learning_rate", "language", "method")  # besides model, name
+# the form's methods (training/lora.py's METHODS, whose module imports torch: not at import)
+METHODS = (("auto", "Automatic: LoRA from small up, full below"), ("full", "Full: every weight"),
+           ("lora", "LoRA: adapters, merged when saved"))
 
 
 @blueprint.get("/models")
@@ -48,7 +51,7 @@ def models_page(error: str = "", form=None, status: int = 200):
         "models.html", served=[(name, registry.label(name)) for name in registry.allowed],
         default_model=registry.default, running=running,
         finished=[s for s in states if s["state"] not in ("queued", "running")],
-        error=error, form=form or {}, curve=curve, size=(CURVE_WIDTH, CURVE_HEIGHT),
+        error=error, form=form or {}, methods=METHODS, curve=curve, size=(CURVE_WIDTH, CURVE_HEIGHT),
     ), status
 
 
