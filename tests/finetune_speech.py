@@ -91,3 +91,25 @@ def run_finetune(argv: Sequence[str]) -> Tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["finetune", *argv])
     return code, out.getvalue(), err.getvalue()
+
+
+def transcribe_held_out(output: Path, name: str, folder: Path, clip: Path) -> str:
+    """The transcript of a held-out clip in a job of a server that serves the fine-tuned
+    folder `output` as `name` through WHISPER_MODELS (asserting it is offered and done)."""
+    from conftest import make_app, wait_finished
+    from whisper_service.checkpoints import BUNDLED
+
+    app = make_app(BUNDLED, folder, WHISPER_MODELS=f"{name}={output}")
+    try:
+        client = app.test_client()
+        assert name in client.get("/api/v1/models").get_json()["allowed"]
+        response = client.post("/api/v1/transcriptions", data={
+            "file": (io.BytesIO(clip.read_bytes()), clip.name), "model": name, "language": "en",
+            "temperature": "0", "beam_size": "greedy"}, query_string={"async": "1"})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        job = response.headers["Location"]
+        status = wait_finished(lambda: client.get(job).get_json(), job, 60)
+        assert status["state"] == "done", status
+        return client.get(job + "/transcript.txt").get_data(as_text=True)
+    finally:
+        app.extensions["whisper_jobs"].stop()

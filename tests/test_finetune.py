@@ -14,8 +14,7 @@ import os
 import pytest
 import torch
 
-from conftest import make_app, wait_finished
-from finetune_speech import FAST, HELD_OUT, TERMS, speech  # noqa: F401 (a fixture)
+from finetune_speech import FAST, HELD_OUT, TERMS, speech, transcribe_held_out  # noqa: F401 (a fixture)
 from whisper_service.checkpoints import BUNDLED, huggingface, load_checkpoint
 from whisper_service.cli.evaluate import Dataset, DatasetError, Utterance, read_dataset
 from whisper_service.cli.main import main
@@ -81,22 +80,9 @@ def test_the_folder_is_a_save_pretrained_model_with_its_processor_and_curves(fin
 
 def test_the_folder_is_served_and_hears_the_new_words_in_a_job(fine_tuned, tmp_path, speech):
     output = fine_tuned[3]
-    app = make_app(BUNDLED, tmp_path, WHISPER_MODELS=f"{NAME}={output}")
-    try:
-        client = app.test_client()
-        assert NAME in client.get("/api/v1/models").get_json()["allowed"]
-        clip = speech[1].parent / "held-00.wav"  # "Tarkimund repaired the Quellitron yesterday."
-        response = client.post("/api/v1/transcriptions", data={
-            "file": (io.BytesIO(clip.read_bytes()), clip.name), "model": NAME, "language": "en",
-            "temperature": "0", "beam_size": "greedy"}, query_string={"async": "1"})
-        assert response.status_code == 202, response.get_data(as_text=True)
-        job = response.headers["Location"]
-        status = wait_finished(lambda: client.get(job).get_json(), job, 60)
-        assert status["state"] == "done", status
-        text = client.get(job + "/transcript.txt").get_data(as_text=True)
-        assert "Tarkimund" in text and "Quellitron" in text, text
-    finally:
-        app.extensions["whisper_jobs"].stop()
+    clip = speech[1].parent / "held-00.wav"  # "Tarkimund repaired the Quellitron yesterday."
+    text = transcribe_held_out(output, NAME, tmp_path, clip)
+    assert "Tarkimund" in text and "Quellitron" in text, text
 
 
 # --- the recipe's details ------------------------------------------------------------------

@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from conftest import make_app, wait_finished
-from finetune_speech import FAST, HELD_OUT, run_finetune, speech  # noqa: F401 (a fixture)
+from conftest import make_app
+from finetune_speech import FAST, HELD_OUT, run_finetune, speech, transcribe_held_out  # noqa: F401 (a fixture)
 from whisper_service.checkpoints import BUNDLED, load_checkpoint
 from whisper_service.training import lora
 from whisper_service.training.trainer import REPORT_FILE
@@ -96,22 +96,9 @@ def test_the_folder_is_served_without_peft_and_hears_the_new_words(lora_tuned, t
                                                                    monkeypatch):
     output = lora_tuned[3]
     monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` fails from here on
-    app = make_app(BUNDLED, tmp_path, WHISPER_MODELS=f"{NAME}={output}")
-    try:
-        client = app.test_client()
-        assert NAME in client.get("/api/v1/models").get_json()["allowed"]
-        clip = speech[1].parent / "held-00.wav"  # "Tarkimund repaired the Quellitron yesterday."
-        response = client.post("/api/v1/transcriptions", data={
-            "file": (io.BytesIO(clip.read_bytes()), clip.name), "model": NAME, "language": "en",
-            "temperature": "0", "beam_size": "greedy"}, query_string={"async": "1"})
-        assert response.status_code == 202, response.get_data(as_text=True)
-        job = response.headers["Location"]
-        status = wait_finished(lambda: client.get(job).get_json(), job, 60)
-        assert status["state"] == "done", status
-        text = client.get(job + "/transcript.txt").get_data(as_text=True)
-        assert "Tarkimund" in text and "Quellitron" in text, text
-    finally:
-        app.extensions["whisper_jobs"].stop()
+    clip = speech[1].parent / "held-00.wav"  # "Tarkimund repaired the Quellitron yesterday."
+    text = transcribe_held_out(output, NAME, tmp_path, clip)
+    assert "Tarkimund" in text and "Quellitron" in text, text
 
 
 def test_a_stopped_lora_fine_tune_resumes_from_its_adapter_checkpoint(speech, tmp_path):

@@ -18,6 +18,7 @@ real SeaweedFS (tests/seaweed.py) and PostgreSQL:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import json
@@ -242,16 +243,29 @@ def test_the_check_reads_the_object_through_its_url(s3, seaweed, checkpoint, med
               ", ".join(f"{name} {seconds:.2f}" for name, seconds in took.items()))
 
 
-def test_a_large_upload_goes_up_in_parts_one_buffered_at_a_time(s3, seaweed, checkpoint, media,
-                                                               tmp_path, targets):
-    head, total = padded_wav(media["speech.wav"].read_bytes(), 20 * 1024 * 1024)
+@contextlib.contextmanager
+def padded_upload(s3, checkpoint, media, tmp_path, padding: int, cut_at: Optional[int] = None):
+    """(the web app, its answer, the body's length) to a wav of speech and `padding` bytes
+    more posted to a web host with the object store; the body ends after `cut_at` bytes
+    when given (a client gone in the middle). The app's store is closed after the `with`."""
+    head, total = padded_wav(media["speech.wav"].read_bytes(), padding)
     body = FormBody("long.wav", head, total - len(head))
+    if cut_at is not None:
+        read = body.read
+        body.read = lambda size=-1: read(size) if body.sent < cut_at else b""
     web = make_app(checkpoint, tmp_path / "web", **s3.settings(), WHISPER_ROLE="web",
                    WHISPER_MAX_UPLOAD_MB="64")
     try:
-        answer = web.test_client().post(
+        yield web, web.test_client().post(
             "/api/v1/transcriptions", query_string={"async": "1"}, input_stream=body,
-            content_type=body.content_type, content_length=body.length)
+            content_type=body.content_type, content_length=body.length), total
+    finally:
+        web.extensions["whisper_jobs"].store.close()
+
+
+def test_a_large_upload_goes_up_in_parts_one_buffered_at_a_time(s3, seaweed, checkpoint, media,
+                                                               tmp_path, targets):
+    with padded_upload(s3, checkpoint, media, tmp_path, 20 * 1024 * 1024) as (_, answer, total):
         assert answer.status_code == 202, answer.get_data(as_text=True)
         (target,) = targets
         assert target.size == total
@@ -262,33 +276,21 @@ def test_a_large_upload_goes_up_in_parts_one_buffered_at_a_time(s3, seaweed, che
             Bucket=BUCKET, Key=f"{_prefix(s3)}{target.job_id}/{MEDIA_FILE}")
         assert stored["ContentLength"] == total
         assert _job_folders(tmp_path / "web" / "jobs") == []
-    finally:
-        web.extensions["whisper_jobs"].store.close()
 
 
 def test_a_client_gone_mid_upload_leaves_no_part_behind(s3, seaweed, checkpoint, media, tmp_path,
                                                         targets):
     """The body ends after two parts went up, short of its declared length (the client
     went away): 400, and the multipart upload is aborted at once."""
-    head, total = padded_wav(media["speech.wav"].read_bytes(), 30 * 1024 * 1024)
-    body = FormBody("long.wav", head, total - len(head))
     cut_at = 2 * MULTIPART_BYTES + (1 << 20)
-    read = body.read
-    body.read = lambda size=-1: read(size) if body.sent < cut_at else b""
-    web = make_app(checkpoint, tmp_path / "web", **s3.settings(), WHISPER_ROLE="web",
-                   WHISPER_MAX_UPLOAD_MB="64")
-    try:
-        answer = web.test_client().post(
-            "/api/v1/transcriptions", query_string={"async": "1"}, input_stream=body,
-            content_type=body.content_type, content_length=body.length)
+    with padded_upload(s3, checkpoint, media, tmp_path, 30 * 1024 * 1024,
+                       cut_at) as (web, answer, _):
         assert answer.status_code == 400, answer.get_data(as_text=True)
         (target,) = targets
         assert len(target._parts) == 2 and not target.kept
         assert _open_uploads(seaweed, _prefix(s3)) == []
         assert _job_ids(seaweed, s3) == []
         assert web.extensions["whisper_jobs"].store.get(target.job_id) is None
-    finally:
-        web.extensions["whisper_jobs"].store.close()
 
 
 # --- 200+ MB through a real server process --------------------------------------------------
