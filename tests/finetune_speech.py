@@ -113,3 +113,21 @@ def transcribe_held_out(output: Path, name: str, folder: Path, clip: Path) -> st
         return client.get(job + "/transcript.txt").get_data(as_text=True)
     finally:
         app.extensions["whisper_jobs"].stop()
+
+
+def halved_report(run: Tuple[int, str, str, Path]) -> dict:
+    """The report (finetune.json) of a fine-tune run (code, stdout, stderr, its folder),
+    asserting that it ended well and halved the held-out WER of the names tiny.en cannot
+    know."""
+    import json
+
+    from whisper_service.training.trainer import REPORT_FILE
+
+    code, _, err, output = run
+    assert code == 0, err
+    report = json.loads((output / REPORT_FILE).read_text())
+    before, after = report["before"], report["after"]
+    assert before["utterances"] == after["utterances"] == len(HELD_OUT)
+    assert before["wer"] > 0.5, before  # tiny.en cannot know the names
+    assert after["wer"] <= before["wer"] / 2, (before, after)
+    return report

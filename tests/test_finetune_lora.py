@@ -16,7 +16,8 @@ import sys
 import pytest
 
 from conftest import make_app
-from finetune_speech import FAST, HELD_OUT, run_finetune, speech, transcribe_held_out  # noqa: F401 (a fixture)
+from finetune_speech import (FAST, halved_report, run_finetune,  # noqa: F401 (a fixture)
+                             speech, transcribe_held_out)
 from whisper_service.checkpoints import BUNDLED, load_checkpoint
 from whisper_service.training import lora
 from whisper_service.training.trainer import REPORT_FILE
@@ -50,13 +51,9 @@ def adapter_weights(dims) -> int:
 
 
 def test_lora_halves_the_held_out_wer_training_a_few_percent_of_the_weights(lora_tuned):
-    code, out, err, output = lora_tuned
-    assert code == 0, err
-    report = json.loads((output / REPORT_FILE).read_text())
+    _, out, err, _ = lora_tuned
+    report = halved_report(lora_tuned)
     before, after = report["before"], report["after"]
-    assert before["utterances"] == after["utterances"] == len(HELD_OUT)
-    assert before["wer"] > 0.5, before  # tiny.en cannot know the names
-    assert after["wer"] <= before["wer"] / 2, (before, after)
     assert report["steps"] == STEPS and report["losses"][-1][1] < report["losses"][0][1]
     # the method and its default learning rate are what the report says was used
     assert report["options"]["method"] == "lora"
