@@ -124,10 +124,12 @@ def test_postgres_away_answers_503_everywhere_and_nothing_is_lost(cluster, check
         metrics = client.get("/metrics").get_data(as_text=True)
         assert re.search(r"^whisper_jobs_done_total 3\.0$", metrics, re.M)
         assert re.search(r'^whisper_jobs\{state="done"\} 3$', metrics, re.M)
-        # the consumers' threads lived through it; each store logged the outage once
+        # the consumers' threads lived through it; each store logged the outage once, at
+        # most: the web app's job store and its fine-tune store (each its own connections),
+        # and the two consumers' job stores
         assert all(thread.is_alive() for consumer in consumers for thread in consumer._threads)
         away = [r for r in caplog.records if "job database (PostgreSQL) is unreachable" in r.message]
-        assert 1 <= len(away) <= 3, [r.message for r in away]
+        assert 1 <= len(away) <= 4, [r.message for r in away]
     finally:
         gate.release.set()
         for consumer in consumers:
