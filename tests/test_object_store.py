@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_app, real_server, wait_until
 from seaweed import BUCKET
-from test_outage import Gate  # the same stand-in: one held file, the rest at once
+from test_outage import Gate, close_all  # the same stand-in: one held file, the rest at once
 from test_jobs import FAST, WAIT, Backend, FakeService, Recorder, fake_transcript, wait_finished
 from whisper_service.config import Settings
 from whisper_service.errors import ConfigError
@@ -217,8 +217,4 @@ def test_the_object_store_stopped_answers_503_and_loses_nothing(own_seaweed, pos
         assert sorted(k[len(prefix):].split("/")[0] for k in own_seaweed.keys(prefix)) == \
             sorted([held, held, ids[1], ids[1]])
     finally:
-        gate.release.set()
-        for consumer in consumers:
-            consumer.stop(timeout=5)
-            consumer.store.close()
-        app.extensions["whisper_jobs"].store.close()
+        close_all(gate, consumers, app)

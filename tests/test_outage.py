@@ -76,6 +76,16 @@ class Gate(FakeService):
         return fake_transcript(f"text of {display_name}")
 
 
+def close_all(gate: "Gate", consumers, app) -> None:
+    """An outage test's end: the held job released, the consumers stopped and every store
+    closed."""
+    gate.release.set()
+    for consumer in consumers:
+        consumer.stop(timeout=5)
+        consumer.store.close()
+    app.extensions["whisper_jobs"].store.close()
+
+
 def test_postgres_away_answers_503_everywhere_and_nothing_is_lost(cluster, checkpoint, media,
                                                                    tmp_path, caplog):
     url = cluster.url()
@@ -131,11 +141,7 @@ def test_postgres_away_answers_503_everywhere_and_nothing_is_lost(cluster, check
         away = [r for r in caplog.records if "job database (PostgreSQL) is unreachable" in r.message]
         assert 1 <= len(away) <= 4, [r.message for r in away]
     finally:
-        gate.release.set()
-        for consumer in consumers:
-            consumer.stop(timeout=5)
-            consumer.store.close()
-        app.extensions["whisper_jobs"].store.close()
+        close_all(gate, consumers, app)
 
 
 class UploadAway:
